@@ -1,0 +1,5 @@
+"""`python -m nubo` is the `nubo` command."""
+
+from nubo.cli.main import run
+
+run()

@@ -1,0 +1,43 @@
+"""`nubo serve`: run the API under uvicorn."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+import uvicorn
+
+from nubo.cli.common import settings_or_exit
+from nubo.logs import configure_logging
+
+
+def serve(
+    host: str | None = typer.Option(None, help="Interface to bind (default NUBO_HOST or 0.0.0.0)."),
+    port: int | None = typer.Option(None, help="Port to listen on (default PORT or 8080).", min=0, max=65535),
+    workers: int = typer.Option(1, help="Worker processes.", min=1),
+    flush_cache: bool = typer.Option(False, "--flush-cache", help="Delete nubo's Redis keys (prefix only) at start."),
+) -> None:
+    """Run the REST API and the /ws WebSocket (Litestar under uvicorn)."""
+    settings = settings_or_exit()
+    configure_logging(settings.log_level)
+    if flush_cache:
+        from nubo.cli.cache import flush_prefix
+
+        flush_prefix(settings)
+    # Workers re-read settings from the environment, so CLI overrides travel through it.
+    if port is not None:
+        os.environ["PORT"] = str(port)
+    uvicorn.run(
+        "nubo.server.app:create_app_from_env",
+        factory=True,
+        host=host or settings.host,
+        port=port if port is not None else settings.port,
+        workers=workers,
+        ws_max_size=settings.ws_max_frame_bytes,
+        access_log=False,  # uvicorn's access log would print `?token=` query strings
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
+    )

@@ -1,0 +1,58 @@
+"""The Litestar application factory: routes, dependencies, error mapping, OpenAPI and store lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+
+from nubo import __version__
+from nubo.logs import configure_logging, get_logger
+from nubo.server import health
+from nubo.server.deps import provide_settings, provide_stores
+from nubo.server.errors import EXCEPTION_HANDLERS
+from nubo.settings import Settings, load_settings
+from nubo.stores import open_stores
+
+log = get_logger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the API for `settings` (default: read from the environment)."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def stores_lifespan(app: Litestar) -> AsyncIterator[None]:
+        stores = await open_stores(settings)
+        app.state.stores = stores
+        log.info("stores_opened", extra={"mongo_db": settings.mongo_db, "redis_prefix": settings.redis_prefix})
+        try:
+            yield
+        finally:
+            await stores.close()
+            log.info("stores_closed")
+
+    return Litestar(
+        route_handlers=[*health.ROUTES],
+        lifespan=[stores_lifespan],
+        dependencies={"stores": Provide(provide_stores, sync_to_thread=False),
+                      "settings": Provide(provide_settings, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(
+            title="nubo", version=__version__, path="/schema",
+            render_plugins=[JsonRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+    )
+
+
+def create_app_from_env() -> Litestar:
+    """uvicorn factory entry point (`nubo serve` and each worker process call this)."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,73 @@
+"""Maps every exception to the JSON error shape of DESIGN §4: `{"error", "code"[, "fields"]}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from nubo.errors import NuboError
+from nubo.logs import get_logger
+
+log = get_logger(__name__)
+
+_CODES_BY_STATUS = {
+    400: "bad_request",
+    401: "invalid_token",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def error_response(status: int, message: str, code: str, *, fields: dict[str, str] | None = None,
+                   headers: dict[str, str] | None = None) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {"error": message, "code": code}
+    if fields:
+        body["fields"] = fields
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def handle_nubo_error(_: Request[Any, Any, Any], exc: NuboError) -> Response[dict[str, Any]]:
+    return error_response(exc.status, exc.message, exc.code, fields=exc.fields, headers=exc.headers)
+
+
+def handle_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    detail = str(exc.detail or "")
+    if "JSON" in detail or "decode" in detail.lower() or "content" in detail.lower() and not exc.extra:
+        return error_response(400, "The request body is not valid JSON", "invalid_json")
+    fields: dict[str, str] = {}
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            key = str(item.get("key") or "body")
+            fields[key] = str(item.get("message", "invalid"))
+    return error_response(422, detail or "Validation failed", "validation_error", fields=fields or None)
+
+
+def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    if status >= 500:
+        log.error("http_error", extra={"status": status, "detail": exc.detail})
+    code = _CODES_BY_STATUS.get(status, "error" if status < 500 else "internal_error")
+    headers = dict(exc.headers or {})
+    return error_response(status, str(exc.detail or code.replace("_", " ")), code, headers=headers or None)
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unhandled_error", extra={"path": request.url.path, "method": request.method})
+    return error_response(500, "Internal server error", "internal_error")
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    NuboError: handle_nubo_error,
+    ValidationException: handle_validation_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

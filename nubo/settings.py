@@ -1,0 +1,217 @@
+"""Typed settings read once from the environment and an optional `.env` file (DESIGN §6).
+
+Every bad value raises :class:`SettingsError` naming the variable, so commands can print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+DEV_JWT_SECRET = "nubo-dev-only-secret-never-use-in-production!"
+MIN_PROD_SECRET_BYTES = 32
+ENVIRONMENTS = ("dev", "test", "prod")
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1024, "k": 1024, "mb": 1024**2, "m": 1024**2, "gb": 1024**3, "g": 1024**3}
+
+
+class SettingsError(ValueError):
+    """A configuration variable has a value nubo cannot use."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """`amount` hits per `seconds`, parsed from strings such as ``10/5m`` or ``300/minute``."""
+
+    amount: int
+    seconds: int
+
+    def __str__(self) -> str:
+        return f"{self.amount}/{self.seconds}s"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything nubo reads from its environment; build it with :func:`load_settings`."""
+
+    postgres_url: str = "postgresql://nubo:nubo@127.0.0.1:5432/nubo"
+    mongo_url: str = "mongodb://127.0.0.1:27017/"
+    mongo_db: str = "nubo_recent"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "nubo:"
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_issuer: str = "nubo"
+    jwt_audience: str = "nubo-api"
+    access_token_ttl: int = 900
+    refresh_token_ttl: int = 30 * 86400
+    host: str = "0.0.0.0"
+    port: int = 8080
+    env: str = "dev"
+    retention_days: int = 30
+    redis_memory_budget: int = 0
+    redis_memory_margin: str = "10%"
+    allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    rate_login: RateLimit = RateLimit(10, 300)
+    rate_signup: RateLimit = RateLimit(5, 1800)
+    rate_default: RateLimit = RateLimit(600, 60)
+    rate_messages: RateLimit = RateLimit(60, 10)
+    max_body_bytes: int = 1024 * 1024
+    ws_max_frame_bytes: int = 64 * 1024
+    ws_queue_size: int = 256
+    moderator_grade: int = 5
+    log_level: str = "info"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_prod(self) -> bool:
+        return self.env == "prod"
+
+    def memory_margin_bytes(self, budget: int) -> int:
+        """The margin kept free under `budget`, from a percentage or an absolute size."""
+        margin = self.redis_memory_margin.strip()
+        if margin.endswith("%"):
+            return budget * int(margin[:-1]) // 100
+        return parse_size("NUBO_REDIS_MEMORY_MARGIN", margin)
+
+
+def parse_size(variable: str, raw: str) -> int:
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", raw)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise SettingsError(variable, f"expected a size such as 512mb or 1048576, got {raw!r}")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+_PERIODS = {"s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "minute": 60, "minutes": 60,
+            "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400}
+
+
+def parse_rate(variable: str, raw: str) -> RateLimit:
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*", raw.lower())
+    if not match or match.group(3) not in _PERIODS or int(match.group(1)) < 1:
+        raise SettingsError(variable, f"expected a rate such as 10/5minutes or 300/minute, got {raw!r}")
+    count = int(match.group(2) or 1)
+    return RateLimit(int(match.group(1)), count * _PERIODS[match.group(3)])
+
+
+def parse_duration(variable: str, raw: str) -> int:
+    """Seconds from ``900``, ``15m``, ``1h``, ``30d``."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-z]*)\s*", raw.lower())
+    if not match or (match.group(2) and match.group(2) not in _PERIODS) or int(match.group(1)) < 1:
+        raise SettingsError(variable, f"expected a duration such as 900, 15m, 1h or 30d, got {raw!r}")
+    return int(match.group(1)) * _PERIODS.get(match.group(2) or "s", 1)
+
+
+def _int(variable: str, raw: str, minimum: int = 0, maximum: int | None = None) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(variable, f"expected an integer, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise SettingsError(variable, f"must be {bounds}, got {value}")
+    return value
+
+
+def _url(variable: str, raw: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in schemes or not (parts.hostname or parts.path):
+        raise SettingsError(variable, f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    try:
+        parts.port  # noqa: B018 - raises on a non-numeric port
+    except ValueError:
+        raise SettingsError(variable, "the URL has an invalid port") from None
+    return raw
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
+    """Build :class:`Settings` from `environ` (default ``os.environ``) over values from `env_file`."""
+    values: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+
+    def get(name: str) -> str | None:
+        raw = values.get(name)
+        return raw if raw not in (None, "") else None
+
+    kwargs: dict[str, object] = {}
+    env = get("NUBO_ENV") or "dev"
+    if env not in ENVIRONMENTS:
+        raise SettingsError("NUBO_ENV", f"expected one of {', '.join(ENVIRONMENTS)}, got {env!r}")
+    kwargs["env"] = env
+    if (raw := get("NUBO_POSTGRES_URL")) is not None:
+        kwargs["postgres_url"] = _url("NUBO_POSTGRES_URL", raw, ("postgresql", "postgres"))
+    if (raw := get("NUBO_MONGO_URL")) is not None:
+        kwargs["mongo_url"] = _url("NUBO_MONGO_URL", raw, ("mongodb", "mongodb+srv"))
+    if (raw := get("NUBO_REDIS_URL")) is not None:
+        kwargs["redis_url"] = _url("NUBO_REDIS_URL", raw, ("redis", "rediss", "unix"))
+    if (raw := get("NUBO_MONGO_DB")) is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,63}", raw):
+            raise SettingsError("NUBO_MONGO_DB", f"not a valid database name: {raw!r}")
+        kwargs["mongo_db"] = raw
+    if (raw := get("NUBO_REDIS_PREFIX")) is not None:
+        if any(ch in raw for ch in "*?[] \n"):
+            raise SettingsError("NUBO_REDIS_PREFIX", "must not contain spaces or glob characters (* ? [ ])")
+        kwargs["redis_prefix"] = raw
+    secret = get("JWT_SECRET")
+    if env == "prod" and (secret is None or len(secret.encode()) < MIN_PROD_SECRET_BYTES):
+        raise SettingsError("JWT_SECRET", f"must be set to at least {MIN_PROD_SECRET_BYTES} bytes when NUBO_ENV=prod")
+    if secret is not None:
+        kwargs["jwt_secret"] = secret
+    if (raw := get("PORT")) is not None:
+        kwargs["port"] = _int("PORT", raw, 0, 65535)
+    if (raw := get("NUBO_HOST")) is not None:
+        kwargs["host"] = raw
+    int_settings = {"NUBO_RETENTION_DAYS": ("retention_days", 1), "NUBO_WS_QUEUE_SIZE": ("ws_queue_size", 1),
+                    "NUBO_MODERATOR_GRADE": ("moderator_grade", 0)}
+    for name, (attr, minimum) in int_settings.items():
+        if (raw := get(name)) is not None:
+            kwargs[attr] = _int(name, raw, minimum)
+    size_settings = {"NUBO_REDIS_MEMORY_BUDGET": "redis_memory_budget", "NUBO_MAX_BODY": "max_body_bytes",
+                     "NUBO_WS_MAX_FRAME": "ws_max_frame_bytes"}
+    for name, attr in size_settings.items():
+        if (raw := get(name)) is not None:
+            kwargs[attr] = parse_size(name, raw)
+    if (raw := get("NUBO_REDIS_MEMORY_MARGIN")) is not None:
+        if raw.strip().endswith("%"):
+            _int("NUBO_REDIS_MEMORY_MARGIN", raw.strip()[:-1], 0, 90)
+        else:
+            parse_size("NUBO_REDIS_MEMORY_MARGIN", raw)
+        kwargs["redis_memory_margin"] = raw
+    duration_settings = {"NUBO_ACCESS_TOKEN_TTL": "access_token_ttl", "NUBO_REFRESH_TOKEN_TTL": "refresh_token_ttl"}
+    for name, attr in duration_settings.items():
+        if (raw := get(name)) is not None:
+            kwargs[attr] = parse_duration(name, raw)
+    rate_settings = {"NUBO_RATE_LOGIN": "rate_login", "NUBO_RATE_SIGNUP": "rate_signup",
+                     "NUBO_RATE_DEFAULT": "rate_default", "NUBO_RATE_MESSAGES": "rate_messages"}
+    for name, attr in rate_settings.items():
+        if (raw := get(name)) is not None:
+            kwargs[attr] = parse_rate(name, raw)
+    if (raw := get("NUBO_ALLOWED_ORIGINS")) is not None:
+        kwargs["allowed_origins"] = _list(raw)
+    if (raw := get("NUBO_TRUSTED_PROXIES")) is not None:
+        kwargs["trusted_proxies"] = _list(raw)
+    for name, attr in (("NUBO_JWT_ISSUER", "jwt_issuer"), ("NUBO_JWT_AUDIENCE", "jwt_audience")):
+        if (raw := get(name)) is not None:
+            kwargs[attr] = raw
+    if (raw := get("NUBO_LOG_LEVEL")) is not None:
+        if raw.lower() not in ("debug", "info", "warning", "error"):
+            raise SettingsError("NUBO_LOG_LEVEL", f"expected debug, info, warning or error, got {raw!r}")
+        kwargs["log_level"] = raw.lower()
+    return Settings(**kwargs)  # type: ignore[arg-type]

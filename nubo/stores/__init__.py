@@ -1,0 +1,75 @@
+"""The three stores and their connections. Domain code reaches them only through `nubo.stores` modules."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
+
+from nubo.logs import get_logger
+from nubo.settings import Settings
+from nubo.stores import mongo, postgres, redis
+from nubo.stores.mongo import MongoDoc
+from nubo.stores.postgres import PgPool
+from nubo.stores.redis import Keys
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Stores:
+    """Open handles on PostgreSQL, MongoDB and Redis for one process."""
+
+    settings: Settings
+    pg: PgPool
+    mongo_client: AsyncMongoClient[MongoDoc]
+    redis: Redis
+    keys: Keys
+    failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def mongo(self) -> AsyncDatabase[MongoDoc]:
+        return self.mongo_client[self.settings.mongo_db]
+
+    def count_failure(self, store: str) -> None:
+        """Count a projection write that failed after the PostgreSQL commit (repaired later)."""
+        self.failures[store] = self.failures.get(store, 0) + 1
+
+    async def check(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+        """Ping each store concurrently; each entry has `status` ("up"/"down") and details or the error."""
+        probes: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+            "postgres": lambda: postgres.ping(self.pg),
+            "mongo": lambda: mongo.ping(self.mongo),
+            "redis": lambda: redis.ping(self.redis),
+        }
+
+        async def run(name: str, probe: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+            try:
+                return {"status": "up", **await asyncio.wait_for(probe(), timeout)}
+            except Exception as exc:  # any failure means "down"; the reason is reported, not raised
+                return {"status": "down", "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+        results = await asyncio.gather(*(run(name, probe) for name, probe in probes.items()))
+        return dict(zip(probes, results, strict=True))
+
+    async def close(self) -> None:
+        await self.pg.close()
+        await self.mongo_client.close()
+        await self.redis.aclose()
+
+
+async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg_max_size: int = 20) -> Stores:
+    """Open all three connections. Only PostgreSQL may be awaited: Mongo and Redis connect lazily."""
+    pg = await postgres.open_pool(settings.postgres_url, wait=wait_for_postgres, max_size=pg_max_size)
+    return Stores(
+        settings=settings,
+        pg=pg,
+        mongo_client=mongo.open_client(settings.mongo_url),
+        redis=redis.open_redis(settings.redis_url),
+        keys=Keys(settings.redis_prefix),
+    )

@@ -1,0 +1,61 @@
+"""MongoDB `nubo_recent`: the last 30 days of active data, as documents with a `last_use` date.
+
+Also detects which MongoDB-protocol server answers (MongoDB or FerretDB) so features FerretDB lacks
+(TTL indexes) degrade with a clear message instead of failing silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+MongoDoc = dict[str, Any]
+
+
+def open_client(url: str, *, timeout_ms: int = 2000) -> AsyncMongoClient[MongoDoc]:
+    """A lazily connecting client; nothing blocks if Mongo is down until a call is made."""
+    return AsyncMongoClient(
+        url,
+        tz_aware=True,
+        uuidRepresentation="standard",
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        socketTimeoutMS=max(timeout_ms * 5, 5000),
+        appname="nubo",
+    )
+
+
+@dataclass(frozen=True)
+class MongoServer:
+    """Which MongoDB-protocol server answered, and what it can do."""
+
+    name: str  # "mongodb" or "ferretdb"
+    version: str
+
+    @property
+    def supports_ttl(self) -> bool:
+        # FerretDB v1 accepts `expireAfterSeconds` but never deletes expired documents.
+        return self.name == "mongodb"
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+def server_from_build_info(info: MongoDoc) -> MongoServer:
+    if "ferretdb" in info or "ferretdbVersion" in info:
+        ferret = info.get("ferretdb") or {}
+        version = ferret.get("version") if isinstance(ferret, dict) else None
+        return MongoServer("ferretdb", str(version or info.get("ferretdbVersion") or info.get("version")))
+    return MongoServer("mongodb", str(info.get("version", "unknown")))
+
+
+async def server_info(db: AsyncDatabase[MongoDoc]) -> MongoServer:
+    return server_from_build_info(await db.command("buildInfo"))
+
+
+async def ping(db: AsyncDatabase[MongoDoc]) -> dict[str, Any]:
+    await db.command("ping")
+    return {"server": str(await server_info(db))}
