@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,6 +18,7 @@ from nubo.server.deps import provide_settings, provide_stores
 from nubo.server.errors import EXCEPTION_HANDLERS
 from nubo.settings import Settings, load_settings
 from nubo.stores import open_stores
+from nubo.stores.tiered import run_outbox_worker
 
 log = get_logger(__name__)
 
@@ -30,9 +32,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         stores = await open_stores(settings)
         app.state.stores = stores
         log.info("stores_opened", extra={"mongo_db": settings.mongo_db, "redis_prefix": settings.redis_prefix})
+        workers = [asyncio.create_task(run_outbox_worker(stores.tiered), name="outbox")]
         try:
             yield
         finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
             await stores.close()
             log.info("stores_closed")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -17,6 +18,10 @@ from nubo.stores import mongo, postgres, redis
 from nubo.stores.mongo import MongoDoc
 from nubo.stores.postgres import PgPool
 from nubo.stores.redis import Keys
+
+if TYPE_CHECKING:
+    from nubo.stores.redis_cache import RedisCache
+    from nubo.stores.tiered import TieredStore
 
 log = get_logger(__name__)
 
@@ -35,6 +40,20 @@ class Stores:
     @property
     def mongo(self) -> AsyncDatabase[MongoDoc]:
         return self.mongo_client[self.settings.mongo_db]
+
+    @cached_property
+    def cache(self) -> RedisCache:
+        """The Redis cache collections (hot copies of rows)."""
+        from nubo.stores.redis_cache import RedisCache
+
+        return RedisCache(self.redis, self.keys)
+
+    @cached_property
+    def tiered(self) -> TieredStore:
+        """The tiered read/write path every domain module uses for mirrored rows."""
+        from nubo.stores.tiered import TieredStore
+
+        return TieredStore(self)
 
     def count_failure(self, store: str) -> None:
         """Count a projection write that failed after the PostgreSQL commit (repaired later)."""

@@ -1,0 +1,451 @@
+"""The one tiered read/write path (DESIGN §2): PostgreSQL is the truth, Mongo `*_recent` and Redis are copies.
+
+Reads go Redis -> Mongo -> PostgreSQL and fill the upper tiers on a miss. Writes run in one PostgreSQL
+transaction that also records each touched row in `logic.outbox`; after the commit the row is projected to
+Mongo and Redis. When a projection fails (a store is down) the request still succeeds: the failure is logged
+and counted, and `drain_outbox` (run by every server) re-projects the row's current PostgreSQL state later.
+Projections are idempotent upserts/deletes, so running one twice is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+from pymongo import ReplaceOne, ReturnDocument
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
+
+from nubo.logs import get_logger
+
+if TYPE_CHECKING:
+    from nubo.stores import Stores
+    from nubo.stores.redis_cache import CacheCollection
+
+log = get_logger(__name__)
+
+Row = dict[str, Any]
+TIER_RETRY_SECONDS = 1.0  # after a failure, skip that tier this long instead of waiting on it per request
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A table mirrored in Mongo (`mongo_collection`) and Redis (`cache_collection`)."""
+
+    name: str
+    table: str
+    mongo_collection: str
+    cache_collection: str
+    json_columns: frozenset[str] = frozenset()
+
+    @property
+    def table_sql(self) -> sql.Composed:
+        schema, table = self.table.split(".")
+        return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+
+
+ENTITIES: dict[str, Entity] = {
+    entity.name: entity
+    for entity in (
+        Entity("users", "auth.users", "users_recent", "users"),
+        Entity("user_settings", "auth.user_settings", "user_settings_recent", "user_settings",
+               frozenset({"privacy", "notifications"})),
+        Entity("follows", "auth.follows", "relations_recent", "relations"),
+        Entity("posts", "content.posts", "posts_recent", "posts", frozenset({"meta"})),
+        Entity("comments", "content.comments", "comments_recent", "comments"),
+        Entity("likes", "content.likes", "likes_recent", "likes"),
+        Entity("media", "content.media", "media_recent", "media"),
+        Entity("conversations", "messaging.conversations_meta", "conversations_recent", "conversations_meta"),
+        Entity("conversation_members", "messaging.conversation_members", "conversation_members_recent",
+               "conversation_members"),
+        Entity("messages", "messaging.message_index", "messages_recent", "messages", frozenset({"attachments"})),
+    )
+}
+
+
+def normalize_row(row: Mapping[str, Any]) -> Row:
+    """One in-app shape for a row whichever tier answered: dates as ISO strings, addresses as strings."""
+    return {key: _normalize_value(value) for key, value in row.items()}
+
+
+def _normalize_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return str(value)
+    if isinstance(value, list):
+        return [_normalize_value(item) for item in value]
+    return value
+
+
+def to_document(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    doc = {("_id" if key == "id" else key): value for key, value in row.items()}
+    doc["last_use"] = now
+    return doc
+
+
+def from_document(doc: Mapping[str, Any]) -> Row:
+    row = {("id" if key == "_id" else key): value for key, value in doc.items() if key != "last_use"}
+    return normalize_row(row)
+
+
+@dataclass
+class _TierHealth:
+    """Skips a failing tier briefly so an outage costs one failed call per second, not one per request."""
+
+    down_until: dict[str, float] = field(default_factory=dict)
+
+    def available(self, tier: str) -> bool:
+        return time.monotonic() >= self.down_until.get(tier, 0.0)
+
+    def failed(self, tier: str) -> None:
+        self.down_until[tier] = time.monotonic() + TIER_RETRY_SECONDS
+
+    def succeeded(self, tier: str) -> None:
+        self.down_until.pop(tier, None)
+
+
+class TieredStore:
+    """Reads and writes rows of :data:`ENTITIES` across PostgreSQL, Mongo and Redis."""
+
+    def __init__(self, stores: Stores) -> None:
+        self.stores = stores
+        self.health = _TierHealth()
+
+    # ---- reads -------------------------------------------------------------------------------------------
+
+    def _cache(self, entity: Entity) -> CacheCollection:
+        return self.stores.cache.collection(entity.cache_collection)
+
+    async def get(self, entity_name: str, entity_id: uuid.UUID) -> Row | None:
+        """One row by id: Redis, else Mongo (refreshing `last_use`), else PostgreSQL; fills the tiers above."""
+        entity = ENTITIES[entity_name]
+        row = await self._from_redis(entity, entity_id)
+        if row is not None:
+            return row
+        row = await self._from_mongo(entity, entity_id)
+        if row is not None:
+            await self._to_redis(entity, [row])
+            return row
+        row = await self._from_postgres(entity, entity_id)
+        if row is not None:
+            await self._to_mongo(entity, [row])
+            await self._to_redis(entity, [row])
+        return row
+
+    async def get_many(self, entity_name: str, ids: Sequence[uuid.UUID]) -> list[Row]:
+        """Rows for `ids` in the given order (missing ones left out), each tier asked once for what is left."""
+        entity = ENTITIES[entity_name]
+        found: dict[uuid.UUID, Row] = {}
+        wanted = list(dict.fromkeys(ids))
+        for row in await self._many_from_redis(entity, wanted):
+            found[row["id"]] = row
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            from_mongo = await self._many_from_mongo(entity, missing)
+            await self._to_redis(entity, from_mongo)
+            found.update((row["id"], row) for row in from_mongo)
+            missing = [i for i in missing if i not in found]
+        if missing:
+            from_pg = await self._many_from_postgres(entity, missing)
+            await self._to_mongo(entity, from_pg)
+            await self._to_redis(entity, from_pg)
+            found.update((row["id"], row) for row in from_pg)
+        return [found[i] for i in wanted if i in found]
+
+    async def _from_redis(self, entity: Entity, entity_id: uuid.UUID) -> Row | None:
+        if not self.health.available("redis"):
+            return None
+        try:
+            row = await self._cache(entity).get_by_id(entity_id)
+        except (RedisError, OSError) as exc:
+            self._tier_failed("redis", "read", entity, exc)
+            return None
+        return normalize_row(row) if row is not None else None
+
+    async def _many_from_redis(self, entity: Entity, ids: list[uuid.UUID]) -> list[Row]:
+        if not ids or not self.health.available("redis"):
+            return []
+        try:
+            rows = await self._cache(entity).get_many_by_id(ids)
+        except (RedisError, OSError) as exc:
+            self._tier_failed("redis", "read", entity, exc)
+            return []
+        return [normalize_row(row) for row in rows]
+
+    async def _from_mongo(self, entity: Entity, entity_id: uuid.UUID) -> Row | None:
+        if not self.health.available("mongo"):
+            return None
+        try:
+            doc = await self.stores.mongo[entity.mongo_collection].find_one_and_update(
+                {"_id": entity_id}, {"$set": {"last_use": datetime.now(UTC)}},
+                return_document=ReturnDocument.AFTER)
+        except PyMongoError as exc:
+            self._tier_failed("mongo", "read", entity, exc)
+            return None
+        return from_document(doc) if doc is not None else None
+
+    async def _many_from_mongo(self, entity: Entity, ids: list[uuid.UUID]) -> list[Row]:
+        if not self.health.available("mongo"):
+            return []
+        collection = self.stores.mongo[entity.mongo_collection]
+        try:
+            docs = await collection.find({"_id": {"$in": ids}}).to_list(None)
+            if docs:
+                await collection.update_many({"_id": {"$in": [d["_id"] for d in docs]}},
+                                             {"$set": {"last_use": datetime.now(UTC)}})
+        except PyMongoError as exc:
+            self._tier_failed("mongo", "read", entity, exc)
+            return []
+        return [from_document(doc) for doc in docs]
+
+    async def _from_postgres(self, entity: Entity, entity_id: uuid.UUID) -> Row | None:
+        query = sql.SQL("SELECT * FROM {} WHERE id = %s").format(entity.table_sql)
+        async with self.stores.pg.connection() as conn:
+            row = await (await conn.execute(query, (entity_id,))).fetchone()
+        return normalize_row(row) if row is not None else None
+
+    async def _many_from_postgres(self, entity: Entity, ids: list[uuid.UUID]) -> list[Row]:
+        query = sql.SQL("SELECT * FROM {} WHERE id = ANY(%s)").format(entity.table_sql)
+        async with self.stores.pg.connection() as conn:
+            rows = await (await conn.execute(query, (ids,))).fetchall()
+        return [normalize_row(row) for row in rows]
+
+    # ---- projections (idempotent) -----------------------------------------------------------------------
+
+    async def _to_mongo(self, entity: Entity, rows: Sequence[Row]) -> bool:
+        if not rows:
+            return True
+        if not self.health.available("mongo"):
+            return False
+        now = datetime.now(UTC)
+        ops = [ReplaceOne({"_id": row["id"]}, to_document(row, now), upsert=True) for row in rows]
+        try:
+            await self.stores.mongo[entity.mongo_collection].bulk_write(ops, ordered=False)
+        except PyMongoError as exc:
+            self._tier_failed("mongo", "write", entity, exc)
+            return False
+        self.health.succeeded("mongo")
+        return True
+
+    async def _to_redis(self, entity: Entity, rows: Sequence[Row]) -> bool:
+        if not rows:
+            return True
+        if not self.health.available("redis"):
+            return False
+        try:
+            await self._cache(entity).set_many(rows)
+        except (RedisError, OSError) as exc:
+            self._tier_failed("redis", "write", entity, exc)
+            return False
+        self.health.succeeded("redis")
+        return True
+
+    async def _remove_from_copies(self, entity: Entity, ids: Sequence[uuid.UUID]) -> bool:
+        mongo_ok = redis_ok = False
+        if self.health.available("mongo"):
+            try:
+                await self.stores.mongo[entity.mongo_collection].delete_many({"_id": {"$in": list(ids)}})
+                mongo_ok = True
+            except PyMongoError as exc:
+                self._tier_failed("mongo", "delete", entity, exc)
+        if self.health.available("redis"):
+            try:
+                cache = self._cache(entity)
+                for entity_id in ids:
+                    await cache.delete_by_id(entity_id)
+                redis_ok = True
+            except (RedisError, OSError) as exc:
+                self._tier_failed("redis", "delete", entity, exc)
+        return mongo_ok and redis_ok
+
+    async def project(self, entity_name: str, ids: Sequence[uuid.UUID],
+                      rows: Mapping[uuid.UUID, Row | None] | None = None) -> bool:
+        """Make the Mongo and Redis copies of `ids` match PostgreSQL (given `rows`, else read now)."""
+        entity = ENTITIES[entity_name]
+        if rows is None:
+            present = {row["id"]: row for row in await self._many_from_postgres(entity, list(ids))}
+        else:
+            present = {i: r for i, r in rows.items() if r is not None}
+        upserts = [present[i] for i in ids if i in present]
+        gone = [i for i in ids if i not in present]
+        ok = await self._to_mongo(entity, upserts)
+        ok = await self._to_redis(entity, upserts) and ok
+        if gone:
+            ok = await self._remove_from_copies(entity, gone) and ok
+        return ok
+
+    def _tier_failed(self, tier: str, action: str, entity: Entity, exc: BaseException) -> None:
+        self.health.failed(tier)
+        self.stores.count_failure(tier)
+        log.warning("tier_unavailable", extra={"tier": tier, "action": action, "entity": entity.name,
+                                               "error": f"{type(exc).__name__}: {exc}"[:200]})
+
+    # ---- writes ------------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A PostgreSQL transaction; touched rows are projected to Mongo and Redis after it commits."""
+        async with self.stores.pg.connection() as conn:
+            async with conn.transaction():
+                tx = Transaction(conn)
+                yield tx
+                await tx.record_outbox()
+        await self._project_committed(tx)
+
+    async def _project_committed(self, tx: Transaction) -> None:
+        all_ok = True
+        for entity_name, touched in tx.touched.items():
+            all_ok = await self.project(entity_name, list(touched), touched) and all_ok
+        if all_ok and tx.outbox_ids:
+            try:
+                async with self.stores.pg.connection() as conn:
+                    await conn.execute("DELETE FROM logic.outbox WHERE id = ANY(%s)", (tx.outbox_ids,))
+            except Exception as exc:  # the worker will redo the (idempotent) projection later
+                log.warning("outbox_cleanup_failed", extra={"error": str(exc)[:200]})
+
+    async def insert(self, entity_name: str, values: Mapping[str, Any]) -> Row:
+        async with self.transaction() as tx:
+            return await tx.insert(entity_name, values)
+
+    async def update(self, entity_name: str, entity_id: uuid.UUID, changes: Mapping[str, Any]) -> Row | None:
+        async with self.transaction() as tx:
+            return await tx.update(entity_name, entity_id, changes)
+
+    async def delete(self, entity_name: str, entity_id: uuid.UUID) -> Row | None:
+        async with self.transaction() as tx:
+            return await tx.delete(entity_name, entity_id)
+
+
+class Transaction:
+    """Writes inside one PostgreSQL transaction; remembers which rows to project after the commit."""
+
+    def __init__(self, conn: AsyncConnection[DictRow]) -> None:
+        self.conn = conn
+        self.touched: dict[str, dict[uuid.UUID, Row | None]] = {}
+        self.outbox_ids: list[int] = []
+
+    def _adapt(self, entity: Entity, values: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: Jsonb(v) if k in entity.json_columns and v is not None else v for k, v in values.items()}
+
+    def touch(self, entity_name: str, entity_id: uuid.UUID, row: Row | None = None) -> None:
+        """Mark a row changed by custom SQL; `row=None` means "re-read it from PostgreSQL to project"."""
+        ENTITIES[entity_name]  # noqa: B018 - fail fast on an unknown entity
+        self.touched.setdefault(entity_name, {})[entity_id] = row
+
+    async def insert(self, entity_name: str, values: Mapping[str, Any], *, on_conflict_do_nothing: bool = False
+                     ) -> Row:
+        entity = ENTITIES[entity_name]
+        adapted = self._adapt(entity, values)
+        query = sql.SQL("INSERT INTO {} ({}) VALUES ({}){} RETURNING *").format(
+            entity.table_sql,
+            sql.SQL(", ").join(map(sql.Identifier, adapted)),
+            sql.SQL(", ").join(sql.Placeholder() * len(adapted)),
+            sql.SQL(" ON CONFLICT DO NOTHING") if on_conflict_do_nothing else sql.SQL(""),
+        )
+        row = await (await self.conn.execute(query, list(adapted.values()))).fetchone()
+        if row is None:
+            raise LookupError("insert skipped by ON CONFLICT")
+        result = normalize_row(row)
+        self.touch(entity_name, result["id"], result)
+        return result
+
+    async def update(self, entity_name: str, entity_id: uuid.UUID, changes: Mapping[str, Any]) -> Row | None:
+        entity = ENTITIES[entity_name]
+        adapted = self._adapt(entity, changes)
+        if not adapted:
+            row = await (await self.conn.execute(
+                sql.SQL("SELECT * FROM {} WHERE id = %s").format(entity.table_sql), (entity_id,))).fetchone()
+            return normalize_row(row) if row else None
+        query = sql.SQL("UPDATE {} SET {} WHERE id = {} RETURNING *").format(
+            entity.table_sql,
+            sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder()) for k in adapted),
+            sql.Placeholder(),
+        )
+        row = await (await self.conn.execute(query, [*adapted.values(), entity_id])).fetchone()
+        if row is None:
+            return None
+        result = normalize_row(row)
+        self.touch(entity_name, entity_id, result)
+        return result
+
+    async def delete(self, entity_name: str, entity_id: uuid.UUID) -> Row | None:
+        rows = await self.delete_where(entity_name, sql.SQL("id = %s"), (entity_id,))
+        return rows[0] if rows else None
+
+    async def delete_where(self, entity_name: str, where: sql.Composable, params: Sequence[Any]) -> list[Row]:
+        entity = ENTITIES[entity_name]
+        query = sql.SQL("DELETE FROM {} WHERE {} RETURNING *").format(entity.table_sql, where)
+        rows = [normalize_row(r) for r in await (await self.conn.execute(query, params)).fetchall()]
+        for row in rows:
+            self.touched.setdefault(entity_name, {})[row["id"]] = None
+        return rows
+
+    async def record_outbox(self) -> None:
+        """Record every touched row in the outbox, in this transaction, before it commits."""
+        pairs = [(name, entity_id) for name, touched in self.touched.items() for entity_id in touched]
+        if not pairs:
+            return
+        async with self.conn.cursor() as cur:
+            await cur.execute(
+                "INSERT INTO logic.outbox (collection, entity_id, op) "
+                "SELECT c, e, 'upsert' FROM unnest(%s::text[], %s::uuid[]) AS t(c, e) RETURNING id",
+                ([p[0] for p in pairs], [p[1] for p in pairs]))
+            self.outbox_ids = [row["id"] for row in await cur.fetchall()]
+
+
+async def drain_outbox(tiered: TieredStore, *, batch: int = 200, min_age_seconds: float = 2.0) -> int:
+    """Re-project rows whose post-commit projection did not complete; returns how many were repaired."""
+    async with tiered.stores.pg.connection() as conn, conn.transaction():
+        rows = await (await conn.execute(
+            "SELECT id, collection, entity_id, attempts FROM logic.outbox "
+            "WHERE next_try_at <= now() AND created_at <= now() - make_interval(secs => %s) "
+            "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED", (min_age_seconds, batch))).fetchall()
+        if not rows:
+            return 0
+        by_entity: dict[str, list[uuid.UUID]] = {}
+        for row in rows:
+            by_entity.setdefault(row["collection"], []).append(row["entity_id"])
+        failed = {name for name, ids in by_entity.items()
+                  if not await tiered.project(name, list(dict.fromkeys(ids)))}
+        done = [row["id"] for row in rows if row["collection"] not in failed]
+        retry = [row["id"] for row in rows if row["collection"] in failed]
+        if done:
+            await conn.execute("DELETE FROM logic.outbox WHERE id = ANY(%s)", (done,))
+        if retry:
+            await conn.execute(
+                "UPDATE logic.outbox SET attempts = attempts + 1, last_error = 'projection failed', "
+                "next_try_at = now() + make_interval(secs => least(5, 0.5 * (attempts + 1))) "
+                "WHERE id = ANY(%s)", (retry,))
+    if done:
+        log.info("outbox_repaired", extra={"rows": len(done)})
+    return len(done)
+
+
+async def run_outbox_worker(tiered: TieredStore, interval: float = 1.0) -> None:
+    """Drain the outbox forever (one task per server process; SKIP LOCKED shares the work)."""
+    while True:
+        try:
+            while await drain_outbox(tiered) > 0:
+                pass
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # PostgreSQL itself down: keep trying, never crash the server
+            log.warning("outbox_drain_failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
+        await asyncio.sleep(interval)
+
+
+def ids_of(rows: Iterable[Row]) -> list[uuid.UUID]:
+    return [row["id"] for row in rows]
