@@ -99,7 +99,9 @@ _PERIODS = {"s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mi
 
 def parse_rate(variable: str, raw: str) -> RateLimit:
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*", raw.lower())
-    if not match or match.group(3) not in _PERIODS or int(match.group(1)) < 1:
+    # A zero window ("10/0m") would divide by zero in the limiter: rejected like a zero amount.
+    if (not match or match.group(3) not in _PERIODS or int(match.group(1)) < 1
+            or int(match.group(2) or 1) < 1):
         raise SettingsError(variable, f"expected a rate such as 10/5minutes or 300/minute, got {raw!r}")
     count = int(match.group(2) or 1)
     return RateLimit(int(match.group(1)), count * _PERIODS[match.group(3)])

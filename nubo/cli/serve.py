@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
+from types import FrameType
 
 import typer
 import uvicorn
 
 from nubo.cli.common import settings_or_exit
 from nubo.logs import configure_logging
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def serve(
@@ -27,6 +33,9 @@ def serve(
     # Workers re-read settings from the environment, so CLI overrides travel through it.
     if port is not None:
         os.environ["PORT"] = str(port)
+    # uvicorn drains on SIGTERM, then re-raises the signal it caught, so the process would die "killed by
+    # SIGTERM" (exit -15/143). It restores this handler first: a completed drain exits 0 for Docker/systemd.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         "nubo.server.app:create_app_from_env",
         factory=True,

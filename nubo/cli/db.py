@@ -1,0 +1,219 @@
+"""`nubo db init` and `nubo db purge`: set up and maintain PostgreSQL and the Mongo `nubo_recent` database.
+
+Exit codes (cron-friendly): 0 success (also "nothing to do"), 1 a store is unreachable or an SQL file failed,
+2 bad configuration, 3 `db init` found drift (an applied SQL file changed, or a conflicting Mongo index).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg_pool
+import typer
+from pymongo.errors import PyMongoError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from nubo.cli.common import console, err_console, fail, print_json, settings_or_exit
+from nubo.settings import Settings
+from nubo.stores import Stores, open_stores
+from nubo.stores.schema import InitReport, SchemaError, init_databases, purge_cutoff, purge_recent
+
+db_app = typer.Typer(
+    help="Database setup and upkeep: create the PostgreSQL schema and Mongo collections (init), "
+         "delete Mongo documents unused for the retention period (purge).",
+    no_args_is_help=True,
+)
+
+EXIT_UNREACHABLE = 1
+EXIT_DRIFT = 3
+# Show a progress bar only when a purge visits at least this many collections (and stdout is a terminal).
+_PROGRESS_MIN_COLLECTIONS = 5
+_CONNECT_TIMEOUT = 5  # seconds per attempt: an unreachable store fails well under 15 s
+
+T = TypeVar("T")
+_JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _short(exc: BaseException) -> str:
+    """The first useful part of a driver error (pymongo appends its whole topology description)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.split(" (configured timeouts")[0].split(", Timeout: ")[0][:300]
+
+
+async def _probe_postgres(url: str) -> None:
+    """One direct connection first: it fails at once with the real reason (the pool only says "timeout")."""
+    conn = await psycopg.AsyncConnection.connect(url, connect_timeout=_CONNECT_TIMEOUT)
+    await conn.close()
+
+
+async def _with_stores(settings: Settings, work: Callable[[Stores], Awaitable[T]]) -> T:
+    await _probe_postgres(settings.postgres_url)
+    stores = await open_stores(settings, wait_for_postgres=True, pg_max_size=2)
+    try:
+        return await work(stores)
+    finally:
+        await stores.close()
+
+
+def _run(settings: Settings, work: Callable[[Stores], Awaitable[T]]) -> T:
+    """Run `work` with open stores; an unreachable store becomes one line naming it and exit code 1."""
+    # The pool logs each failed attempt as a warning; the one-line error below says it once.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    try:
+        return asyncio.run(_with_stores(settings, work))
+    except SchemaError as exc:
+        fail(str(exc), EXIT_UNREACHABLE)
+    except (psycopg_pool.PoolTimeout, psycopg.OperationalError) as exc:
+        fail(f"PostgreSQL unreachable at {_redact(settings.postgres_url)}: {_short(exc)}", EXIT_UNREACHABLE)
+    except PyMongoError as exc:
+        fail(f"MongoDB unreachable at {_redact(settings.mongo_url)}: {_short(exc)}", EXIT_UNREACHABLE)
+
+
+# -------------------------------------------------------------------------------------------------- init
+
+def _print_postgres(report: InitReport) -> None:
+    pg = report.postgres
+    if not pg.applied:
+        changed = f" ({len(pg.changed)} changed since, see below)" if pg.changed else ""
+        console.print(f"PostgreSQL: all {len(pg.skipped) + len(pg.changed)} SQL files of {pg.sql_dir} "
+                      f"already applied{changed}.")
+        return
+    files = Table(title=f"PostgreSQL: SQL files applied from {pg.sql_dir}", title_justify="left")
+    files.add_column("file")
+    files.add_column("status")
+    for name in pg.applied:
+        files.add_row(name, "[green]applied[/]")
+    console.print(files)
+    created_tables, created_indexes = set(pg.created_tables), set(pg.created_indexes)
+    objects = Table(title="PostgreSQL objects per schema", title_justify="left")
+    for column in ("schema", "tables", "views", "indexes", "created now"):
+        objects.add_column(column)
+    for schema, found in sorted(pg.schemas.items()):
+        new_tables = [t for t in found["tables"] if f"{schema}.{t}" in created_tables]
+        new_indexes = sum(f"{schema}.{i}" in created_indexes for i in found["indexes"])
+        objects.add_row(schema, ", ".join(found["tables"]) or "-", ", ".join(found["views"]) or "-",
+                        str(len(found["indexes"])), f"{len(new_tables)} tables, {new_indexes} indexes")
+    console.print(objects)
+
+
+def _print_mongo(report: InitReport) -> None:
+    mongo = report.mongo
+    header = f"MongoDB ({mongo.server}) database {mongo.database}"
+    if not (mongo.created_collections or mongo.created_indexes):
+        console.print(f"{header}: all {len(mongo.collections)} collections and their indexes already exist.")
+        return
+    created = set(mongo.created_indexes)
+    table = Table(title=header, title_justify="left")
+    for column in ("collection", "status", "indexes created now", "indexes now"):
+        table.add_column(column)
+    for name, indexes in mongo.collections.items():
+        new = [i for i in indexes if f"{name}.{i}" in created]
+        table.add_row(name, "[green]created[/]" if name in mongo.created_collections else "exists",
+                      ", ".join(new) or "-", str(len(indexes)))
+    console.print(table)
+
+
+def _print_init(report: InitReport) -> None:
+    _print_postgres(report)
+    _print_mongo(report)
+    for warning in report.mongo.warnings:
+        console.print(f"[bold yellow]warning[/]: {warning}", soft_wrap=True)
+    for problem in report.problems:
+        err_console.print(f"[bold red]drift[/]: {problem}", highlight=False, soft_wrap=True)
+    if report.nothing_to_do and not report.problems:
+        console.print("[bold]nothing to do[/]: the databases are up to date.")
+    elif report.problems:
+        err_console.print("[bold red]the databases differ from sql/ or mongo/[/]: fix the drift above "
+                          "(exit code 3).", highlight=False)
+
+
+@db_app.command("init")
+def init(json_output: bool = _JSON_OPTION) -> None:
+    """Create the PostgreSQL schemas and tables (sql/) and the Mongo collections and indexes (mongo/).
+
+    Safe to re-run: applied SQL files are recorded and skipped; an applied file that changed is reported
+    (exit code 3), never re-run. Set NUBO_SQL_DIR / NUBO_MONGO_DIR when running from an installed package.
+    """
+    settings = settings_or_exit()
+    report = _run(settings, init_databases)
+    if json_output:
+        print_json(report.as_dict())
+    else:
+        _print_init(report)
+    if report.problems:
+        if json_output:  # the human text went to the JSON; still say why the exit code is not 0
+            err_console.print(f"[bold red]drift[/]: {len(report.problems)} problem(s), see \"problems\"",
+                              highlight=False)
+        raise typer.Exit(EXIT_DRIFT)
+
+
+# ------------------------------------------------------------------------------------------------- purge
+
+PurgeWork = Callable[[Stores], Awaitable[dict[str, int]]]
+
+
+def _purge_with_progress(days: int, dry_run: bool, show: bool) -> PurgeWork:
+    async def work(stores: Stores) -> dict[str, int]:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True, disable=not show) as progress:
+            task = progress.add_task("purging" if not dry_run else "counting", total=None)
+
+            def advance(collection: str, _count: int, total: int) -> None:
+                visible = total >= _PROGRESS_MIN_COLLECTIONS
+                progress.update(task, total=total, advance=1, description=collection, visible=visible)
+
+            return await purge_recent(stores, days, dry_run, on_progress=advance)
+    return work
+
+
+def _print_purge(counts: dict[str, int], summary: dict[str, Any]) -> None:
+    verb = "would delete" if summary["dry_run"] else "deleted"
+    busy = {name: count for name, count in counts.items() if count}
+    if busy:
+        table = Table(title=f"{summary['database']}: documents unused for {summary['days']} days")
+        table.add_column("collection")
+        table.add_column(verb, justify="right")
+        for name, count in busy.items():
+            table.add_row(name, str(count))
+        console.print(table)
+    console.print(f"{verb} {summary['total']} document(s) with last_use before {summary['cutoff']} "
+                  f"in {len(counts)} collection(s) of {summary['database']}", highlight=False)
+
+
+@db_app.command("purge")
+def purge(
+    days: int | None = typer.Option(
+        None, "--days", min=1, help="Purge documents unused for N days (default NUBO_RETENTION_DAYS, 30)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be deleted; delete nothing."),
+    json_output: bool = _JSON_OPTION,
+) -> None:
+    """Delete Mongo documents whose last_use is older than the retention, in every collection.
+
+    Needed from cron where the Mongo server has no TTL indexes (FerretDB), harmless elsewhere:
+    `17 3 * * * nubo db purge`. Exit code 0 on success, 1 when a store is unreachable.
+    """
+    settings = settings_or_exit()
+    days = days if days is not None else settings.retention_days
+    cutoff = purge_cutoff(days)
+    counts = _run(settings, _purge_with_progress(days, dry_run, show=console.is_terminal and not json_output))
+    summary = {"database": settings.mongo_db, "days": days, "cutoff": cutoff.isoformat(timespec="seconds"),
+               "dry_run": dry_run, "total": sum(counts.values()), "counts": counts}
+    if json_output:
+        print_json(summary)
+    else:
+        _print_purge(counts, summary)
