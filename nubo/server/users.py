@@ -1,0 +1,159 @@
+"""Routes for users and their relations: profiles, search, follows, blocks and relationships.
+
+Handlers are thin: parse, call `nubo.users` / `nubo.social`, shape the answer. Every route needs an
+authenticated caller; users hidden from the caller (deactivated, banned, blocked either way) are 404.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from litestar import Request, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, Parameter
+
+from nubo import notifications, social, users
+from nubo.errors import Unauthorized
+from nubo.ids import parse_id
+from nubo.pagination import MAX_LIMIT, Page
+from nubo.stores import Stores
+from nubo.stores.tiered import Row
+
+AnyRequest = Request[Any, Any, Any]
+StoresDep = NamedDependency[Stores]
+# Path ids are parsed by `parse_id` (422 naming the field) rather than the router (a bare 404).
+UserIdPath = FromPath[Annotated[str, Parameter(description="A user id (UUID)",
+                                               schema_extra={"format": "uuid"})]]
+Limit = FromQuery[Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size (default 20)")]]
+Before = FromQuery[Annotated[uuid.UUID | None,
+                             Parameter(description="Cursor: the `next` of the previous page")]]
+
+
+@dataclass
+class PublicUser:
+    """What anyone may see of a user."""
+
+    id: uuid.UUID
+    username: str
+    first_name: str
+    last_name: str
+    bio: str | None
+    profile_picture_id: uuid.UUID | None
+    location: str | None
+    school: str | None
+    works: str | None
+    badges: list[str]
+    created_at: datetime
+
+
+@dataclass
+class Profile(PublicUser):
+    """A public user with their follower and following counts."""
+
+    followers_count: int
+    following_count: int
+
+
+def caller_id(request: AnyRequest) -> uuid.UUID:
+    """The authenticated caller's id (set by the auth layer as `request.user`), else 401."""
+    user = request.scope.get("user")
+    user_id = getattr(user, "id", None)
+    if not isinstance(user_id, uuid.UUID):
+        raise Unauthorized("Authentication required", code="missing_token")
+    return user_id
+
+
+def to_public(row: Row) -> PublicUser:
+    return PublicUser(**users.public_user(row))
+
+
+@get("/users/{user_id:str}", summary="A user's public profile", tags=["users"])
+async def get_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath) -> Profile:
+    profile = await users.get_profile(stores, caller_id(request), parse_id(user_id, "user_id"))
+    return Profile(**profile)
+
+
+@get("/users", summary="Search users by username or name prefix", tags=["users"])
+async def search_users(
+    request: AnyRequest, stores: StoresDep,
+    q: FromQuery[Annotated[str, Parameter(min_length=1, max_length=users.MAX_QUERY_LENGTH,
+                                          description="Prefix of username, first or last name")]],
+    limit: Limit = 20, before: Before = None,
+) -> Page[PublicUser]:
+    page = await users.search(stores, caller_id(request), q, limit=limit, before=before)
+    return Page(items=[PublicUser(**item) for item in page.items], next=page.next)
+
+
+@post("/users/{user_id:str}/follow", summary="Follow a user (idempotent)", tags=["relations"],
+      status_code=200)
+async def follow_user(request: AnyRequest, stores: StoresDep,
+                      user_id: UserIdPath) -> social.Relationship:
+    viewer, target = caller_id(request), parse_id(user_id, "user_id")
+    _, created = await social.follow(stores, viewer, target)
+    if created:  # after the commit; a repeated (idempotent) follow notifies nobody
+        await notifications.notify(stores, target, "follow", actor_id=viewer)
+    return await social.relationship(stores, viewer, target)
+
+
+@delete("/users/{user_id:str}/follow", summary="Unfollow a user (idempotent)", tags=["relations"],
+        status_code=200)
+async def unfollow_user(request: AnyRequest, stores: StoresDep,
+                        user_id: UserIdPath) -> social.Relationship:
+    viewer, target = caller_id(request), parse_id(user_id, "user_id")
+    await social.unfollow(stores, viewer, target)
+    return await social.relationship(stores, viewer, target)
+
+
+async def _follow_list(request: AnyRequest, stores: Stores, user_id: str, direction: str,
+                       limit: int, before: uuid.UUID | None) -> Page[PublicUser]:
+    page = await social.follow_page(stores, caller_id(request), parse_id(user_id, "user_id"),
+                                    direction=direction, limit=limit, before=before)
+    return Page(items=[to_public(user) for _, user in page.items], next=page.next)
+
+
+@get("/users/{user_id:str}/followers", summary="Who follows a user, newest first", tags=["relations"])
+async def list_followers(request: AnyRequest, stores: StoresDep, user_id: UserIdPath,
+                         limit: Limit = 20, before: Before = None) -> Page[PublicUser]:
+    return await _follow_list(request, stores, user_id, "followers", limit, before)
+
+
+@get("/users/{user_id:str}/following", summary="Whom a user follows, newest first", tags=["relations"])
+async def list_following(request: AnyRequest, stores: StoresDep, user_id: UserIdPath,
+                         limit: Limit = 20, before: Before = None) -> Page[PublicUser]:
+    return await _follow_list(request, stores, user_id, "following", limit, before)
+
+
+@post("/users/{user_id:str}/block", summary="Block a user (removes follows both ways)", tags=["relations"],
+      status_code=200)
+async def block_user(request: AnyRequest, stores: StoresDep,
+                     user_id: UserIdPath) -> social.Relationship:
+    viewer, target = caller_id(request), parse_id(user_id, "user_id")
+    await social.block(stores, viewer, target)
+    return await social.relationship(stores, viewer, target)
+
+
+@delete("/users/{user_id:str}/block", summary="Unblock a user (idempotent)", tags=["relations"],
+        status_code=200)
+async def unblock_user(request: AnyRequest, stores: StoresDep,
+                       user_id: UserIdPath) -> social.Relationship:
+    viewer, target = caller_id(request), parse_id(user_id, "user_id")
+    await social.unblock(stores, viewer, target)
+    return await social.relationship(stores, viewer, target)
+
+
+@get("/relationships", summary="The caller's relationship with each user", tags=["relations"])
+async def get_relationships(
+    request: AnyRequest, stores: StoresDep,
+    ids: FromQuery[Annotated[str, Parameter(description=f"Comma-separated user ids, at most "
+                                                         f"{social.MAX_RELATIONSHIP_IDS}", max_length=2000)]],
+) -> Page[social.Relationship]:
+    """Unknown or hidden-by-state users are left out; a blocked user shows `blocking`/`blocked_by`."""
+    found = await social.relationships(stores, caller_id(request), social.parse_id_list(ids))
+    return Page(items=found, next=None)
+
+
+ROUTES = [get_user, search_users, follow_user, unfollow_user, list_followers, list_following, block_user,
+          unblock_user, get_relationships]
