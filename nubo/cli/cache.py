@@ -1,0 +1,100 @@
+"""`nubo cache inspect|flush`: look into the Redis cache, or delete nubo's keys (under the prefix only)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import typer
+from redis.exceptions import RedisError
+from rich.table import Table
+
+from nubo.cli.common import console, fail, print_json, settings_or_exit
+from nubo.settings import Settings
+from nubo.stores.cache_schemas import SCHEMAS
+from nubo.stores.redis import Keys, delete_prefix, open_redis
+from nubo.stores.redis_cache import RedisCache, cache_stats
+from nubo.stores.redis_governor import resolve_budget, used_memory
+
+cache_app = typer.Typer(help="Inspect or flush nubo's Redis cache (only keys under NUBO_REDIS_PREFIX).",
+                        no_args_is_help=True)
+
+
+async def _inspect(settings: Settings, collection: str | None) -> dict[str, Any]:
+    redis = open_redis(settings.redis_url, timeout=10.0)
+    try:
+        report = await cache_stats(RedisCache(redis, Keys(settings.redis_prefix)), collection)
+        budget = await resolve_budget(redis, settings.redis_memory_budget)
+        margin = settings.memory_margin_bytes(budget) if budget else 0
+        report["memory"] = {"used_bytes": await used_memory(redis), "budget_bytes": budget,
+                            "margin_bytes": margin, "threshold_bytes": max(budget - margin, 0)}
+        return report
+    finally:
+        await redis.aclose()
+
+
+def _mib(size: float) -> str:
+    return f"{size / 1024 / 1024:.2f} MiB"
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    table = Table(title=f"Redis cache (prefix {report['prefix']})")
+    for column in ("collection", "elements", "indexes", "largest indexes (ids)", "memory ≈"):
+        table.add_column(column, justify="right" if column in ("elements", "indexes", "memory ≈") else "left")
+    for name, stats in report["collections"].items():
+        largest = ", ".join(f"{item['index']} ({item['ids']})" for item in stats["largest_indexes"]) or "-"
+        table.add_row(name, str(stats["elements"]), str(stats["indexes"]), largest,
+                      _mib(stats["memory_bytes"]))
+    console.print(table)
+    memory = report["memory"]
+    budget = (f"{_mib(memory['budget_bytes'])}, purging above {_mib(memory['threshold_bytes'])}"
+              if memory["budget_bytes"] else "none (NUBO_REDIS_MEMORY_BUDGET and maxmemory unset)")
+    console.print(f"Redis used memory {_mib(memory['used_bytes'])}; budget {budget}; "
+                  f"usage order holds {report['lru_entries']} elements", highlight=False)
+
+
+@cache_app.command("inspect")
+def inspect(
+    collection: str | None = typer.Option(None, "--collection", "-c", help="Only this collection."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Per collection: elements, index sets, largest indexes, approximate memory; Redis memory vs budget."""
+    settings = settings_or_exit()
+    if collection is not None and collection not in SCHEMAS:
+        fail(f"unknown collection {collection!r} (one of: {', '.join(sorted(SCHEMAS))})", 2)
+    try:
+        report = asyncio.run(_inspect(settings, collection))
+    except (RedisError, OSError) as exc:
+        fail(f"cannot read Redis: {type(exc).__name__}: {exc}")
+    if as_json:
+        print_json(report)
+    else:
+        _print_report(report)
+
+
+async def _flush(settings: Settings) -> int:
+    redis = open_redis(settings.redis_url, timeout=10.0)
+    try:
+        return await delete_prefix(redis, Keys(settings.redis_prefix))
+    finally:
+        await redis.aclose()
+
+
+def flush_prefix(settings: Settings) -> int:
+    """Delete every key under the prefix (never FLUSHDB), print and return how many were deleted."""
+    try:
+        deleted = asyncio.run(_flush(settings))
+    except (RedisError, OSError) as exc:
+        fail(f"cannot flush Redis: {type(exc).__name__}: {exc}")
+    console.print(f"deleted {deleted} Redis keys under prefix {settings.redis_prefix!r}", highlight=False)
+    return deleted
+
+
+@cache_app.command("flush")
+def flush(yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
+    """Delete nubo's Redis keys (those under NUBO_REDIS_PREFIX); other keys on the server are left alone."""
+    settings = settings_or_exit()
+    if not yes and not typer.confirm(f"Delete every Redis key under prefix {settings.redis_prefix!r}?"):
+        console.print("nothing deleted")
+        raise typer.Exit(1)
+    flush_prefix(settings)
