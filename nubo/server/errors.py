@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from litestar import Request, Response
@@ -41,20 +42,37 @@ def handle_nubo_error(_: Request[Any, Any, Any], exc: NuboError) -> Response[dic
 
 def handle_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
     detail = str(exc.detail or "")
-    if "JSON" in detail or "decode" in detail.lower() or "content" in detail.lower() and not exc.extra:
+    if "JSON" in detail or "decode" in detail.lower() or ("content" in detail.lower() and not exc.extra):
         return error_response(400, "The request body is not valid JSON", "invalid_json")
     fields: dict[str, str] = {}
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
-            key = str(item.get("key") or "body")
-            fields[key] = str(item.get("message", "invalid"))
+            message = str(item.get("message", "invalid"))
+            fields[_field_key(str(item.get("key") or "body"), message)] = message
     return error_response(422, detail or "Validation failed", "validation_error", fields=fields or None)
+
+
+# msgspec names the offending field in the message for these; Litestar then reports the key as "data".
+_NAMED_FIELD = re.compile(r"(?:missing required field|unknown field) `([^`]{1,64})`")
+
+
+def _field_key(key: str, message: str) -> str:
+    """The field a message is about: msgspec's "missing required field `x`" names it, the key does not."""
+    if key in ("data", "body") and (match := _NAMED_FIELD.search(message)):
+        return match.group(1)
+    return key
+
+
+# msgspec's decode errors for a body that is not JSON at all (Litestar raises them as a plain 400).
+_JSON_ERRORS = ("JSON is malformed", "Input data was truncated", "Expected JSON")
 
 
 def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     status = exc.status_code
     if status >= 500:
         log.error("http_error", extra={"status": status, "detail": exc.detail})
+    if status == 400 and str(exc.detail or "").startswith(_JSON_ERRORS):
+        return error_response(400, "The request body is not valid JSON", "invalid_json")
     code = _CODES_BY_STATUS.get(status, "error" if status < 500 else "internal_error")
     headers = dict(exc.headers or {})
     return error_response(status, str(exc.detail or code.replace("_", " ")), code, headers=headers or None)

@@ -1,0 +1,110 @@
+"""The shared limiter (`limits` moving window on redis-py 8): atomic under concurrency, keys under the
+prefix, `RateLimited` with headers, fail-open when Redis is unreachable; client addresses behind proxies."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+
+import pytest
+
+from nubo import ratelimit
+from nubo.errors import RateLimited
+from nubo.server.ratelimit import client_ip
+from nubo.settings import RateLimit, Settings
+from nubo.stores import Stores, open_stores
+from nubo.stores.redis import scan_prefix
+from tests.harness import free_port
+
+
+async def test_concurrent_hits_never_exceed_the_limit(stores: Stores) -> None:
+    key, rate = uuid.uuid4().hex, RateLimit(10, 60)
+    results = await asyncio.gather(*(ratelimit.hit(stores, "t_concurrent", key, rate) for _ in range(50)))
+    assert all(r is not None for r in results)
+    assert sum(1 for r in results if r is not None and r.allowed) == 10
+
+
+async def test_two_processes_worth_of_clients_share_one_window(stores: Stores, settings: Settings) -> None:
+    """Two independent connection pools (as two servers have) still share one atomic window."""
+    other = await open_stores(settings)
+    try:
+        key, rate = uuid.uuid4().hex, RateLimit(7, 60)
+        results = await asyncio.gather(
+            *(ratelimit.hit(s, "t_shared", key, rate) for s in [stores, other] * 10)
+        )
+        assert sum(1 for r in results if r is not None and r.allowed) == 7
+    finally:
+        await other.close()
+
+
+async def test_rate_limit_raises_with_headers_and_keys_stay_under_prefix(
+    stores: Stores, settings: Settings
+) -> None:
+    key, rate = uuid.uuid4().hex, RateLimit(2, 30)
+    first = await ratelimit.rate_limit(stores, "t_raise", key, rate)
+    assert first is not None and first.headers() == {
+        "X-RateLimit-Limit": "2",
+        "X-RateLimit-Remaining": "1",
+        "X-RateLimit-Reset": first.headers()["X-RateLimit-Reset"],
+    }
+    await ratelimit.rate_limit(stores, "t_raise", key, rate)
+    with pytest.raises(RateLimited) as caught:
+        await ratelimit.rate_limit(stores, "t_raise", key, rate)
+    assert caught.value.status == 429 and 1 <= caught.value.retry_after <= 30
+    assert caught.value.headers["Retry-After"] == str(caught.value.retry_after)
+    assert caught.value.headers["X-RateLimit-Remaining"] == "0"
+    found = [k async for k in scan_prefix(stores.redis, stores.keys, f"ratelimit:*{key}*")]
+    assert found and all(k.startswith(settings.redis_prefix + "ratelimit:") for k in found)
+    await ratelimit.clear(stores, "t_raise", key, rate)
+    assert (await ratelimit.hit(stores, "t_raise", key, rate)) is not None
+
+
+async def test_fails_open_when_redis_is_unreachable(settings: Settings) -> None:
+    down = await open_stores(dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    try:
+        for _ in range(5):
+            assert await ratelimit.rate_limit(down, "t_down", "k", RateLimit(1, 60)) is None
+        assert down.failures.get("redis_ratelimit", 0) == 5
+    finally:
+        await down.close()
+
+
+def _scope(peer: str, forwarded: str | None = None) -> dict[str, object]:
+    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+    return {"client": (peer, 1234), "headers": headers}
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "trusted", "expected"),
+    [
+        ("203.0.113.9", "1.2.3.4", (), "203.0.113.9"),  # no proxy trusted: the socket
+        ("203.0.113.9", "1.2.3.4", ("127.0.0.1",), "203.0.113.9"),  # untrusted peer: header ignored
+        ("127.0.0.1", "1.2.3.4", ("127.0.0.1",), "1.2.3.4"),
+        ("10.0.0.2", "6.6.6.6, 1.2.3.4, 10.0.0.1", ("10.0.0.0/8",), "1.2.3.4"),  # forged left part skipped
+        ("127.0.0.1", None, ("127.0.0.1",), "127.0.0.1"),
+        ("127.0.0.1", "not-an-ip", ("127.0.0.1",), "127.0.0.1"),
+        ("::1", "2001:db8::1", ("::1",), "2001:db8::1"),
+    ],
+)
+def test_client_ip(peer: str, forwarded: str | None, trusted: tuple[str, ...], expected: str) -> None:
+    assert client_ip(_scope(peer, forwarded), trusted) == expected
+
+
+async def test_window_is_the_limits_package_layout(stores: Stores) -> None:
+    """Our one-round-trip script and `limits`' own moving window read and write the same window."""
+    from limits import RateLimitItemPerSecond
+
+    key, rate = uuid.uuid4().hex, RateLimit(5, 60)
+    item = RateLimitItemPerSecond(rate.amount, rate.seconds)
+    limiter = ratelimit.limiter_for(stores)
+    for _ in range(2):
+        await ratelimit.hit(stores, "t_compat", key, rate)
+    assert await limiter.hit(item, "t_compat", key)  # limits' own hit lands in the same window
+    stats = await limiter.get_window_stats(item, "t_compat", key)
+    assert stats.remaining == 2
+    status = await ratelimit.hit(stores, "t_compat", key, rate)
+    assert status is not None and status.remaining == 1 and status.allowed
+    assert await stores.redis.llen(ratelimit.window_key(stores, "t_compat", key, rate)) == 4
+    await ratelimit.clear(stores, "t_compat", key, rate)
+    assert await stores.redis.exists(ratelimit.window_key(stores, "t_compat", key, rate)) == 0
