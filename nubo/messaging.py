@@ -1,0 +1,1085 @@
+"""Conversations, members, messages, likes, read markers and unread counters.
+
+Truth lives in PostgreSQL (`messaging.*`); Mongo `*_recent` and the Redis cache follow through the tiered
+store's outbox and projections (see :class:`DeferredProjection`). Events are published only after the commit
+(:mod:`nubo.realtime`).
+
+Concurrency rules (why the SQL looks the way it does):
+
+- Every write that touches several rows of a conversation locks its `conversations_meta` row first
+  (``FOR UPDATE``), then member rows: one lock order, so no deadlocks, and sends in one conversation are
+  serialised. A new message id is made greater than the conversation's `last_message_id` under that lock,
+  so message ids in a conversation follow commit order: "read up to id X" and "newest first" are exact.
+- `unread_count` (per member) = messages from others, not deleted, with an id above the member's
+  `last_read_message_id`. A send adds 1 for every other member, a delete subtracts 1 where the message was
+  still unread, and a read recounts after locking the member row in its own statement (so the count's snapshot
+  includes every send that committed before the lock was granted).
+- Redis keeps the same counters per user (hash ``{p}unread:{user}``, field = conversation id) for cheap badge
+  reads. PostgreSQL returns old and new values under the row lock and Redis receives the *difference*;
+  differences commute, so Redis converges to PostgreSQL whatever order the post-commit updates arrive in.
+  Differences are only applied to a hash that exists; a missing hash is rebuilt from PostgreSQL on read and
+  expires daily, which bounds the damage of the one remaining race (a rebuild overlapping a send).
+- `client_id` is unique per sender: a retried send returns the stored message, publishes nothing again and
+  counts nothing twice.
+- A sender's own send does not move their read marker: unread counts only what others sent.
+- Delivery order: each member gets one sender's messages in the order they were sent; messages of two
+  senders committed a moment apart may be published (hence delivered) in either order, since publishing
+  happens after the commit. Clients order a conversation by message id, which is the commit order.
+- Every write here commits in PostgreSQL and leaves the Mongo/Redis copies to :class:`DeferredProjection`
+  (sends and reads do not even wait for it; edits, deletes and member changes do): one background task per
+  process that coalesces the rows touched by many sends and projects each entity in one bulk (re-reading
+  PostgreSQL, so the newest state wins whatever order commits finished in). The outbox rows are written in the
+  same transaction as ever, so a crash before the projection is repaired by the outbox worker. Reads stay
+  correct meanwhile: message pages take their ids from PostgreSQL and fall through the tiers to PostgreSQL for
+  a body not copied yet. Synchronous projection capped the whole system at about 20 sends/s (FerretDB writes
+  one document set at a time); coalesced, a burst costs one bulk per entity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import DictRow
+from redis.exceptions import RedisError
+
+from nubo import ratelimit
+from nubo.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from nubo.ids import new_id, parse_id
+from nubo.logs import get_logger
+from nubo.pagination import Page, make_page
+from nubo.realtime.bus import publish_safely
+from nubo.realtime.presence import online_among
+from nubo.stores import Stores
+from nubo.stores.tiered import Row, Transaction, normalize_row
+
+log = get_logger(__name__)
+
+DIRECT, GROUP = 0, 1
+KINDS = {"direct": DIRECT, "group": GROUP}
+KIND_NAMES = {DIRECT: "direct", GROUP: "group", 2: "community", 3: "announcement"}
+ROLE_MEMBER, ROLE_ADMIN, ROLE_CREATOR = 0, 1, 2
+ROLE_NAMES = {ROLE_MEMBER: "member", ROLE_ADMIN: "admin", ROLE_CREATOR: "creator"}
+STATE_SENT, STATE_EDITED, STATE_DELETED = 0, 1, 2
+CONVERSATION_ACTIVE = 0
+USER_ACTIVE = 1
+LIKE_MESSAGE = 1  # content.likes.target_type
+
+MAX_CONTENT = 4000
+MAX_TITLE = 100
+MAX_CLIENT_ID = 64
+MAX_MEMBERS = 1000
+PREVIEW_CHARS = 200
+PRESENCE_GROUP_LIMIT = 100  # presence changes are pushed to peers of groups up to this size
+UNREAD_TTL_SECONDS = 86400
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """A stored message and whether this call created it (False: an idempotent retry)."""
+
+    message: dict[str, Any]
+    created: bool
+
+
+class DeferredProjection:
+    """The one writer of messaging rows to Mongo and Redis in this process, many transactions per bulk.
+
+    Sends do not wait for it. Other writes (edits, deletes, member changes) wait for the batch holding their
+    rows, so a read through the tiers right after them sees the change. One writer per process also means no
+    two of our projections upsert one document at the same time (FerretDB answers such a race with a reply
+    pymongo cannot parse).
+    """
+
+    MAX_PENDING_IDS = 50_000  # beyond this, leave the rows to the outbox worker instead of growing memory
+    CHUNK = 50  # FerretDB's upserts slow down sharply past a few dozen documents per bulk
+
+    def __init__(self, stores: Stores) -> None:
+        self.stores = stores
+        self.pending: dict[str, set[uuid.UUID]] = {}
+        self.outbox_ids: list[int] = []
+        self.wakeup = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.next_batch: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def defer(self, tx: Transaction) -> asyncio.Future[None]:
+        """Queue the rows `tx` touched; the future completes once their batch was projected (or given up)."""
+        loop = asyncio.get_running_loop()
+        if sum(len(ids) for ids in self.pending.values()) > self.MAX_PENDING_IDS:
+            log.warning("projection_backlog_full", extra={"left_to_outbox": len(tx.outbox_ids)})
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
+        for name, touched in tx.touched.items():
+            self.pending.setdefault(name, set()).update(touched)
+        self.outbox_ids.extend(tx.outbox_ids)
+        if self.next_batch is None:
+            self.next_batch = loop.create_future()
+        self.idle.clear()
+        self.wakeup.set()
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="messaging-projection")
+        return self.next_batch
+
+    async def _run(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            pending, self.pending = self.pending, {}
+            outbox, self.outbox_ids = self.outbox_ids, []
+            batch, self.next_batch = self.next_batch, None
+            try:
+                await self._project(pending, outbox)
+            except Exception as exc:  # a store down: the outbox worker repairs these rows later
+                log.warning(
+                    "deferred_projection_failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]}
+                )
+            finally:
+                if batch is not None and not batch.done():
+                    batch.set_result(None)
+            if not self.pending:
+                self.idle.set()
+
+    async def _project(self, pending: dict[str, set[uuid.UUID]], outbox: list[int]) -> None:
+        ok = True
+        for name, ids in pending.items():
+            ordered = sorted(ids)
+            for start in range(0, len(ordered), self.CHUNK):
+                chunk = ordered[start : start + self.CHUNK]
+                ok = await self.stores.tiered.project(name, chunk) and ok  # re-read: newest state wins
+        if ok and outbox:
+            async with self.stores.pg.connection() as conn:
+                await conn.execute("DELETE FROM logic.outbox WHERE id = ANY(%s)", (outbox,))
+
+    async def drain(self, seconds: float = 10.0) -> None:
+        """Wait until everything deferred so far is projected (shutdown, tests)."""
+        if not self.idle.is_set():
+            await asyncio.wait_for(self.idle.wait(), seconds)
+
+
+def projection_for(stores: Stores) -> DeferredProjection:
+    projector = getattr(stores, "_messaging_projection", None)
+    if projector is None:
+        projector = DeferredProjection(stores)
+        stores._messaging_projection = projector  # type: ignore[attr-defined]
+    return projector
+
+
+WAIT_PROJECTION_SECONDS = 2.0
+
+
+@asynccontextmanager
+async def _write(stores: Stores, *, wait: bool = True) -> AsyncIterator[Transaction]:
+    """A PostgreSQL transaction (outbox rows in the same commit) whose rows go to Mongo and Redis through
+    :class:`DeferredProjection`; with `wait`, returns once they are there (or after a bounded wait: the
+    outbox worker finishes the job if a store is slow or down)."""
+    async with stores.pg.connection() as conn, conn.transaction():
+        tx = Transaction(conn)
+        yield tx
+        await tx.record_outbox()
+    if not tx.touched:
+        return
+    done = projection_for(stores).defer(tx)
+    if wait:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(done), WAIT_PROJECTION_SECONDS)
+
+
+# ---- validation ------------------------------------------------------------------------------------------
+
+
+def _clean_content(content: object) -> str:
+    if not isinstance(content, str) or not content.strip():
+        raise ValidationFailed("content must be a non-empty string", fields={"content": "required"})
+    if len(content) > MAX_CONTENT:
+        raise ValidationFailed(
+            f"content is limited to {MAX_CONTENT} characters",
+            fields={"content": f"at most {MAX_CONTENT} characters"},
+        )
+    if "\x00" in content:
+        raise ValidationFailed("content must not contain NUL characters", fields={"content": "NUL character"})
+    return content
+
+
+def _clean_client_id(client_id: object) -> str | None:
+    if client_id is None or client_id == "":
+        return None
+    if not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID or "\x00" in client_id:
+        raise ValidationFailed(
+            f"client_id must be a string of at most {MAX_CLIENT_ID} characters",
+            fields={"client_id": "invalid"},
+        )
+    return client_id
+
+
+def _clean_title(title: object) -> str:
+    if not isinstance(title, str) or not title.strip() or len(title) > MAX_TITLE or "\x00" in title:
+        raise ValidationFailed(f"title must be 1 to {MAX_TITLE} characters", fields={"title": "invalid"})
+    return title.strip()
+
+
+def _user_ids(raw: object, field: str = "user_ids") -> list[uuid.UUID]:
+    if not isinstance(raw, list | tuple):
+        raise ValidationFailed(f"{field} must be a list of user ids", fields={field: "expected a list"})
+    return list(dict.fromkeys(parse_id(item, field) for item in raw))
+
+
+# ---- views -----------------------------------------------------------------------------------------------
+
+
+def message_view(row: Row) -> dict[str, Any]:
+    """The public shape of a message (a deleted one keeps its place with no content)."""
+    deleted = row.get("state") == STATE_DELETED
+    return {
+        "id": row["id"],
+        "conversation_id": row["conversation_id"],
+        "sender_id": row["sender_id"],
+        "content": None if deleted else row.get("content"),
+        "state": row.get("state", STATE_SENT),
+        "message_type": row.get("message_type", 0),
+        "client_id": row.get("client_id"),
+        "created_at": row.get("created_at"),
+        "edited_at": row.get("edited_at"),
+    }
+
+
+def conversation_view(row: Row) -> dict[str, Any]:
+    last = None
+    if row.get("last_message_id") is not None:
+        last = {
+            "id": row["last_message_id"],
+            "text": row.get("last_message_text"),
+            "created_at": row.get("last_message_time"),
+        }
+    return {
+        "id": row["id"],
+        "type": KIND_NAMES.get(row["type"], "group"),
+        "title": row.get("title"),
+        "created_by": row.get("created_by"),
+        "created_at": row.get("created_at"),
+        "last_message": last,
+        "unread_count": row.get("unread_count", 0),
+        "role": ROLE_NAMES.get(row.get("role", 0), "member"),
+        "peer_id": row.get("peer_id"),
+    }
+
+
+# ---- reads shared by writes ------------------------------------------------------------------------------
+
+
+async def _lock_conversation(
+    conn: AsyncConnection[DictRow], conversation_id: uuid.UUID, user_id: uuid.UUID
+) -> Row:
+    """Lock the conversation row and return it with the caller's role; 404 unless the caller is a member."""
+    row = await (
+        await conn.execute(
+            "SELECT c.*, m.role FROM messaging.conversations_meta c "
+            "JOIN messaging.conversation_members m ON m.conversation_id = c.id AND m.user_id = %s "
+            "WHERE c.id = %s AND c.state = 0 FOR UPDATE OF c",
+            (user_id, conversation_id),
+        )
+    ).fetchone()
+    if row is None:
+        raise NotFound("No such conversation", code="conversation_not_found")
+    return normalize_row(row)
+
+
+async def _member_ids(conn: AsyncConnection[DictRow], conversation_id: uuid.UUID) -> list[uuid.UUID]:
+    rows = await (
+        await conn.execute(
+            "SELECT user_id FROM messaging.conversation_members WHERE conversation_id = %s",
+            (conversation_id,),
+        )
+    ).fetchall()
+    return [row["user_id"] for row in rows]
+
+
+async def member_ids(stores: Stores, conversation_id: uuid.UUID) -> list[uuid.UUID]:
+    """Every member of a conversation (PostgreSQL)."""
+    async with stores.pg.connection() as conn:
+        return await _member_ids(conn, conversation_id)
+
+
+async def _require_member(stores: Stores, conversation_id: uuid.UUID, user_id: uuid.UUID) -> Row:
+    async with stores.pg.connection() as conn:
+        row = await (
+            await conn.execute(
+                "SELECT c.*, m.role, m.unread_count, m.last_read_message_id "
+                "FROM messaging.conversations_meta c "
+                "JOIN messaging.conversation_members m ON m.conversation_id = c.id AND m.user_id = %s "
+                "WHERE c.id = %s AND c.state = 0",
+                (user_id, conversation_id),
+            )
+        ).fetchone()
+    if row is None:
+        raise NotFound("No such conversation", code="conversation_not_found")
+    return normalize_row(row)
+
+
+async def _active_users(conn: AsyncConnection[DictRow], user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    rows = await (
+        await conn.execute("SELECT id FROM auth.users WHERE id = ANY(%s) AND state = 1", (list(user_ids),))
+    ).fetchall()
+    return {row["id"] for row in rows}
+
+
+async def _blocked_pairs(
+    conn: AsyncConnection[DictRow], a: Sequence[uuid.UUID], b: Sequence[uuid.UUID]
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Blocks (either way) between any user of `a` and any user of `b`."""
+    rows = await (
+        await conn.execute(
+            "SELECT blocker_id, blocked_id FROM auth.blocks "
+            "WHERE (blocker_id = ANY(%(a)s) AND blocked_id = ANY(%(b)s)) "
+            "OR (blocker_id = ANY(%(b)s) AND blocked_id = ANY(%(a)s))",
+            {"a": list(a), "b": list(b)},
+        )
+    ).fetchall()
+    return [(row["blocker_id"], row["blocked_id"]) for row in rows]
+
+
+# ---- conversations ---------------------------------------------------------------------------------------
+
+
+async def create_conversation(
+    stores: Stores, creator_id: uuid.UUID, *, kind: str, user_ids: object, title: object = None
+) -> tuple[dict[str, Any], bool]:
+    """A direct conversation (returns the existing one with that user) or a group; (view, created)."""
+    if kind not in KINDS:
+        raise ValidationFailed("type must be 'direct' or 'group'", fields={"type": "direct or group"})
+    others = [uid for uid in _user_ids(user_ids) if uid != creator_id]
+    if KINDS[kind] == DIRECT:
+        if len(others) != 1:
+            raise ValidationFailed(
+                "a direct conversation has exactly one other user",
+                fields={"user_ids": "exactly one other user"},
+            )
+        return await _create_direct(stores, creator_id, others[0])
+    clean_title = _clean_title(title)
+    if len(others) + 1 > MAX_MEMBERS:
+        raise ValidationFailed(f"a group has at most {MAX_MEMBERS} members", fields={"user_ids": "too many"})
+    return await _create_group(stores, creator_id, others, clean_title), True
+
+
+async def _create_direct(
+    stores: Stores, creator_id: uuid.UUID, other_id: uuid.UUID
+) -> tuple[dict[str, Any], bool]:
+    low, high = sorted((str(creator_id), str(other_id)))
+    direct_key = f"{low}:{high}"
+    async with _write(stores) as tx:
+        await _check_can_meet(tx.conn, creator_id, [other_id])
+        try:
+            conv = await tx.insert(
+                "conversations",
+                {"id": new_id(), "type": DIRECT, "direct_key": direct_key, "created_by": creator_id},
+                on_conflict_do_nothing=True,
+            )
+        except LookupError:
+            conv = None
+        if conv is not None:
+            await _insert_members(tx, conv["id"], [(creator_id, ROLE_CREATOR), (other_id, ROLE_MEMBER)])
+    if conv is None:  # it already existed (maybe created by the other user at the same moment)
+        async with stores.pg.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT id FROM messaging.conversations_meta WHERE direct_key = %s", (direct_key,)
+                )
+            ).fetchone()
+        assert row is not None
+        return await get_conversation(stores, creator_id, row["id"]), False
+    return await get_conversation(stores, creator_id, conv["id"]), True
+
+
+async def _check_can_meet(
+    conn: AsyncConnection[DictRow], user_id: uuid.UUID, others: Sequence[uuid.UUID]
+) -> None:
+    """Others must be active and not blocked either way with `user_id` (else they look absent: 404)."""
+    active = await _active_users(conn, others)
+    blocked = {a if b == user_id else b for a, b in await _blocked_pairs(conn, [user_id], others)}
+    missing = [uid for uid in others if uid not in active or uid in blocked]
+    if missing:
+        raise NotFound(
+            "No such user", code="user_not_found", fields={"user_ids": ",".join(map(str, missing))}
+        )
+
+
+async def _check_no_blocks(
+    conn: AsyncConnection[DictRow], newcomers: Sequence[uuid.UUID], present: Sequence[uuid.UUID]
+) -> None:
+    if newcomers and await _blocked_pairs(conn, newcomers, present):
+        raise Forbidden(
+            "These users cannot be in one conversation (a block exists between them)", code="blocked_member"
+        )
+
+
+async def _insert_members(
+    tx: Transaction, conversation_id: uuid.UUID, members: Sequence[tuple[uuid.UUID, int]]
+) -> list[Row]:
+    """Insert members in one statement (a 1,000-member group is one round trip); skips existing ones."""
+    rows = await (
+        await tx.conn.execute(
+            "INSERT INTO messaging.conversation_members (id, conversation_id, user_id, role) "
+            "SELECT i, %s, u, r FROM unnest(%s::uuid[], %s::uuid[], %s::smallint[]) AS t(i, u, r) "
+            "ON CONFLICT (conversation_id, user_id) DO NOTHING RETURNING *",
+            (conversation_id, [new_id() for _ in members], [m[0] for m in members], [m[1] for m in members]),
+        )
+    ).fetchall()
+    result = [normalize_row(row) for row in rows]
+    for row in result:
+        tx.touch("conversation_members", row["id"], row)
+    return result
+
+
+async def _create_group(
+    stores: Stores, creator_id: uuid.UUID, others: list[uuid.UUID], title: str
+) -> dict[str, Any]:
+    async with _write(stores) as tx:
+        await _check_can_meet(tx.conn, creator_id, others)
+        await _check_no_blocks(tx.conn, others, others)
+        conv = await tx.insert(
+            "conversations", {"id": new_id(), "type": GROUP, "title": title, "created_by": creator_id}
+        )
+        await _insert_members(
+            tx, conv["id"], [(creator_id, ROLE_CREATOR)] + [(uid, ROLE_MEMBER) for uid in others]
+        )
+    return await get_conversation(stores, creator_id, conv["id"])
+
+
+async def get_conversation(stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID) -> dict[str, Any]:
+    """The conversation with its members (role, read marker, online) and the caller's unread count."""
+    conv = await _require_member(stores, conversation_id, user_id)
+    async with stores.pg.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT m.user_id, m.role, m.joined_at, m.last_read_message_id, u.username "
+                "FROM messaging.conversation_members m JOIN auth.users u ON u.id = m.user_id "
+                "WHERE m.conversation_id = %s ORDER BY m.joined_at, m.user_id",
+                (conversation_id,),
+            )
+        ).fetchall()
+    online = await _online(stores, [row["user_id"] for row in rows])
+    view = conversation_view(conv)
+    if conv["type"] == DIRECT:
+        view["peer_id"] = next((row["user_id"] for row in rows if row["user_id"] != user_id), None)
+    view["members"] = [
+        {
+            "user_id": row["user_id"],
+            "username": row["username"],
+            "role": ROLE_NAMES.get(row["role"], "member"),
+            "joined_at": row["joined_at"],
+            "last_read_message_id": row["last_read_message_id"],
+            "online": row["user_id"] in online,
+        }
+        for row in rows
+    ]
+    return view
+
+
+async def _online(stores: Stores, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    try:
+        return await online_among(stores.redis, stores.keys, user_ids)
+    except (RedisError, OSError):
+        return set()  # presence is decoration: without Redis everybody looks offline
+
+
+async def list_conversations(
+    stores: Stores, user_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
+) -> Page[dict[str, Any]]:
+    """The caller's conversations, latest activity first; `before` is the last conversation id of a page."""
+    async with stores.pg.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT c.*, m.role, m.unread_count, m.last_read_message_id, "
+                "  (SELECT o.user_id FROM messaging.conversation_members o WHERE c.type = 0 "
+                "   AND o.conversation_id = c.id AND o.user_id <> %(me)s LIMIT 1) AS peer_id "
+                "FROM messaging.conversation_members m "
+                "JOIN messaging.conversations_meta c ON c.id = m.conversation_id "
+                "WHERE m.user_id = %(me)s AND c.state = 0 AND (%(before)s::uuid IS NULL OR "
+                "  (coalesce(c.last_message_time, c.created_at), c.id) < "
+                "  (SELECT coalesce(b.last_message_time, "
+                "   b.created_at), b.id FROM messaging.conversations_meta b WHERE b.id = %(before)s)) "
+                "ORDER BY coalesce(c.last_message_time, c.created_at) DESC, c.id DESC LIMIT %(n)s",
+                {"me": user_id, "before": before, "n": limit + 1},
+            )
+        ).fetchall()
+    views = [conversation_view(normalize_row(row)) for row in rows]
+    return make_page(views, limit)
+
+
+async def add_members(
+    stores: Stores, actor_id: uuid.UUID, conversation_id: uuid.UUID, user_ids: object
+) -> dict[str, Any]:
+    """Admins and the creator add users to a group (existing members are skipped)."""
+    wanted = [uid for uid in _user_ids(user_ids) if uid != actor_id]
+    if not wanted:
+        raise ValidationFailed("user_ids must name at least one other user", fields={"user_ids": "empty"})
+    async with _write(stores) as tx:
+        conv = await _lock_conversation(tx.conn, conversation_id, actor_id)
+        _require_group_admin(conv)
+        present = await _member_ids(tx.conn, conversation_id)
+        newcomers = [uid for uid in wanted if uid not in set(present)]
+        if len(present) + len(newcomers) > MAX_MEMBERS:
+            raise ValidationFailed(
+                f"a group has at most {MAX_MEMBERS} members", fields={"user_ids": "too many"}
+            )
+        await _check_can_meet(tx.conn, actor_id, newcomers)
+        await _check_no_blocks(tx.conn, newcomers, [*present, *newcomers])
+        await _insert_members(tx, conversation_id, [(uid, ROLE_MEMBER) for uid in newcomers])
+    return await get_conversation(stores, actor_id, conversation_id)
+
+
+def _require_group_admin(conv: Row) -> None:
+    if conv["type"] != GROUP:
+        raise ValidationFailed(
+            "members of a direct conversation cannot change", fields={"conversation_id": "direct"}
+        )
+    if conv["role"] < ROLE_ADMIN:
+        raise Forbidden("Only admins can change the members", code="not_admin")
+
+
+async def remove_member(
+    stores: Stores, actor_id: uuid.UUID, conversation_id: uuid.UUID, user_id: uuid.UUID
+) -> None:
+    """Admins remove members; only the creator removes admins; nobody removes the creator."""
+    if user_id == actor_id:
+        await leave_conversation(stores, actor_id, conversation_id)
+        return
+    async with _write(stores) as tx:
+        conv = await _lock_conversation(tx.conn, conversation_id, actor_id)
+        _require_group_admin(conv)
+        target = await (
+            await tx.conn.execute(
+                "SELECT role FROM messaging.conversation_members WHERE conversation_id = %s AND user_id = %s",
+                (conversation_id, user_id),
+            )
+        ).fetchone()
+        if target is None:
+            raise NotFound("Not a member of this conversation", code="member_not_found")
+        if target["role"] == ROLE_CREATOR or (target["role"] == ROLE_ADMIN and conv["role"] != ROLE_CREATOR):
+            raise Forbidden("You cannot remove this member", code="cannot_remove")
+        removed = await _delete_member(tx, conversation_id, user_id)
+    await _apply_unread(stores, [(user_id, conversation_id, -removed)])
+
+
+async def _delete_member(tx: Transaction, conversation_id: uuid.UUID, user_id: uuid.UUID) -> int:
+    """Delete one membership; returns its unread count (to take out of Redis)."""
+    rows = await tx.delete_where(
+        "conversation_members", sql.SQL("conversation_id = %s AND user_id = %s"), (conversation_id, user_id)
+    )
+    return int(rows[0]["unread_count"]) if rows else 0
+
+
+async def leave_conversation(stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID) -> None:
+    """Leave a group; a leaving creator hands the role to the longest-standing admin, else member."""
+    async with _write(stores) as tx:
+        conv = await _lock_conversation(tx.conn, conversation_id, user_id)
+        if conv["type"] != GROUP:
+            raise ValidationFailed(
+                "you cannot leave a direct conversation", fields={"conversation_id": "direct"}
+            )
+        removed = await _delete_member(tx, conversation_id, user_id)
+        if conv["role"] == ROLE_CREATOR:
+            heir = await (
+                await tx.conn.execute(
+                    "UPDATE messaging.conversation_members SET role = 2 WHERE id = (SELECT id FROM "
+                    "messaging.conversation_members WHERE conversation_id = %s "
+                    "ORDER BY role DESC, joined_at, id "
+                    "LIMIT 1) RETURNING *",
+                    (conversation_id,),
+                )
+            ).fetchone()
+            if heir is not None:
+                tx.touch("conversation_members", heir["id"], normalize_row(heir))
+    await _apply_unread(stores, [(user_id, conversation_id, -removed)])
+
+
+async def conversation_peers(stores: Stores, user_id: uuid.UUID, limit: int = 5000) -> list[uuid.UUID]:
+    """Users who see this user's presence: peers of direct conversations and of small groups."""
+    async with stores.pg.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT DISTINCT o.user_id FROM messaging.conversation_members m "
+                "JOIN messaging.conversation_members o "
+                "  ON o.conversation_id = m.conversation_id AND o.user_id <> m.user_id "
+                "WHERE m.user_id = %s AND (SELECT count(*) FROM messaging.conversation_members c "
+                "  WHERE c.conversation_id = m.conversation_id) <= %s LIMIT %s",
+                (user_id, PRESENCE_GROUP_LIMIT, limit),
+            )
+        ).fetchall()
+    return [row["user_id"] for row in rows]
+
+
+# ---- messages --------------------------------------------------------------------------------------------
+
+
+def _next_message_id(last: uuid.UUID | None) -> uuid.UUID:
+    """A UUIDv7 above the conversation's last message id (clocks of two instances may disagree by a ms)."""
+    candidate = new_id()
+    if last is not None and candidate <= last:
+        candidate = uuid.UUID(int=last.int + 1)  # bumps the random tail; version and variant bits stay
+    return candidate
+
+
+async def send_message(
+    stores: Stores,
+    sender_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    content: object,
+    client_id: object = None,
+) -> SendResult:
+    """Store a message (idempotent per `client_id`), count it unread for the others, then publish it."""
+    text = _clean_content(content)
+    cid = _clean_client_id(client_id)
+    # Retries count against the limit too: a client stuck retrying is exactly what the limit is for.
+    await ratelimit.rate_limit(stores, "messages", str(sender_id), stores.settings.rate_messages)
+    async with _write(stores, wait=False) as tx:
+        conv = await _lock_for_send(tx.conn, conversation_id, sender_id)
+        row = await (
+            await tx.conn.execute(
+                _SEND_SQL,
+                {
+                    "id": _next_message_id(conv["last_message_id"]),
+                    "conv": conversation_id,
+                    "sender": sender_id,
+                    "content": text,
+                    "client_id": cid,
+                    "preview": PREVIEW_CHARS,
+                },
+            )
+        ).fetchone()
+        if row is not None:
+            row = normalize_row(row)
+            recipients = [sender_id, *row.pop("recipients")]
+            tx.touch("messages", row["id"])  # projected later from PostgreSQL's current state
+            tx.touch("conversations", conversation_id)
+            for member_row_id in row.pop("member_row_ids"):
+                tx.touch("conversation_members", member_row_id)
+    if row is None:  # this client_id was used before: an idempotent retry
+        existing = await _existing_send(stores, sender_id, cid or "")
+        assert existing is not None
+        return _replayed(existing, conversation_id)
+    view = message_view(row)
+    await _apply_unread(stores, [(uid, conversation_id, 1) for uid in recipients[1:]])
+    await publish_safely(
+        stores, recipients, {"type": "message.new", "conversation_id": conversation_id, "message": view}
+    )
+    return SendResult(view, True)
+
+
+# One round trip for the whole write: the message (skipped when its client_id was used), the conversation's
+# last message, and +1 unread for every other member. Returns nothing for an idempotent retry. (PostgreSQL
+# runs every data-modifying CTE to completion, referenced or not.)
+_SEND_SQL = """
+WITH msg AS (
+    INSERT INTO messaging.message_index (id, conversation_id, sender_id, content, client_id)
+    VALUES (%(id)s, %(conv)s, %(sender)s, %(content)s, %(client_id)s)
+    ON CONFLICT (sender_id, client_id) DO NOTHING RETURNING *
+), meta AS (
+    UPDATE messaging.conversations_meta c SET last_message_id = msg.id, last_message_time = msg.created_at,
+        last_message_text = left(msg.content, %(preview)s)
+    FROM msg WHERE c.id = msg.conversation_id RETURNING c.id
+), bumped AS (
+    UPDATE messaging.conversation_members m SET unread_count = m.unread_count + 1
+    FROM msg WHERE m.conversation_id = msg.conversation_id AND m.user_id <> msg.sender_id
+    RETURNING m.id, m.user_id
+)
+SELECT msg.*, coalesce((SELECT array_agg(user_id) FROM bumped), '{}') AS recipients,
+       coalesce((SELECT array_agg(id) FROM bumped), '{}') AS member_row_ids
+FROM msg
+"""
+
+
+async def _lock_for_send(
+    conn: AsyncConnection[DictRow], conversation_id: uuid.UUID, sender_id: uuid.UUID
+) -> Row:
+    """Lock the conversation for a send (404 unless a member); a direct one must still be open: the other
+    user active and no block either way. One round trip."""
+    row = await (
+        await conn.execute(
+            "SELECT c.type, c.last_message_id, (c.type = 0 AND EXISTS ("
+            "  SELECT 1 FROM messaging.conversation_members o JOIN auth.users u ON u.id = o.user_id "
+            "  WHERE o.conversation_id = c.id AND o.user_id <> %(me)s AND (u.state <> 1 OR EXISTS ("
+            "    SELECT 1 FROM auth.blocks b WHERE (b.blocker_id = o.user_id AND b.blocked_id = %(me)s) "
+            "    OR (b.blocker_id = %(me)s AND b.blocked_id = o.user_id))))) AS closed "
+            "FROM messaging.conversations_meta c JOIN messaging.conversation_members m "
+            "  ON m.conversation_id = c.id AND m.user_id = %(me)s "
+            "WHERE c.id = %(conv)s AND c.state = 0 FOR UPDATE OF c",
+            {"me": sender_id, "conv": conversation_id},
+        )
+    ).fetchone()
+    if row is None:
+        raise NotFound("No such conversation", code="conversation_not_found")
+    if row["closed"]:
+        raise Forbidden("You cannot send messages in this conversation", code="conversation_closed")
+    return dict(row)
+
+
+async def _existing_send(stores: Stores, sender_id: uuid.UUID, client_id: str) -> Row | None:
+    async with stores.pg.connection() as conn:
+        row = await (
+            await conn.execute(
+                "SELECT * FROM messaging.message_index WHERE sender_id = %s AND client_id = %s",
+                (sender_id, client_id),
+            )
+        ).fetchone()
+    return normalize_row(row) if row is not None else None
+
+
+def _replayed(existing: Row, conversation_id: uuid.UUID) -> SendResult:
+    if existing["conversation_id"] != conversation_id:
+        raise Conflict(
+            "client_id was already used for a message in another conversation", code="client_id_reused"
+        )
+    return SendResult(message_view(existing), False)
+
+
+async def list_messages(
+    stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
+) -> Page[dict[str, Any]]:
+    """Newest first. The page's ids come from PostgreSQL's (conversation_id, id) index — always complete —
+    and the bodies through the tiers (Redis, then Mongo `messages_recent`, then PostgreSQL for older ones)."""
+    await _require_member(stores, conversation_id, user_id)
+    async with stores.pg.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT id FROM messaging.message_index "
+                "WHERE conversation_id = %s AND (%s::uuid IS NULL OR id < %s) "
+                "ORDER BY id DESC LIMIT %s",
+                (conversation_id, before, before, limit + 1),
+            )
+        ).fetchall()
+    ids = [row["id"] for row in rows]
+    found = {row["id"]: row for row in await _messages_by_id(stores, ids)}
+    views = [message_view(found[mid]) for mid in ids if mid in found]
+    return make_page(views, limit)
+
+
+async def _messages_by_id(stores: Stores, ids: list[uuid.UUID]) -> list[Row]:
+    """Bodies through the tiers. FerretDB can answer a fill racing another instance's projection of the same
+    document with a bulk reply pymongo cannot parse (KeyError, not a PyMongoError): then read PostgreSQL."""
+    try:
+        return await stores.tiered.get_many("messages", ids)
+    except KeyError as exc:
+        log.warning("message_fill_failed", extra={"error": f"KeyError: {exc}"})
+        async with stores.pg.connection() as conn:
+            rows = await (
+                await conn.execute("SELECT * FROM messaging.message_index WHERE id = ANY(%s)", (ids,))
+            ).fetchall()
+        return [normalize_row(row) for row in rows]
+
+
+async def _lock_message(tx: Transaction, user_id: uuid.UUID, message_id: uuid.UUID) -> tuple[Row, Row]:
+    """Lock the message's conversation (then the message) for its sender; 404 for non-members, 403 others."""
+    found = await (
+        await tx.conn.execute(
+            "SELECT conversation_id FROM messaging.message_index WHERE id = %s", (message_id,)
+        )
+    ).fetchone()
+    if found is None:
+        raise NotFound("No such message", code="message_not_found")
+    try:
+        conv = await _lock_conversation(tx.conn, found["conversation_id"], user_id)
+    except NotFound:
+        raise NotFound("No such message", code="message_not_found") from None
+    row = await (
+        await tx.conn.execute("SELECT * FROM messaging.message_index WHERE id = %s FOR UPDATE", (message_id,))
+    ).fetchone()
+    assert row is not None
+    message = normalize_row(row)
+    if message["sender_id"] != user_id:
+        raise Forbidden("Only the sender can change a message", code="not_sender")
+    return conv, message
+
+
+async def edit_message(
+    stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, content: object
+) -> dict[str, Any]:
+    text = _clean_content(content)
+    async with _write(stores) as tx:
+        conv, message = await _lock_message(tx, user_id, message_id)
+        if message["state"] == STATE_DELETED:
+            raise Conflict("This message was deleted", code="message_deleted")
+        updated = await (
+            await tx.conn.execute(
+                "UPDATE messaging.message_index SET content = %s, state = 1, edited_at = now() WHERE id = %s "
+                "RETURNING *",
+                (text, message_id),
+            )
+        ).fetchone()
+        assert updated is not None
+        row = normalize_row(updated)
+        tx.touch("messages", message_id, row)
+        if conv.get("last_message_id") == message_id:
+            await _set_preview(tx, conv["id"], text[:PREVIEW_CHARS])
+        members = await _member_ids(tx.conn, conv["id"])
+    view = message_view(row)
+    await publish_safely(
+        stores, members, {"type": "message.edited", "conversation_id": conv["id"], "message": view}
+    )
+    return view
+
+
+async def _set_preview(tx: Transaction, conversation_id: uuid.UUID, text: str | None) -> None:
+    row = await (
+        await tx.conn.execute(
+            "UPDATE messaging.conversations_meta SET last_message_text = %s WHERE id = %s RETURNING *",
+            (text, conversation_id),
+        )
+    ).fetchone()
+    if row is not None:
+        tx.touch("conversations", conversation_id, normalize_row(row))
+
+
+async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID) -> dict[str, Any]:
+    """Tombstone a message (content removed, place kept); members who had not read it count one less."""
+    deltas: list[tuple[uuid.UUID, uuid.UUID, int]] = []
+    async with _write(stores) as tx:
+        conv, message = await _lock_message(tx, user_id, message_id)
+        if message["state"] != STATE_DELETED:
+            updated = await (
+                await tx.conn.execute(
+                    "UPDATE messaging.message_index SET content = NULL, attachments = '{}'::jsonb, "
+                    "state = 2, edited_at = now() WHERE id = %s RETURNING *",
+                    (message_id,),
+                )
+            ).fetchone()
+            assert updated is not None
+            message = normalize_row(updated)
+            tx.touch("messages", message_id, message)
+            lowered = await (
+                await tx.conn.execute(
+                    "UPDATE messaging.conversation_members SET unread_count = unread_count - 1 "
+                    "WHERE conversation_id = %s AND user_id <> %s AND unread_count > 0 "
+                    "AND (last_read_message_id IS NULL OR last_read_message_id < %s) RETURNING *",
+                    (conv["id"], user_id, message_id),
+                )
+            ).fetchall()
+            for member in lowered:
+                tx.touch("conversation_members", member["id"], normalize_row(member))
+                deltas.append((member["user_id"], conv["id"], -1))
+            if conv.get("last_message_id") == message_id:
+                await _set_preview(tx, conv["id"], None)
+        members = await _member_ids(tx.conn, conv["id"])
+    await _apply_unread(stores, deltas)
+    await publish_safely(
+        stores, members, {"type": "message.deleted", "conversation_id": conv["id"], "message_id": message_id}
+    )
+    return message_view(message)
+
+
+async def like_message(
+    stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, liked: bool
+) -> dict[str, Any]:
+    """Like (or unlike) a message of a conversation the caller is in; returns the like count."""
+    message = await stores.tiered.get("messages", message_id)
+    if message is None or message.get("state") == STATE_DELETED:
+        raise NotFound("No such message", code="message_not_found")
+    try:
+        await _require_member(stores, message["conversation_id"], user_id)
+    except NotFound:
+        raise NotFound("No such message", code="message_not_found") from None
+    async with _write(stores) as tx:
+        if liked:
+            with contextlib.suppress(LookupError):  # already liked: liking is idempotent
+                await tx.insert(
+                    "likes",
+                    {
+                        "id": new_id(),
+                        "target_type": LIKE_MESSAGE,
+                        "target_id": message_id,
+                        "user_id": user_id,
+                    },
+                    on_conflict_do_nothing=True,
+                )
+        else:
+            await tx.delete_where(
+                "likes",
+                sql.SQL("target_type = %s AND target_id = %s AND user_id = %s"),
+                (LIKE_MESSAGE, message_id, user_id),
+            )
+        count = await (
+            await tx.conn.execute(
+                "SELECT count(*) AS n FROM content.likes WHERE target_type = %s AND target_id = %s",
+                (LIKE_MESSAGE, message_id),
+            )
+        ).fetchone()
+    return {"message_id": message_id, "liked": liked, "likes": int(count["n"]) if count else 0}
+
+
+# ---- read markers and unread counters --------------------------------------------------------------------
+
+
+async def mark_read(
+    stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID, message_id: uuid.UUID | None = None
+) -> dict[str, Any]:
+    """Move the caller's read marker forward to `message_id` (default: the latest message), never back."""
+    async with _write(stores, wait=False) as tx:
+        conv = await _require_member_in(tx.conn, conversation_id, user_id)
+        target = message_id or conv.get("last_message_id")
+        if target is None:
+            return {"conversation_id": conversation_id, "last_read_message_id": None, "unread_count": 0}
+        if message_id is not None:
+            exists = await (
+                await tx.conn.execute(
+                    "SELECT 1 FROM messaging.message_index WHERE id = %s AND conversation_id = %s",
+                    (message_id, conversation_id),
+                )
+            ).fetchone()
+            if exists is None:
+                raise NotFound("No such message in this conversation", code="message_not_found")
+        # Lock first, count in a later statement: its snapshot then includes every send that held this row.
+        member = await (
+            await tx.conn.execute(
+                "SELECT * FROM messaging.conversation_members "
+                "WHERE conversation_id = %s AND user_id = %s FOR UPDATE",
+                (conversation_id, user_id),
+            )
+        ).fetchone()
+        if member is None:
+            raise NotFound("No such conversation", code="conversation_not_found")
+        marker = member["last_read_message_id"]
+        if marker is not None and marker >= target:
+            return {
+                "conversation_id": conversation_id,
+                "last_read_message_id": marker,
+                "unread_count": member["unread_count"],
+            }
+        updated = await (
+            await tx.conn.execute(
+                "UPDATE messaging.conversation_members m SET last_read_message_id = %(mid)s, unread_count = "
+                "(SELECT count(*) FROM messaging.message_index x WHERE x.conversation_id = m.conversation_id "
+                " AND x.id > %(mid)s AND x.sender_id <> m.user_id AND x.state <> 2) "
+                "WHERE m.id = %(id)s RETURNING *",
+                {"mid": target, "id": member["id"]},
+            )
+        ).fetchone()
+        assert updated is not None
+        row = normalize_row(updated)
+        tx.touch("conversation_members", row["id"], row)
+        members = await _member_ids(tx.conn, conversation_id)
+    await _apply_unread(stores, [(user_id, conversation_id, row["unread_count"] - member["unread_count"])])
+    await publish_safely(
+        stores,
+        members,
+        {"type": "read", "conversation_id": conversation_id, "user_id": user_id, "message_id": target},
+    )
+    return {
+        "conversation_id": conversation_id,
+        "last_read_message_id": target,
+        "unread_count": row["unread_count"],
+    }
+
+
+async def _require_member_in(
+    conn: AsyncConnection[DictRow], conversation_id: uuid.UUID, user_id: uuid.UUID
+) -> Row:
+    row = await (
+        await conn.execute(
+            "SELECT c.* FROM messaging.conversations_meta c JOIN messaging.conversation_members m "
+            "ON m.conversation_id = c.id AND m.user_id = %s WHERE c.id = %s AND c.state = 0",
+            (user_id, conversation_id),
+        )
+    ).fetchone()
+    if row is None:
+        raise NotFound("No such conversation", code="conversation_not_found")
+    return normalize_row(row)
+
+
+def unread_key(stores: Stores, user_id: uuid.UUID) -> str:
+    return stores.keys("unread", user_id)
+
+
+# KEYS: unread hashes; ARGV: field1, delta1, field2, delta2, ... (one pair per key).
+# Only existing hashes move.
+_APPLY_UNREAD_LUA = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HINCRBY', KEYS[i], ARGV[2 * i - 1], ARGV[2 * i])
+  end
+end
+return #KEYS
+"""
+
+# KEYS: unread hash; ARGV: ttl, field1, value1, ... Fills the hash only if it is still absent.
+_REBUILD_UNREAD_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], '_', '1')
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+async def _apply_unread(stores: Stores, deltas: Iterable[tuple[uuid.UUID, uuid.UUID, int]]) -> None:
+    """Apply post-commit differences to the Redis counters (failures are repaired by the daily rebuild)."""
+    pairs = [(uid, cid, delta) for uid, cid, delta in deltas if delta]
+    if not pairs:
+        return
+    script = stores.redis.register_script(_APPLY_UNREAD_LUA)
+    try:
+        for start in range(0, len(pairs), 1000):
+            chunk = pairs[start : start + 1000]
+            await script(
+                keys=[unread_key(stores, uid) for uid, _, _ in chunk],
+                args=[item for _, cid, delta in chunk for item in (str(cid), delta)],
+            )
+    except (RedisError, OSError) as exc:
+        stores.count_failure("redis_unread")
+        log.warning("unread_update_failed", extra={"error": str(exc)[:200]})
+        # A hash that missed an update would stay wrong until it expires: drop them so reads rebuild.
+        with contextlib.suppress(RedisError, OSError):
+            await stores.redis.delete(*{unread_key(stores, uid) for uid, _, _ in pairs})
+
+
+async def unread_counts(stores: Stores, user_id: uuid.UUID) -> dict[uuid.UUID, int]:
+    """The caller's unread count per conversation, from Redis (rebuilt from PostgreSQL when absent)."""
+    key = unread_key(stores, user_id)
+    try:
+        raw = await stores.redis.hgetall(key)
+    except (RedisError, OSError):
+        raw = {}
+    if raw:
+        return {
+            uuid.UUID(str(field)): int(value)
+            for field, value in raw.items()
+            if field != "_" and int(value) != 0
+        }
+    counts = await unread_counts_from_postgres(stores, user_id)
+    script = stores.redis.register_script(_REBUILD_UNREAD_LUA)
+    try:
+        await script(
+            keys=[key],
+            args=[UNREAD_TTL_SECONDS, *(item for cid, n in counts.items() for item in (str(cid), n))],
+        )
+    except (RedisError, OSError) as exc:
+        log.warning("unread_rebuild_failed", extra={"error": str(exc)[:200]})
+    return {cid: n for cid, n in counts.items() if n}
+
+
+async def unread_counts_from_postgres(stores: Stores, user_id: uuid.UUID) -> dict[uuid.UUID, int]:
+    async with stores.pg.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT conversation_id, unread_count FROM messaging.conversation_members WHERE user_id = %s",
+                (user_id,),
+            )
+        ).fetchall()
+    return {row["conversation_id"]: int(row["unread_count"]) for row in rows}
+
+
+async def typing_recipients(
+    stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID
+) -> list[uuid.UUID]:
+    """Members other than the typist; 404 when the typist is not a member."""
+    members = await member_ids(stores, conversation_id)
+    if user_id not in members:
+        raise NotFound("No such conversation", code="conversation_not_found")
+    return [uid for uid in members if uid != user_id]

@@ -1,0 +1,183 @@
+"""Publishing events to users through Redis: per-user ids, a bounded per-user history, one shared channel.
+
+Keys (all under the configured prefix):
+
+- ``rt:user:{id}:seq`` — the user's last event id (INCR; never expires, so ids only grow).
+- ``rt:user:{id}:events`` — a stream holding the user's last :data:`HISTORY_MAX` events (approximately, MAXLEN
+  ~) under the explicit stream id ``{event_id}-0``, expiring :data:`HISTORY_TTL_SECONDS` after the last event.
+- ``rt:events`` — channel of durable events. Message: ``{"<user id>": event_id, ...}`` then a newline, then
+  the event body JSON (no ``event_id``: each instance splices in the recipient's id, see :func:`frame`).
+- ``rt:ephemeral`` — channel of live-only events: ``{"to": [user ids], "body": {...}, "expires": ms}``.
+- ``rt:lobby`` — channel of the public plain-text lobby: the text itself.
+
+Publish only after the PostgreSQL commit of what the event describes (callers do).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from nubo.logs import get_logger
+from nubo.stores import Stores
+from nubo.stores.redis import Keys
+
+log = get_logger(__name__)
+
+HISTORY_MAX = 1000
+HISTORY_TTL_SECONDS = 3 * 86400
+PUBLISH_CHUNK = 500  # recipients per script call: bounds the time one script blocks Redis
+
+# KEYS: seq1, hist1, seq2, hist2, ...   ARGV: channel, body, maxlen, ttl, uid1, uid2, ...
+# If the seq key was lost (flush) while a history survived, continue after the history's top id: XADD needs
+# increasing ids, and clients must never see an id go backwards without a resync.
+_PUBLISH_LUA = """
+local channel, body, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local parts, ids = {}, {}
+for i = 5, #ARGV do
+  local k = (i - 5) * 2
+  local seqkey, histkey = KEYS[k + 1], KEYS[k + 2]
+  local seq = redis.call('INCR', seqkey)
+  local top = redis.call('XREVRANGE', histkey, '+', '-', 'COUNT', 1)
+  if top[1] then
+    local topseq = tonumber(string.match(top[1][1], '^(%d+)'))
+    if topseq >= seq then
+      seq = topseq + 1
+      redis.call('SET', seqkey, seq)
+    end
+  end
+  redis.call('XADD', histkey, 'MAXLEN', '~', maxlen, seq .. '-0', 'b', body)
+  redis.call('EXPIRE', histkey, ttl)
+  parts[#parts + 1] = '"' .. ARGV[i] .. '":' .. seq
+  ids[#ids + 1] = seq
+end
+redis.call('PUBLISH', channel, '{' .. table.concat(parts, ',') .. '}\\n' .. body)
+return ids
+"""
+
+
+def _default(value: object) -> object:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def to_json(value: object) -> str:
+    """Compact JSON with UUIDs and datetimes as strings (the wire format of every event)."""
+    return json.dumps(value, default=_default, separators=(",", ":"), ensure_ascii=False)
+
+
+def frame(body: str, event_id: int) -> str:
+    """The frame for one recipient: the shared body with that recipient's ``event_id`` spliced in front."""
+    return f'{{"event_id":{event_id:d},{body[1:]}'
+
+
+class Channels:
+    """Names of the keys and channels of one prefix."""
+
+    def __init__(self, keys: Keys) -> None:
+        self.keys = keys
+        self.events = keys("rt", "events")
+        self.ephemeral = keys("rt", "ephemeral")
+        self.lobby = keys("rt", "lobby")
+
+    def seq(self, user_id: uuid.UUID | str) -> str:
+        return self.keys("rt", "user", user_id, "seq")
+
+    def history(self, user_id: uuid.UUID | str) -> str:
+        return self.keys("rt", "user", user_id, "events")
+
+
+class Bus:
+    """Publishes events for one process (holds the registered Lua script)."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.channels = Channels(keys)
+        self._publish = redis.register_script(_PUBLISH_LUA)
+
+    async def publish(self, user_ids: Iterable[uuid.UUID], event: Mapping[str, Any]) -> dict[uuid.UUID, int]:
+        """Give `event` a new id per recipient, keep it in their history and fan it out; returns the ids."""
+        body = to_json(event)
+        if not body.startswith("{") or body == "{}":
+            raise ValueError("an event must be a non-empty JSON object")
+        recipients = list(dict.fromkeys(user_ids))
+        assigned: dict[uuid.UUID, int] = {}
+        for start in range(0, len(recipients), PUBLISH_CHUNK):
+            chunk = recipients[start : start + PUBLISH_CHUNK]
+            keys = [key for uid in chunk for key in (self.channels.seq(uid), self.channels.history(uid))]
+            args: list[str | int] = [
+                self.channels.events,
+                body,
+                HISTORY_MAX,
+                HISTORY_TTL_SECONDS,
+                *map(str, chunk),
+            ]
+            ids = await self._publish(keys=keys, args=args)
+            assigned.update(zip(chunk, (int(i) for i in ids), strict=True))
+        return assigned
+
+    async def publish_ephemeral(
+        self, user_ids: Iterable[uuid.UUID], event: Mapping[str, Any], ttl_ms: int = 1000
+    ) -> None:
+        """Live-only delivery (presence): no id, no history; receivers drop it once `ttl_ms` has passed."""
+        to = [str(uid) for uid in dict.fromkeys(user_ids)]
+        if to:
+            expires = int(time.time() * 1000) + ttl_ms
+            await self.redis.publish(
+                self.channels.ephemeral, to_json({"to": to, "body": event, "expires": expires})
+            )
+
+    async def publish_lobby(self, text: str) -> None:
+        await self.redis.publish(self.channels.lobby, text)
+
+    async def current_seq(self, user_id: uuid.UUID) -> int:
+        raw = await self.redis.get(self.channels.seq(user_id))
+        return int(raw) if raw else 0
+
+    async def current_seqs(self, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+        if not user_ids:
+            return {}
+        raw = await self.redis.mget([self.channels.seq(uid) for uid in user_ids])
+        return {uid: int(value) if value else 0 for uid, value in zip(user_ids, raw, strict=True)}
+
+    async def history(self, user_id: uuid.UUID, after: int, upto: int | None = None) -> list[tuple[int, str]]:
+        """Events with `after` < id <= `upto` (or the newest), oldest first, as (event_id, body)."""
+        end = f"{upto}-0" if upto is not None else "+"
+        entries: list[tuple[str, dict[str, str]]] = await self.redis.xrange(  # type: ignore[assignment]
+            self.channels.history(user_id), f"{after + 1}-0", end
+        )
+        return [(int(entry_id.split("-", 1)[0]), fields["b"]) for entry_id, fields in entries]
+
+
+async def publish_safely(stores: Stores, user_ids: Iterable[uuid.UUID], event: Mapping[str, Any]) -> None:
+    """Publish after a commit; a Redis failure is logged and counted, never turned into a failed request.
+
+    The write is already committed in PostgreSQL, so nothing is lost: clients that miss the event see it over
+    REST (and a reconnect reports ``resync`` when its ids do not line up).
+    """
+    try:
+        await bus_for(stores).publish(user_ids, event)
+    except (RedisError, OSError) as exc:
+        stores.count_failure("realtime")
+        log.warning("event_publish_failed", extra={"type": event.get("type"), "error": str(exc)[:200]})
+
+
+def bus_for(stores: Stores) -> Bus:
+    """The process-wide :class:`Bus` of these stores (created on first use)."""
+    bus = getattr(stores, "_realtime_bus", None)
+    if bus is None:
+        bus = Bus(stores.redis, stores.keys)
+        stores._realtime_bus = bus  # type: ignore[attr-defined]
+    return bus

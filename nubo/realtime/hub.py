@@ -1,0 +1,445 @@
+"""The per-instance hub: local sockets, one Redis pub/sub subscription, exactly-once in-order delivery.
+
+Every socket is a :class:`Connection` with a bounded queue drained by one writer task, so only the writer ever
+sends on the socket (ASGI sends must not interleave) and a slow client cannot grow server memory: when its
+queue is full the hub closes it with :data:`CLOSE_QUEUE_OVERFLOW`. The writer delivers durable events in
+event-id order, each once (see :mod:`nubo.realtime`); the hub's pub/sub listener only parses and enqueues, it
+never waits on a socket.
+
+Delivery guarantees and how they hold:
+
+- *Registered before reading the position*: a socket joins the routing table before the writer reads the
+  user's current id or replays history, so an event is either in that snapshot or arrives live afterwards;
+  both paths meet in the writer, which drops ids it already sent.
+- *Lost pub/sub messages* (the subscription dropped and came back): any id jump is filled from the history;
+  after a resubscribe and every :data:`~nubo.realtime.presence.HEARTBEAT_SECONDS`, each socket also compares
+  its position with the user's current id, so a lost *last* event is caught up without waiting for the next
+  one.
+- *History too short* (or Redis lost the counters): the client receives ``resync`` and refetches over REST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import socket as socket_module
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from nubo.logs import get_logger
+from nubo.realtime.bus import Bus, frame, to_json
+from nubo.realtime.presence import HEARTBEAT_SECONDS, Presence
+from nubo.settings import Settings
+from nubo.stores.redis import Keys
+
+log = get_logger(__name__)
+
+CLOSE_QUEUE_OVERFLOW = 4008
+CLOSE_TIMEOUT_SECONDS = 5.0
+
+
+class Socket(Protocol):
+    """What the hub needs from a WebSocket (Litestar's WebSocket adapts to it in `nubo.server.realtime`)."""
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Durable:
+    """A durable event for this socket's user: delivered once, in id order."""
+
+    event_id: int
+    body: str
+
+
+@dataclass(frozen=True)
+class Live:
+    """A ready frame sent as is (replies, ephemeral events, lobby text)."""
+
+    text: str
+    expires_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """Deliver everything up to `upto` from the history (after a resubscribe or a heartbeat check).
+
+    ``None`` means "read the current id now": used when the id seemed to go backwards (Redis lost the
+    counter), which only the writer can confirm, since its own position never passes the id it reads after.
+    """
+
+    upto: int | None
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The client asked (first frame) to resume after `last_event_id`."""
+
+    last_event_id: int
+
+
+QueueItem = Durable | Live | CatchUp | Resume
+
+
+class Connection:
+    """One client socket: its queue, its delivery position and its writer."""
+
+    def __init__(
+        self, hub: Hub, user_id: uuid.UUID, socket: Socket, *, resume_from: int | None = None
+    ) -> None:
+        self.hub = hub
+        self.user_id = user_id
+        self.user_key = str(user_id)
+        self.socket = socket
+        self.queue: asyncio.Queue[QueueItem] = asyncio.Queue(maxsize=hub.queue_size)
+        self.resume_from = resume_from
+        self.last = 0
+        self.delivered_durable = False
+        self.close_code: int | None = None
+        self.writer_task: asyncio.Task[None] | None = None
+        self.membership_cache: dict[uuid.UUID, tuple[float, list[uuid.UUID]]] = {}
+
+    # ---- called by the hub and the reader (never block) --------------------------------------------------
+
+    def offer(self, item: QueueItem) -> bool:
+        """Queue `item`; a full queue closes the socket with :data:`CLOSE_QUEUE_OVERFLOW`."""
+        if self.close_code is not None:
+            return False
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.abort(CLOSE_QUEUE_OVERFLOW)
+            return False
+        return True
+
+    def send_event(self, event: dict[str, Any]) -> bool:
+        """Queue a reply or ephemeral event (no event id)."""
+        return self.offer(Live(to_json(event)))
+
+    def abort(self, code: int) -> None:
+        """Stop delivering now (the hub forgets the socket); the server closes it with `code`."""
+        if self.close_code is None:
+            self.close_code = code
+            self.hub.detach_now(self)
+            log.warning("ws_closing", extra={"user_id": self.user_key, "code": code})
+            if self.writer_task is not None:
+                self.writer_task.cancel()
+
+    # ---- the writer --------------------------------------------------------------------------------------
+
+    async def run_writer(self) -> None:
+        """Say hello (with the resume position), replay what was missed, then deliver the queue forever."""
+        bus = self.hub.bus
+        if self.resume_from is None:
+            self.last = await bus.current_seq(self.user_id)
+            await self._send_hello()
+        else:
+            self.last = self.resume_from
+            await self._send_hello()
+            await self._catch_up(None)
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, Durable):
+                await self._deliver(item)
+            elif isinstance(item, Live):
+                if item.expires_ms is None or item.expires_ms >= time.time() * 1000:
+                    await self.socket.send_text(item.text)
+            elif isinstance(item, CatchUp):
+                if item.upto is None or item.upto > self.last:
+                    await self._catch_up(item.upto)
+            else:
+                await self._resume(item.last_event_id)
+
+    async def _send_hello(self) -> None:
+        await self.socket.send_text(
+            to_json(
+                {
+                    "type": "hello",
+                    "user_id": self.user_key,
+                    "last_event_id": self.last,
+                    "instance": self.hub.instance_id,
+                }
+            )
+        )
+
+    async def _deliver(self, item: Durable) -> None:
+        if item.event_id <= self.last:
+            return  # already delivered (live copy of a replayed event, or a duplicate)
+        if item.event_id > self.last + 1:
+            await self._catch_up(item.event_id - 1)
+        if item.event_id <= self.last:
+            return
+        await self.socket.send_text(frame(item.body, item.event_id))
+        self.last = item.event_id
+        self.delivered_durable = True
+
+    async def _catch_up(self, upto: int | None) -> None:
+        """Send history entries after `self.last` up to `upto` (default: the user's current id), or resync."""
+        bus = self.hub.bus
+        target = upto if upto is not None else await bus.current_seq(self.user_id)
+        if target < self.last:
+            await self._resync(target, "position_ahead_of_server")
+            return
+        if target == self.last:
+            return
+        entries = await bus.history(self.user_id, self.last, target)
+        complete = (
+            len(entries) == target - self.last and entries[0][0] == self.last + 1 and entries[-1][0] == target
+        )
+        if not complete:
+            await self._resync(target, "history_gap")
+            return
+        for event_id, body in entries:
+            await self.socket.send_text(frame(body, event_id))
+            self.last = event_id
+            self.delivered_durable = True
+
+    async def _resync(self, event_id: int, reason: str) -> None:
+        log.info(
+            "ws_resync", extra={"user_id": self.user_key, "from": self.last, "to": event_id, "reason": reason}
+        )
+        await self.socket.send_text(to_json({"type": "resync", "event_id": event_id, "reason": reason}))
+        self.last = event_id
+
+    async def _resume(self, last_event_id: int) -> None:
+        if self.delivered_durable:
+            await self.socket.send_text(
+                to_json(
+                    {
+                        "type": "error",
+                        "code": "resume_too_late",
+                        "error": "resume must be the first frame; reconnect with ?last_event_id= instead",
+                    }
+                )
+            )
+            return
+        self.last = last_event_id
+        await self._catch_up(None)
+
+
+PresenceCallback = Callable[[uuid.UUID, bool], Awaitable[None]]
+
+
+class Hub:
+    """Connections of this instance and their routing from Redis pub/sub."""
+
+    def __init__(
+        self, settings: Settings, redis: Redis, keys: Keys, *, on_presence: PresenceCallback | None = None
+    ) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.queue_size = settings.ws_queue_size
+        self.instance_id = f"{socket_module.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.bus = Bus(redis, keys)
+        self.presence = Presence(redis, keys, self.instance_id)
+        self.on_presence = on_presence
+        self.local: dict[str, set[Connection]] = {}
+        self.everyone: set[Connection] = set()
+        self._sub_redis: Redis | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self.subscribed = asyncio.Event()
+        self.stats = {"routed": 0, "overflow_closes": 0, "resubscribes": 0}
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self, wait_seconds: float = 10.0) -> None:
+        """Subscribe (waits until the subscription is active) and start the heartbeat."""
+        self._sub_redis = Redis.from_url(
+            self.settings.redis_url,
+            decode_responses=True,
+            socket_timeout=None,
+            socket_connect_timeout=2.0,
+            socket_keepalive=True,
+        )
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="realtime-listen"),
+            asyncio.create_task(self._heartbeat(), name="realtime-heartbeat"),
+        ]
+        await asyncio.wait_for(self.subscribed.wait(), wait_seconds)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for conn in list(self.everyone):
+            await self.detach(conn)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._sub_redis is not None:
+            await self._sub_redis.aclose()
+
+    @property
+    def subscriber_redis(self) -> Redis:
+        """A client without read timeout, for long-lived subscriptions (the hub's own and flux typing)."""
+        assert self._sub_redis is not None, "Hub.start() first"
+        return self._sub_redis
+
+    # ---- sockets -----------------------------------------------------------------------------------------
+
+    async def attach(self, conn: Connection) -> None:
+        """Route events to `conn` from now on (before its writer reads any position)."""
+        first = conn.user_key not in self.local
+        self.local.setdefault(conn.user_key, set()).add(conn)
+        self.everyone.add(conn)
+        if first:
+            try:
+                came_online = await self.presence.connected(conn.user_id)
+            except (RedisError, OSError) as exc:
+                log.warning("presence_failed", extra={"error": str(exc)[:200]})
+                return
+            if came_online:
+                self._spawn(self._announce(conn.user_id, True))
+
+    def detach_now(self, conn: Connection) -> bool:
+        """Stop routing to `conn`; True when it was this instance's last socket of its user."""
+        self.everyone.discard(conn)
+        conns = self.local.get(conn.user_key)
+        if conns is None or conn not in conns:
+            return False
+        conns.discard(conn)
+        if conns:
+            return False
+        del self.local[conn.user_key]
+        self._spawn(self._went_away(conn.user_id))
+        return True
+
+    async def detach(self, conn: Connection) -> None:
+        self.detach_now(conn)
+
+    async def _went_away(self, user_id: uuid.UUID) -> None:
+        if str(user_id) in self.local:
+            return  # reconnected on this instance meanwhile
+        try:
+            gone = await self.presence.disconnected(user_id)
+        except (RedisError, OSError) as exc:
+            log.warning("presence_failed", extra={"error": str(exc)[:200]})
+            return
+        if gone:
+            await self._announce(user_id, False)
+
+    async def _announce(self, user_id: uuid.UUID, online: bool) -> None:
+        if self.on_presence is None:
+            return
+        try:
+            await self.on_presence(user_id, online)
+        except Exception as exc:  # presence is best effort: never break a connection for it
+            log.warning("presence_announce_failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- routing -----------------------------------------------------------------------------------------
+
+    def route_events(self, data: str) -> None:
+        head, _, body = data.partition("\n")
+        to: dict[str, int] = json.loads(head)
+        if len(to) > len(self.local):
+            targets = [(key, to[key]) for key in self.local if key in to]
+        else:
+            targets = [(key, eid) for key, eid in to.items() if key in self.local]
+        for key, event_id in targets:
+            for conn in list(self.local.get(key, ())):
+                conn.offer(Durable(event_id, body))
+                self.stats["routed"] += 1
+
+    def route_ephemeral(self, data: str) -> None:
+        message = json.loads(data)
+        expires = int(message.get("expires") or 0) or None
+        text = to_json(message["body"])
+        for key in message["to"]:
+            for conn in list(self.local.get(key, ())):
+                conn.offer(Live(text, expires))
+
+    def route_lobby(self, text: str) -> None:
+        for conn in list(self.everyone):
+            conn.offer(Live(text))
+
+    def deliver_ephemeral(self, user_ids: list[str], event: dict[str, Any], expires_ms: int | None) -> None:
+        """Route an ephemeral event already received from elsewhere (flux typing) to local sockets."""
+        text = to_json(event)
+        for key in user_ids:
+            for conn in list(self.local.get(key, ())):
+                conn.offer(Live(text, expires_ms))
+
+    def _dispatch(self, channel: str, data: str) -> None:
+        channels = self.bus.channels
+        try:
+            if channel == channels.events:
+                self.route_events(data)
+            elif channel == channels.ephemeral:
+                self.route_ephemeral(data)
+            elif channel == channels.lobby:
+                self.route_lobby(data)
+        except (ValueError, KeyError, TypeError) as exc:  # a malformed message must not stop the listener
+            log.warning("realtime_bad_message", extra={"channel": channel, "error": str(exc)[:200]})
+
+    async def _listen(self) -> None:
+        channels = self.bus.channels
+        backoff = 0.1
+        resubscribed = False
+        while True:
+            assert self._sub_redis is not None
+            pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channels.events, channels.ephemeral, channels.lobby)
+                self.subscribed.set()
+                if resubscribed:
+                    self.stats["resubscribes"] += 1
+                    await self._check_positions()
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    if message is not None and message.get("type") == "message":
+                        self._dispatch(message["channel"], message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis restart or network cut: resubscribe, then catch every socket up
+                log.warning(
+                    "realtime_subscription_lost", extra={"error": f"{type(exc).__name__}: {exc}"[:200]}
+                )
+                resubscribed = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self.presence.heartbeat(self._local_users())
+                await self._check_positions()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down: try again next beat
+                log.warning(
+                    "realtime_heartbeat_failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]}
+                )
+
+    async def _check_positions(self) -> None:
+        """Catch up every socket whose position is behind (or ahead of) its user's current event id."""
+        users = self._local_users()
+        for start in range(0, len(users), 1000):
+            seqs = await self.bus.current_seqs(users[start : start + 1000])
+            for user_id, seq in seqs.items():
+                for conn in list(self.local.get(str(user_id), ())):
+                    if conn.writer_task is not None and conn.last != seq:
+                        conn.offer(CatchUp(seq if seq > conn.last else None))
+
+    def _local_users(self) -> list[uuid.UUID]:
+        return [next(iter(conns)).user_id for conns in self.local.values() if conns]
