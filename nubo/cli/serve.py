@@ -43,6 +43,7 @@ def serve(
         port=port if port is not None else settings.port,
         workers=workers,
         ws_max_size=settings.ws_max_frame_bytes,
+        ws_per_message_deflate=False,  # ~37 KB of zlib state per socket; chat frames are small
         access_log=False,  # uvicorn's access log would print `?token=` query strings
         log_config=None,
         timeout_graceful_shutdown=10,

@@ -68,7 +68,10 @@ async def start_listener(stores: Stores, hub: Hub) -> Callable[[], Awaitable[Non
         return nothing
     started = asyncio.Event()
     task = asyncio.create_task(_listen(flux, stores, hub, started), name="typing-flux")
-    await asyncio.wait_for(started.wait(), 10.0)
+    try:
+        await asyncio.wait_for(started.wait(), 3.0)
+    except TimeoutError:  # Redis down at start: the listener keeps retrying in the background
+        log.warning("typing_subscription_pending")
 
     async def stop() -> None:
         task.cancel()
