@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from nubo.cli.cache import cache_app
+from nubo.cli.chat import chat
+from nubo.cli.db import db_app
 from nubo.cli.serve import serve
+from nubo.cli.token import token
 
 app = typer.Typer(
     name="nubo",
@@ -21,6 +25,10 @@ def main() -> None:
 
 
 app.command("serve")(serve)
+app.command("token")(token)
+app.command("chat")(chat)
+app.add_typer(db_app, name="db")
+app.add_typer(cache_app, name="cache")
 
 
 def run() -> None:

@@ -13,11 +13,19 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from nubo import __version__
 from nubo.logs import configure_logging, get_logger
+from nubo.server import auth as auth_routes
+from nubo.server import feed as feed_routes
 from nubo.server import health
+from nubo.server import messaging as messaging_routes
+from nubo.server import moderation as moderation_routes
+from nubo.server import posts as posts_routes
+from nubo.server import realtime as realtime_routes
+from nubo.server import users as users_routes
 from nubo.server.deps import provide_settings, provide_stores
 from nubo.server.errors import EXCEPTION_HANDLERS
 from nubo.settings import Settings, load_settings
 from nubo.stores import open_stores
+from nubo.stores.redis_governor import run_governor
 from nubo.stores.tiered import run_outbox_worker
 
 log = get_logger(__name__)
@@ -32,7 +40,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         stores = await open_stores(settings)
         app.state.stores = stores
         log.info("stores_opened", extra={"mongo_db": settings.mongo_db, "redis_prefix": settings.redis_prefix})
-        workers = [asyncio.create_task(run_outbox_worker(stores.tiered), name="outbox")]
+        workers = [
+            asyncio.create_task(run_outbox_worker(stores.tiered), name="outbox"),
+            asyncio.create_task(run_governor(stores.redis, stores.keys, settings.redis_memory_budget,
+                                             settings.memory_margin_bytes), name="cache-governor"),
+        ]
         try:
             yield
         finally:
@@ -43,8 +55,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             log.info("stores_closed")
 
     return Litestar(
-        route_handlers=[*health.ROUTES],
-        lifespan=[stores_lifespan],
+        route_handlers=[*health.ROUTES, *auth_routes.ROUTES, *users_routes.ROUTES, *moderation_routes.ROUTES,
+                        *messaging_routes.ROUTES, *realtime_routes.ROUTES,
+                        *posts_routes.ROUTES, *feed_routes.ROUTES],
+        lifespan=[stores_lifespan, realtime_routes.realtime_lifespan],
         dependencies={"stores": Provide(provide_stores, sync_to_thread=False),
                       "settings": Provide(provide_settings, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
@@ -53,7 +67,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             render_plugins=[JsonRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
         request_max_body_size=settings.max_body_bytes,
+        logging_config=None,  # nubo.logs configures JSON logging; Litestar's default would replace it
         debug=False,
+        on_app_init=[auth_routes.jwt_auth(settings).on_app_init],
     )
 
 

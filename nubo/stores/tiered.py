@@ -23,7 +23,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 from pymongo import ReplaceOne, ReturnDocument
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
@@ -35,6 +35,14 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 Row = dict[str, Any]
+
+
+class _Reread:
+    """Marks a touched row whose projection must re-read PostgreSQL (`Transaction.touch(..., row=None)`)."""
+
+
+REREAD: Any = _Reread()
+DUPLICATE_KEY = 11000
 TIER_RETRY_SECONDS = 1.0  # after a failure, skip that tier this long instead of waiting on it per request
 
 
@@ -68,19 +76,23 @@ ENTITIES: dict[str, Entity] = {
         Entity("conversations", "messaging.conversations_meta", "conversations_recent", "conversations_meta"),
         Entity("conversation_members", "messaging.conversation_members", "conversation_members_recent",
                "conversation_members"),
-        Entity("messages", "messaging.message_index", "messages_recent", "messages", frozenset({"attachments"})),
+        Entity("messages", "messaging.message_index", "messages_recent", "messages",
+               frozenset({"attachments"})),
     )
 }
 
 
 def normalize_row(row: Mapping[str, Any]) -> Row:
-    """One in-app shape for a row whichever tier answered: dates as ISO strings, addresses as strings."""
+    """One in-app shape for a row whichever tier answered: dates as ISO strings, addresses as strings,
+    datetimes aware and cut to milliseconds."""
     return {key: _normalize_value(value) for key, value in row.items()}
 
 
 def _normalize_value(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        # BSON dates hold milliseconds: cut PostgreSQL's microseconds too, so every tier gives the same row.
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return aware.replace(microsecond=aware.microsecond // 1000 * 1000)
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
@@ -123,6 +135,7 @@ class TieredStore:
     def __init__(self, stores: Stores) -> None:
         self.stores = stores
         self.health = _TierHealth()
+        self._projector: BatchProjector | None = None
 
     # ---- reads -------------------------------------------------------------------------------------------
 
@@ -130,7 +143,8 @@ class TieredStore:
         return self.stores.cache.collection(entity.cache_collection)
 
     async def get(self, entity_name: str, entity_id: uuid.UUID) -> Row | None:
-        """One row by id: Redis, else Mongo (refreshing `last_use`), else PostgreSQL; fills the tiers above."""
+        """One row by id: Redis, else Mongo (refreshing `last_use`), else PostgreSQL; fills the tiers
+        above."""
         entity = ENTITIES[entity_name]
         row = await self._from_redis(entity, entity_id)
         if row is not None:
@@ -146,7 +160,8 @@ class TieredStore:
         return row
 
     async def get_many(self, entity_name: str, ids: Sequence[uuid.UUID]) -> list[Row]:
-        """Rows for `ids` in the given order (missing ones left out), each tier asked once for what is left."""
+        """Rows for `ids` in the given order (missing ones left out), each tier asked once for what is
+        left."""
         entity = ENTITIES[entity_name]
         found: dict[uuid.UUID, Row] = {}
         wanted = list(dict.fromkeys(ids))
@@ -231,9 +246,21 @@ class TieredStore:
         if not self.health.available("mongo"):
             return False
         now = datetime.now(UTC)
-        ops = [ReplaceOne({"_id": row["id"]}, to_document(row, now), upsert=True) for row in rows]
+        docs = [to_document(row, now) for row in rows]
+        collection = self.stores.mongo[entity.mongo_collection]
         try:
-            await self.stores.mongo[entity.mongo_collection].bulk_write(ops, ordered=False)
+            # Insert first, replace only what already exists: on FerretDB's SQLite backend an upsert by a UUID
+            # `_id` that is not there yet scans the whole collection (~100 ms at a few thousand documents),
+            # while an insert is an index probe. New rows are the common case (every create).
+            try:
+                await collection.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(error.get("code") != DUPLICATE_KEY for error in errors):
+                    raise
+                existing = [docs[error["index"]] for error in errors]
+                await collection.bulk_write([ReplaceOne({"_id": doc["_id"]}, doc, upsert=True)
+                                             for doc in existing], ordered=False)
         except PyMongoError as exc:
             self._tier_failed("mongo", "write", entity, exc)
             return False
@@ -273,12 +300,17 @@ class TieredStore:
 
     async def project(self, entity_name: str, ids: Sequence[uuid.UUID],
                       rows: Mapping[uuid.UUID, Row | None] | None = None) -> bool:
-        """Make the Mongo and Redis copies of `ids` match PostgreSQL (given `rows`, else read now)."""
+        """Make the Mongo and Redis copies of `ids` match PostgreSQL.
+
+        `rows` gives the committed state of each id (None: deleted; REREAD: read it now); without `rows`
+        every id is read from PostgreSQL now.
+        """
         entity = ENTITIES[entity_name]
-        if rows is None:
-            present = {row["id"]: row for row in await self._many_from_postgres(entity, list(ids))}
-        else:
-            present = {i: r for i, r in rows.items() if r is not None}
+        rows = dict.fromkeys(ids, REREAD) if rows is None else rows
+        reread = [i for i in ids if rows.get(i) is REREAD]
+        present = {i: r for i, r in rows.items() if r is not None and r is not REREAD}
+        if reread:
+            present.update((row["id"], row) for row in await self._many_from_postgres(entity, reread))
         upserts = [present[i] for i in ids if i in present]
         gone = [i for i in ids if i not in present]
         ok = await self._to_mongo(entity, upserts)
@@ -288,9 +320,14 @@ class TieredStore:
         return ok
 
     def _tier_failed(self, tier: str, action: str, entity: Entity, exc: BaseException) -> None:
+        self.tier_failed(tier, action, entity.name, exc)
+
+    def tier_failed(self, tier: str, action: str, what: str, exc: BaseException) -> None:
+        """Record a failed call to Mongo or Redis (skipped for a moment, counted, logged). Also for derived
+        data kept outside the entities (e.g. the feed documents)."""
         self.health.failed(tier)
         self.stores.count_failure(tier)
-        log.warning("tier_unavailable", extra={"tier": tier, "action": action, "entity": entity.name,
+        log.warning("tier_unavailable", extra={"tier": tier, "action": action, "entity": what,
                                                "error": f"{type(exc).__name__}: {exc}"[:200]})
 
     # ---- writes ------------------------------------------------------------------------------------------
@@ -298,23 +335,24 @@ class TieredStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """A PostgreSQL transaction; touched rows are projected to Mongo and Redis after it commits."""
-        async with self.stores.pg.connection() as conn:
-            async with conn.transaction():
-                tx = Transaction(conn)
-                yield tx
-                await tx.record_outbox()
+        async with self.stores.pg.connection() as conn, conn.transaction():
+            tx = Transaction(conn)
+            yield tx
+            await tx.record_outbox()
         await self._project_committed(tx)
 
-    async def _project_committed(self, tx: Transaction) -> None:
-        all_ok = True
-        for entity_name, touched in tx.touched.items():
-            all_ok = await self.project(entity_name, list(touched), touched) and all_ok
-        if all_ok and tx.outbox_ids:
-            try:
-                async with self.stores.pg.connection() as conn:
-                    await conn.execute("DELETE FROM logic.outbox WHERE id = ANY(%s)", (tx.outbox_ids,))
-            except Exception as exc:  # the worker will redo the (idempotent) projection later
-                log.warning("outbox_cleanup_failed", extra={"error": str(exc)[:200]})
+    async def _project_committed(self, tx: Transaction) -> bool:
+        """Project a committed transaction's rows (batched with concurrent ones); True when all copies are
+        written. The caller waits, so a request still answers only once its copies are written (or failed)."""
+        if not tx.touched:
+            return True
+        return await self.projector.submit(tx.touched, tx.outbox_ids)
+
+    @property
+    def projector(self) -> BatchProjector:
+        if self._projector is None:
+            self._projector = BatchProjector(self)
+        return self._projector
 
     async def insert(self, entity_name: str, values: Mapping[str, Any]) -> Row:
         async with self.transaction() as tx:
@@ -327,6 +365,71 @@ class TieredStore:
     async def delete(self, entity_name: str, entity_id: uuid.UUID) -> Row | None:
         async with self.transaction() as tx:
             return await tx.delete(entity_name, entity_id)
+
+
+@dataclass
+class _Submission:
+    touched: Mapping[str, Mapping[uuid.UUID, Row | None]]
+    outbox_ids: list[int]
+    done: asyncio.Future[bool]
+
+
+class BatchProjector:
+    """Group commit for projections: transactions committed while a flush runs are projected together.
+
+    One flush makes, per entity, one Mongo `bulk_write`, one Redis pipeline and one outbox `DELETE` for every
+    transaction it holds, instead of one of each per transaction (the seed's advice: batch the writes). At low
+    load a flush holds one transaction and starts at once, so nothing waits for a timer. When two
+    transactions of a batch touched the same row, the later submission's state wins (it committed later).
+    """
+
+    def __init__(self, tiered: TieredStore) -> None:
+        self.tiered = tiered
+        self.pending: list[_Submission] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def submit(self, touched: Mapping[str, Mapping[uuid.UUID, Row | None]],
+                     outbox_ids: list[int]) -> bool:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.pending.append(_Submission(touched, list(outbox_ids), done))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="tiered-projector")
+        return await done
+
+    async def _run(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                await self._flush(batch)
+            except Exception as exc:  # never leave a request waiting; the outbox keeps every row
+                log.warning("projection_batch_failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
+                _finish(batch, lambda _: False)
+
+    async def _flush(self, batch: list[_Submission]) -> None:
+        merged: dict[str, dict[uuid.UUID, Row | None]] = {}
+        for submission in batch:
+            for name, rows in submission.touched.items():
+                merged.setdefault(name, {}).update(rows)
+        ok = {name: await _project_safely(self.tiered, name, list(rows), rows)
+              for name, rows in merged.items()}
+
+        def all_ok(submission: _Submission) -> bool:
+            return all(ok[name] for name in submission.touched)
+
+        done_ids = [i for submission in batch if all_ok(submission) for i in submission.outbox_ids]
+        if done_ids:
+            try:
+                async with self.tiered.stores.pg.connection() as conn:
+                    await conn.execute("DELETE FROM logic.outbox WHERE id = ANY(%s)", (done_ids,))
+            except Exception as exc:  # the worker will redo the (idempotent) projection later
+                log.warning("outbox_cleanup_failed", extra={"error": str(exc)[:200]})
+        _finish(batch, all_ok)
+
+
+def _finish(batch: list[_Submission], result: Any) -> None:
+    for submission in batch:
+        if not submission.done.done():  # the waiting request may have been cancelled
+            submission.done.set_result(bool(result(submission)))
 
 
 class Transaction:
@@ -342,11 +445,11 @@ class Transaction:
 
     def touch(self, entity_name: str, entity_id: uuid.UUID, row: Row | None = None) -> None:
         """Mark a row changed by custom SQL; `row=None` means "re-read it from PostgreSQL to project"."""
-        ENTITIES[entity_name]  # noqa: B018 - fail fast on an unknown entity
-        self.touched.setdefault(entity_name, {})[entity_id] = row
+        ENTITIES[entity_name]
+        self.touched.setdefault(entity_name, {})[entity_id] = REREAD if row is None else row
 
-    async def insert(self, entity_name: str, values: Mapping[str, Any], *, on_conflict_do_nothing: bool = False
-                     ) -> Row:
+    async def insert(self, entity_name: str, values: Mapping[str, Any], *,
+                     on_conflict_do_nothing: bool = False) -> Row:
         entity = ENTITIES[entity_name]
         adapted = self._adapt(entity, values)
         query = sql.SQL("INSERT INTO {} ({}) VALUES ({}){} RETURNING *").format(
@@ -371,7 +474,8 @@ class Transaction:
             return normalize_row(row) if row else None
         query = sql.SQL("UPDATE {} SET {} WHERE id = {} RETURNING *").format(
             entity.table_sql,
-            sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder()) for k in adapted),
+            sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder())
+                               for k in adapted),
             sql.Placeholder(),
         )
         row = await (await self.conn.execute(query, [*adapted.values(), entity_id])).fetchone()
@@ -419,7 +523,7 @@ async def drain_outbox(tiered: TieredStore, *, batch: int = 200, min_age_seconds
         for row in rows:
             by_entity.setdefault(row["collection"], []).append(row["entity_id"])
         failed = {name for name, ids in by_entity.items()
-                  if not await tiered.project(name, list(dict.fromkeys(ids)))}
+                  if not await _project_safely(tiered, name, list(dict.fromkeys(ids)))}
         done = [row["id"] for row in rows if row["collection"] not in failed]
         retry = [row["id"] for row in rows if row["collection"] in failed]
         if done:
@@ -432,6 +536,18 @@ async def drain_outbox(tiered: TieredStore, *, batch: int = 200, min_age_seconds
     if done:
         log.info("outbox_repaired", extra={"rows": len(done)})
     return len(done)
+
+
+async def _project_safely(tiered: TieredStore, name: str, ids: list[uuid.UUID],
+                          rows: Mapping[uuid.UUID, Row | None] | None = None) -> bool:
+    """`project`, with any error (a row a cache schema rejects, an unknown collection) counted as a failure of
+    this collection only, so one bad row cannot roll back, and so block, the repair of every other."""
+    try:
+        return await tiered.project(name, ids, rows)
+    except Exception as exc:
+        log.warning("outbox_projection_error", extra={"collection": name,
+                                                       "error": f"{type(exc).__name__}: {exc}"[:200]})
+        return False
 
 
 async def run_outbox_worker(tiered: TieredStore, interval: float = 1.0) -> None:

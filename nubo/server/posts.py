@@ -1,0 +1,338 @@
+"""Routes for posts, comments, likes and media. Thin: parse, call :mod:`nubo.posts`, shape the answer.
+
+Every route needs an authenticated caller. Content the caller may not see is 404 (never 403); changing
+someone else's post or comment is 403. Likes on messages live with the messaging routes
+(`/messages/{id}/like`); the like logic for posts and comments is here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import delete, get, patch, post
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter, QueryParameter
+from msgspec import UNSET, UnsetType
+
+from nubo import posts, users
+from nubo.ids import parse_id
+from nubo.pagination import Page
+from nubo.server.users import AnyRequest, Before, Limit, PublicUser, StoresDep, caller_id
+
+Visibility = Literal["public", "followers"]
+Content = Annotated[str, msgspec.Meta(max_length=posts.MAX_CONTENT_CHARS)]
+CommentText = Annotated[str, msgspec.Meta(min_length=1, max_length=posts.MAX_COMMENT_CHARS)]
+Location = Annotated[str, msgspec.Meta(max_length=posts.MAX_LOCATION_CHARS)]
+MediaIds = Annotated[list[uuid.UUID], msgspec.Meta(max_length=posts.MAX_MEDIA_PER_POST)]
+Side = Annotated[int, msgspec.Meta(ge=1, le=posts.MAX_MEDIA_PIXELS_SIDE)]
+
+
+# Path ids are parsed by `parse_id` (a 422 naming the field) rather than by the router (a bare 404).
+PostIdPath = FromPath[
+    Annotated[str, Parameter(description="A post id (UUID)", schema_extra={"format": "uuid"})]
+]
+CommentIdPath = FromPath[
+    Annotated[str, Parameter(description="A comment id (UUID)", schema_extra={"format": "uuid"})]
+]
+MediaIdPath = FromPath[
+    Annotated[str, Parameter(description="A media id (UUID)", schema_extra={"format": "uuid"})]
+]
+UserQuery = FromQuery[Annotated[str | None, QueryParameter(description="Only this user's posts (a user id)")]]
+
+
+class NewPost(msgspec.Struct, forbid_unknown_fields=True):
+    """A post: content and/or media (media the caller uploaded), public or for followers only."""
+
+    content: Content | None = None
+    media_ids: MediaIds = msgspec.field(default_factory=list)
+    visibility: Visibility = "public"
+    location: Location | None = None
+
+
+class PostChanges(msgspec.Struct, forbid_unknown_fields=True):
+    """The fields to change on one's own post; absent fields are kept."""
+
+    content: Content | UnsetType | None = UNSET
+    media_ids: MediaIds | UnsetType = UNSET
+    visibility: Visibility | UnsetType = UNSET
+    location: Location | UnsetType | None = UNSET
+
+
+class NewComment(msgspec.Struct, forbid_unknown_fields=True):
+    """A comment on a post the caller can see."""
+
+    content: CommentText
+
+
+class NewMedia(msgspec.Struct, forbid_unknown_fields=True):
+    """Metadata of an uploaded file; the caller becomes its owner."""
+
+    storage_path: Annotated[str, msgspec.Meta(min_length=1, max_length=posts.MAX_STORAGE_PATH_CHARS)]
+    mime: Annotated[str, msgspec.Meta(min_length=3, max_length=200)]
+    size: Annotated[int, msgspec.Meta(ge=0, le=posts.MAX_MEDIA_BYTES)]
+    width: Side | None = None
+    height: Side | None = None
+
+
+@dataclass
+class PostMeta:
+    """Parsed from the content: mentioned users (existing ones, with ids) and hashtags, lower-cased."""
+
+    mentions: list[dict[str, str]]
+    hashtags: list[str]
+
+
+@dataclass
+class PostView:
+    """A post with its like and comment counts; `visibility` 0 public, 1 followers only."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    content: str | None
+    media_ids: list[uuid.UUID]
+    meta: PostMeta
+    visibility: int
+    location: str | None
+    created_at: datetime
+    updated_at: datetime
+    like_count: int
+    liked: bool
+    comment_count: int
+
+
+@dataclass
+class CommentView:
+    """A comment with its like count."""
+
+    id: uuid.UUID
+    post_id: uuid.UUID
+    user_id: uuid.UUID
+    content: str
+    created_at: datetime
+    updated_at: datetime
+    like_count: int
+    liked: bool
+
+
+@dataclass
+class LikeState:
+    """The caller's like on a target after the call, and the target's like count."""
+
+    target_id: uuid.UUID
+    liked: bool
+    like_count: int
+
+
+@dataclass
+class MediaView:
+    """A media's metadata (`processing_state` 0 pending, 1 done)."""
+
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    storage_path: str
+    mime: str
+    size: int
+    width: int | None
+    height: int | None
+    processing_state: int
+    created_at: datetime
+
+
+def to_post(view: dict[str, Any]) -> PostView:
+    meta = view.get("meta") or {}
+    return PostView(
+        **{
+            **view,
+            "meta": PostMeta(
+                mentions=list(meta.get("mentions", [])), hashtags=list(meta.get("hashtags", []))
+            ),
+        }
+    )
+
+
+# ---- posts -------------------------------------------------------------------------------------------------
+
+
+@post("/posts", summary="Create a post", tags=["posts"], status_code=201)
+async def create_post(request: AnyRequest, stores: StoresDep, data: JSONBody[NewPost]) -> PostView:
+    view = await posts.create_post(
+        stores,
+        caller_id(request),
+        content=data.content,
+        media_ids=data.media_ids,
+        visibility=data.visibility,
+        location=data.location,
+    )
+    return to_post(view)
+
+
+@get("/posts", summary="Posts the caller may see, newest first (optionally one user's)", tags=["posts"])
+async def list_posts(
+    request: AnyRequest,
+    stores: StoresDep,
+    user: UserQuery = None,
+    limit: Limit = 20,
+    before: Before = None,
+) -> Page[PostView]:
+    author = parse_id(user, "user") if user else None
+    page = await posts.list_posts(stores, caller_id(request), user=author, limit=limit, before=before)
+    return Page(items=[to_post(v) for v in page.items], next=page.next)
+
+
+@get("/posts/{post_id:str}", summary="One post", tags=["posts"])
+async def get_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) -> PostView:
+    return to_post(await posts.get_post(stores, caller_id(request), parse_id(post_id, "post_id")))
+
+
+@patch("/posts/{post_id:str}", summary="Edit one's own post", tags=["posts"])
+async def patch_post(
+    request: AnyRequest, stores: StoresDep, post_id: PostIdPath, data: PostChanges
+) -> PostView:
+    changes = {
+        name: getattr(data, name) for name in data.__struct_fields__ if getattr(data, name) is not UNSET
+    }
+    view = await posts.update_post(stores, caller_id(request), parse_id(post_id, "post_id"), changes)
+    return to_post(view)
+
+
+@delete(
+    "/posts/{post_id:str}",
+    summary="Delete one's own post (with its comments and likes)",
+    tags=["posts"],
+    status_code=204,
+)
+async def delete_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) -> None:
+    await posts.delete_post(stores, caller_id(request), parse_id(post_id, "post_id"))
+
+
+# ---- comments ----------------------------------------------------------------------------------------------
+
+
+@get("/posts/{post_id:str}/comments", summary="Comments of a post, newest first", tags=["comments"])
+async def list_comments(
+    request: AnyRequest, stores: StoresDep, post_id: PostIdPath, limit: Limit = 20, before: Before = None
+) -> Page[CommentView]:
+    page = await posts.list_comments(
+        stores, caller_id(request), parse_id(post_id, "post_id"), limit=limit, before=before
+    )
+    return Page(items=[CommentView(**c) for c in page.items], next=page.next)
+
+
+@post("/posts/{post_id:str}/comments", summary="Comment on a post", tags=["comments"], status_code=201)
+async def add_comment(
+    request: AnyRequest, stores: StoresDep, post_id: PostIdPath, data: NewComment
+) -> CommentView:
+    view = await posts.add_comment(stores, caller_id(request), parse_id(post_id, "post_id"), data.content)
+    return CommentView(**view)
+
+
+@delete(
+    "/comments/{comment_id:str}",
+    summary="Delete a comment (its author or the post's author)",
+    tags=["comments"],
+    status_code=204,
+)
+async def delete_comment(request: AnyRequest, stores: StoresDep, comment_id: CommentIdPath) -> None:
+    await posts.delete_comment(stores, caller_id(request), parse_id(comment_id, "comment_id"))
+
+
+# ---- likes -------------------------------------------------------------------------------------------------
+
+
+@post("/posts/{post_id:str}/like", summary="Like a post (idempotent)", tags=["likes"], status_code=200)
+async def like_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) -> LikeState:
+    return LikeState(
+        **await posts.like(stores, caller_id(request), posts.TARGET_POST, parse_id(post_id, "post_id"))
+    )
+
+
+@delete("/posts/{post_id:str}/like", summary="Unlike a post (idempotent)", tags=["likes"], status_code=200)
+async def unlike_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) -> LikeState:
+    return LikeState(
+        **await posts.unlike(stores, caller_id(request), posts.TARGET_POST, parse_id(post_id, "post_id"))
+    )
+
+
+@post(
+    "/comments/{comment_id:str}/like", summary="Like a comment (idempotent)", tags=["likes"], status_code=200
+)
+async def like_comment(request: AnyRequest, stores: StoresDep, comment_id: CommentIdPath) -> LikeState:
+    return LikeState(
+        **await posts.like(
+            stores, caller_id(request), posts.TARGET_COMMENT, parse_id(comment_id, "comment_id")
+        )
+    )
+
+
+@delete(
+    "/comments/{comment_id:str}/like",
+    summary="Unlike a comment (idempotent)",
+    tags=["likes"],
+    status_code=200,
+)
+async def unlike_comment(request: AnyRequest, stores: StoresDep, comment_id: CommentIdPath) -> LikeState:
+    return LikeState(
+        **await posts.unlike(
+            stores, caller_id(request), posts.TARGET_COMMENT, parse_id(comment_id, "comment_id")
+        )
+    )
+
+
+@get("/posts/{post_id:str}/likes", summary="Who liked a post, most recent like first", tags=["likes"])
+async def list_likes(
+    request: AnyRequest, stores: StoresDep, post_id: PostIdPath, limit: Limit = 20, before: Before = None
+) -> Page[PublicUser]:
+    """The cursor (`next`, `before`) is a like id, not a user id."""
+    page = await posts.list_likers(
+        stores, caller_id(request), parse_id(post_id, "post_id"), limit=limit, before=before
+    )
+    return Page(items=[PublicUser(**users.public_user(row)) for row in page.items], next=page.next)
+
+
+# ---- media -------------------------------------------------------------------------------------------------
+
+
+@post(
+    "/media",
+    summary="Record an uploaded media's metadata (the caller owns it)",
+    tags=["media"],
+    status_code=201,
+)
+async def create_media(request: AnyRequest, stores: StoresDep, data: JSONBody[NewMedia]) -> MediaView:
+    view = await posts.create_media(
+        stores,
+        caller_id(request),
+        storage_path=data.storage_path,
+        mime=data.mime,
+        size=data.size,
+        width=data.width,
+        height=data.height,
+    )
+    return MediaView(**view)
+
+
+@get("/media/{media_id:str}", summary="A media's metadata", tags=["media"])
+async def get_media(request: AnyRequest, stores: StoresDep, media_id: MediaIdPath) -> MediaView:
+    return MediaView(**await posts.get_media(stores, caller_id(request), parse_id(media_id, "media_id")))
+
+
+ROUTES = [
+    create_post,
+    list_posts,
+    get_post,
+    patch_post,
+    delete_post,
+    list_comments,
+    add_comment,
+    delete_comment,
+    like_post,
+    unlike_post,
+    like_comment,
+    unlike_comment,
+    list_likes,
+    create_media,
+    get_media,
+]
