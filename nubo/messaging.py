@@ -49,7 +49,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
 from redis.exceptions import RedisError
 
-from nubo import ratelimit
+from nubo import posts, ratelimit
 from nubo.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from nubo.ids import new_id, parse_id
 from nubo.logs import get_logger
@@ -878,40 +878,12 @@ async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UU
 async def like_message(
     stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, liked: bool
 ) -> dict[str, Any]:
-    """Like (or unlike) a message of a conversation the caller is in; returns the like count."""
-    message = await stores.tiered.get("messages", message_id)
-    if message is None or message.get("state") == STATE_DELETED:
-        raise NotFound("No such message", code="message_not_found")
-    try:
-        await _require_member(stores, message["conversation_id"], user_id)
-    except NotFound:
-        raise NotFound("No such message", code="message_not_found") from None
-    async with _write(stores) as tx:
-        if liked:
-            with contextlib.suppress(LookupError):  # already liked: liking is idempotent
-                await tx.insert(
-                    "likes",
-                    {
-                        "id": new_id(),
-                        "target_type": LIKE_MESSAGE,
-                        "target_id": message_id,
-                        "user_id": user_id,
-                    },
-                    on_conflict_do_nothing=True,
-                )
-        else:
-            await tx.delete_where(
-                "likes",
-                sql.SQL("target_type = %s AND target_id = %s AND user_id = %s"),
-                (LIKE_MESSAGE, message_id, user_id),
-            )
-        count = await (
-            await tx.conn.execute(
-                "SELECT count(*) AS n FROM content.likes WHERE target_type = %s AND target_id = %s",
-                (LIKE_MESSAGE, message_id),
-            )
-        ).fetchone()
-    return {"message_id": message_id, "liked": liked, "likes": int(count["n"]) if count else 0}
+    """Like (or unlike) a message of a conversation the caller is in; returns the like count.
+
+    Likes of every kind share one implementation (`nubo.posts.like`, membership checked there)."""
+    change = posts.like if liked else posts.unlike
+    state = await change(stores, user_id, posts.TARGET_MESSAGE, message_id)
+    return {"message_id": message_id, "liked": state["liked"], "likes": state["like_count"]}
 
 
 # ---- read markers and unread counters --------------------------------------------------------------------

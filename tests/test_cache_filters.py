@@ -270,7 +270,7 @@ async def test_values_come_back_typed(stores: Stores) -> None:
     users = cache.collection("users")
     uid = uuid.uuid4()
     row = {"id": uid, "username": "ann", "email": "a@x.io", "email_verified": True, "phone": None,
-           "phone_verified": False, "password_hash": "h", "first_name": "", "last_name": "L",
+           "phone_verified": False, "first_name": "", "last_name": "L",
            "birthdate": "1990-02-03", "sex": None, "bio": "x" * 2000, "profile_picture_id": None, "grade": 1,
            "location": None, "school": None, "works": None, "badges": ["a", "b"], "state": 1,
            "created_at": datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),

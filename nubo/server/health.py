@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Response, get
-
 from litestar.di import NamedDependency
+
 from nubo.stores import Stores
 
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Response, delete, get, patch, post
-from litestar.params import FromPath, FromQuery, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from nubo import messaging, notifications
 from nubo.ids import parse_id
@@ -174,7 +174,7 @@ def to_conversation(view: dict[str, Any]) -> ConversationOut:
 
 @post("/conversations", summary="Start a direct conversation or create a group", tags=["messaging"])
 async def create_conversation(
-    request: AnyRequest, stores: StoresDep, data: CreateConversationIn
+    request: AnyRequest, stores: StoresDep, data: JSONBody[CreateConversationIn]
 ) -> Response[ConversationOut]:
     """201 when created; 200 with the existing direct conversation between the two users."""
     view, created = await messaging.create_conversation(
@@ -208,7 +208,7 @@ async def get_conversation(
     status_code=200,
 )
 async def add_members(
-    request: AnyRequest, stores: StoresDep, conversation_id: IdPath, data: MembersIn
+    request: AnyRequest, stores: StoresDep, conversation_id: IdPath, data: JSONBody[MembersIn]
 ) -> ConversationOut:
     view = await messaging.add_members(
         stores, caller_id(request), parse_id(conversation_id, "conversation_id"), data.user_ids
@@ -244,7 +244,7 @@ async def leave_conversation(request: AnyRequest, stores: StoresDep, conversatio
 
 @post("/conversations/{conversation_id:str}/messages", summary="Send a message", tags=["messaging"])
 async def send_message(
-    request: AnyRequest, stores: StoresDep, conversation_id: IdPath, data: SendMessageIn
+    request: AnyRequest, stores: StoresDep, conversation_id: IdPath, data: JSONBody[SendMessageIn]
 ) -> Response[MessageOut]:
     """201 when stored; 200 with the stored message when `client_id` was already used (idempotent retry)."""
     result = await messaging.send_message(
@@ -265,7 +265,7 @@ async def list_messages(
 
 @patch("/messages/{message_id:str}", summary="Edit a message (sender only)", tags=["messaging"])
 async def edit_message(
-    request: AnyRequest, stores: StoresDep, message_id: IdPath, data: EditMessageIn
+    request: AnyRequest, stores: StoresDep, message_id: IdPath, data: JSONBody[EditMessageIn]
 ) -> MessageOut:
     view = await messaging.edit_message(
         stores, caller_id(request), parse_id(message_id, "message_id"), data.content
@@ -305,7 +305,7 @@ async def unlike_message(request: AnyRequest, stores: StoresDep, message_id: IdP
     status_code=200,
 )
 async def mark_read(
-    request: AnyRequest, stores: StoresDep, conversation_id: IdPath, data: ReadIn | None = None
+    request: AnyRequest, stores: StoresDep, conversation_id: IdPath, data: JSONBody[ReadIn | None] = None
 ) -> ReadOut:
     result = await messaging.mark_read(
         stores,
@@ -335,7 +335,7 @@ async def list_notifications(
 
 @post("/notifications/read", summary="Mark notifications read", tags=["notifications"], status_code=200)
 async def read_notifications(
-    request: AnyRequest, stores: StoresDep, data: NotificationsReadIn | None = None
+    request: AnyRequest, stores: StoresDep, data: JSONBody[NotificationsReadIn | None] = None
 ) -> UpdatedOut:
     return UpdatedOut(
         updated=await notifications.mark_read(stores, caller_id(request), data.up_to if data else None)

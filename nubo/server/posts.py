@@ -189,7 +189,7 @@ async def get_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) 
 
 @patch("/posts/{post_id:str}", summary="Edit one's own post", tags=["posts"])
 async def patch_post(
-    request: AnyRequest, stores: StoresDep, post_id: PostIdPath, data: PostChanges
+    request: AnyRequest, stores: StoresDep, post_id: PostIdPath, data: JSONBody[PostChanges]
 ) -> PostView:
     changes = {
         name: getattr(data, name) for name in data.__struct_fields__ if getattr(data, name) is not UNSET
@@ -223,7 +223,7 @@ async def list_comments(
 
 @post("/posts/{post_id:str}/comments", summary="Comment on a post", tags=["comments"], status_code=201)
 async def add_comment(
-    request: AnyRequest, stores: StoresDep, post_id: PostIdPath, data: NewComment
+    request: AnyRequest, stores: StoresDep, post_id: PostIdPath, data: JSONBody[NewComment]
 ) -> CommentView:
     view = await posts.add_comment(stores, caller_id(request), parse_id(post_id, "post_id"), data.content)
     return CommentView(**view)

@@ -59,7 +59,7 @@ class Stores:
         """Count a projection write that failed after the PostgreSQL commit (repaired later)."""
         self.failures[store] = self.failures.get(store, 0) + 1
 
-    async def check(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+    async def check(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:  # noqa: ASYNC109 - a per-store timeout, not the whole call
         """Ping each store concurrently; each entry has `status` ("up"/"down") and details or the error."""
         probes: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
             "postgres": lambda: postgres.ping(self.pg),

@@ -249,9 +249,10 @@ def index_payload(field: Field, raw: str | None) -> str | None:
 SCHEMAS: dict[str, Schema] = {
     s.name: s
     for s in (
-        schema("users", no_index=("password_hash", "first_name", "last_name", "location", "school", "works"),
+        # No password_hash: credentials never leave PostgreSQL (tiered.Entity.private_columns).
+        schema("users", no_index=("first_name", "last_name", "location", "school", "works"),
                username="str", email="str", email_verified="bool", phone="?str", phone_verified="bool",
-               password_hash="str", first_name="str", last_name="str", birthdate="?date", sex="?int",
+               first_name="str", last_name="str", birthdate="?date", sex="?int",
                bio="?text", profile_picture_id="?uuid", grade="int", location="?str", school="?str",
                works="?str", badges="json", state="int", created_at="datetime", updated_at="datetime"),
         schema("user_settings", user_id="uuid", privacy="json", notifications="json", language="str",

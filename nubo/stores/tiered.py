@@ -27,6 +27,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
+from nubo.stores.cache_schemas import CacheError
 
 if TYPE_CHECKING:
     from nubo.stores import Stores
@@ -55,6 +56,11 @@ class Entity:
     mongo_collection: str
     cache_collection: str
     json_columns: frozenset[str] = frozenset()
+    private_columns: frozenset[str] = frozenset()  # never leave PostgreSQL (credentials)
+
+    def row(self, raw: Mapping[str, Any]) -> Row:
+        """The in-app row: normalized values, private columns left out, whichever tier it came from."""
+        return {k: _normalize_value(v) for k, v in raw.items() if k not in self.private_columns}
 
     @property
     def table_sql(self) -> sql.Composed:
@@ -65,7 +71,7 @@ class Entity:
 ENTITIES: dict[str, Entity] = {
     entity.name: entity
     for entity in (
-        Entity("users", "auth.users", "users_recent", "users"),
+        Entity("users", "auth.users", "users_recent", "users", private_columns=frozenset({"password_hash"})),
         Entity("user_settings", "auth.user_settings", "user_settings_recent", "user_settings",
                frozenset({"privacy", "notifications"})),
         Entity("follows", "auth.follows", "relations_recent", "relations"),
@@ -210,7 +216,7 @@ class TieredStore:
         except PyMongoError as exc:
             self._tier_failed("mongo", "read", entity, exc)
             return None
-        return from_document(doc) if doc is not None else None
+        return entity.row(from_document(doc)) if doc is not None else None
 
     async def _many_from_mongo(self, entity: Entity, ids: list[uuid.UUID]) -> list[Row]:
         if not self.health.available("mongo"):
@@ -224,19 +230,19 @@ class TieredStore:
         except PyMongoError as exc:
             self._tier_failed("mongo", "read", entity, exc)
             return []
-        return [from_document(doc) for doc in docs]
+        return [entity.row(from_document(doc)) for doc in docs]
 
     async def _from_postgres(self, entity: Entity, entity_id: uuid.UUID) -> Row | None:
         query = sql.SQL("SELECT * FROM {} WHERE id = %s").format(entity.table_sql)
         async with self.stores.pg.connection() as conn:
             row = await (await conn.execute(query, (entity_id,))).fetchone()
-        return normalize_row(row) if row is not None else None
+        return entity.row(row) if row is not None else None
 
     async def _many_from_postgres(self, entity: Entity, ids: list[uuid.UUID]) -> list[Row]:
         query = sql.SQL("SELECT * FROM {} WHERE id = ANY(%s)").format(entity.table_sql)
         async with self.stores.pg.connection() as conn:
             rows = await (await conn.execute(query, (ids,))).fetchall()
-        return [normalize_row(row) for row in rows]
+        return [entity.row(row) for row in rows]
 
     # ---- projections (idempotent) -----------------------------------------------------------------------
 
@@ -261,7 +267,7 @@ class TieredStore:
                 existing = [docs[error["index"]] for error in errors]
                 await collection.bulk_write([ReplaceOne({"_id": doc["_id"]}, doc, upsert=True)
                                              for doc in existing], ordered=False)
-        except PyMongoError as exc:
+        except (PyMongoError, KeyError) as exc:  # KeyError: FerretDB's reply to racing upserts lacks nModified
             self._tier_failed("mongo", "write", entity, exc)
             return False
         self.health.succeeded("mongo")
@@ -274,7 +280,7 @@ class TieredStore:
             return False
         try:
             await self._cache(entity).set_many(rows)
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, CacheError) as exc:  # CacheError: schema out of step; the outbox retries
             self._tier_failed("redis", "write", entity, exc)
             return False
         self.health.succeeded("redis")
@@ -461,7 +467,7 @@ class Transaction:
         row = await (await self.conn.execute(query, list(adapted.values()))).fetchone()
         if row is None:
             raise LookupError("insert skipped by ON CONFLICT")
-        result = normalize_row(row)
+        result = entity.row(row)
         self.touch(entity_name, result["id"], result)
         return result
 
@@ -471,7 +477,7 @@ class Transaction:
         if not adapted:
             row = await (await self.conn.execute(
                 sql.SQL("SELECT * FROM {} WHERE id = %s").format(entity.table_sql), (entity_id,))).fetchone()
-            return normalize_row(row) if row else None
+            return entity.row(row) if row else None
         query = sql.SQL("UPDATE {} SET {} WHERE id = {} RETURNING *").format(
             entity.table_sql,
             sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder())
@@ -481,7 +487,7 @@ class Transaction:
         row = await (await self.conn.execute(query, [*adapted.values(), entity_id])).fetchone()
         if row is None:
             return None
-        result = normalize_row(row)
+        result = entity.row(row)
         self.touch(entity_name, entity_id, result)
         return result
 
@@ -492,7 +498,7 @@ class Transaction:
     async def delete_where(self, entity_name: str, where: sql.Composable, params: Sequence[Any]) -> list[Row]:
         entity = ENTITIES[entity_name]
         query = sql.SQL("DELETE FROM {} WHERE {} RETURNING *").format(entity.table_sql, where)
-        rows = [normalize_row(r) for r in await (await self.conn.execute(query, params)).fetchall()]
+        rows = [entity.row(r) for r in await (await self.conn.execute(query, params)).fetchall()]
         for row in rows:
             self.touched.setdefault(entity_name, {})[row["id"]] = None
         return rows
