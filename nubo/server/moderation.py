@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 import msgspec
 from litestar import get, post
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, JSONBody, Parameter, QueryParameter
 
 from nubo import moderation
 from nubo.ids import parse_id
@@ -28,7 +28,7 @@ REPORT_RATE = RateLimit(30, 3600)
 TargetType = Literal["user", "post", "comment", "message"]
 ReportState = Literal["pending", "reviewed", "resolved"]
 # `state` is a reserved Litestar kwarg name, hence the alias.
-StateQuery = FromQuery[Annotated[ReportState | None, Parameter(query="state", description="Only this state")]]
+StateQuery = Annotated[ReportState | None, QueryParameter(name="state", description="Only this state")]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=moderation.MAX_REASON_LENGTH)]
 
 
