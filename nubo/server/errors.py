@@ -42,7 +42,7 @@ def handle_nubo_error(_: Request[Any, Any, Any], exc: NuboError) -> Response[dic
 
 def handle_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
     detail = str(exc.detail or "")
-    if "JSON" in detail or "decode" in detail.lower() or ("content" in detail.lower() and not exc.extra):
+    if any(marker in detail for marker in _JSON_ERRORS):
         return error_response(400, "The request body is not valid JSON", "invalid_json")
     fields: dict[str, str] = {}
     for item in exc.extra if isinstance(exc.extra, list) else []:
