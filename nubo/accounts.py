@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+import msgspec
 from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 from psycopg.rows import DictRow
@@ -32,7 +33,8 @@ from nubo.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from nubo.ids import new_id, parse_id
 from nubo.logs import get_logger
 from nubo.pagination import Page, make_page
-from nubo.ratelimit import rate_limit
+from nubo.ratelimit import RateStatus, guarded_hit, raise_if_limited, rate_limit
+from nubo.settings import RateLimit
 from nubo.stores import Stores
 from nubo.stores.tiered import Row, normalize_row
 
@@ -375,6 +377,8 @@ async def _active_user(stores: Stores, user_id: uuid.UUID) -> Row | None:
 
 # ---------------------------------------------------------------- the per-request session check
 
+_MIRROR = msgspec.json.Decoder(dict[str, Any])  # the mirror is read on every request: msgspec is quicker
+
 
 async def _mirror_live(
     stores: Stores, session_id: uuid.UUID, user_row: Mapping[str, Any], seconds: int
@@ -444,8 +448,30 @@ async def authenticate_session(stores: Stores, user_id: uuid.UUID, session_id: u
     return AuthUser(id=user_id, session_id=session_id, username=row["username"], grade=int(row["grade"]))
 
 
+async def authenticate_and_limit(
+    stores: Stores, user_id: uuid.UUID, session_id: uuid.UUID, rate: RateLimit, name: str = "user"
+) -> tuple[AuthUser, RateStatus | None]:
+    """:func:`authenticate_session` plus one hit of the caller's rate limit `name` (429 when over it).
+
+    The hot path is one Redis round trip: a script reads the session mirror and, when it is live, takes the
+    hit atomically (:func:`nubo.ratelimit.guarded_hit`). A missing mirror or a Redis failure falls back to
+    :func:`authenticate_session` (PostgreSQL), then a separate hit (which fails open when Redis is down).
+    """
+    key = stores.keys("session", session_id)
+    try:
+        raw, status = await guarded_hit(stores, key, name, str(user_id), rate)
+    except (RedisError, OSError):
+        raw = None  # authenticate_session retries Redis, counts the failure, then asks PostgreSQL
+    if raw is None:
+        user = await authenticate_session(stores, user_id, session_id)
+        return user, await rate_limit(stores, name, str(user_id), rate)
+    user = _principal_from_mirror(raw, user_id, session_id)  # refuses a revoked mirror (no hit was taken)
+    raise_if_limited(status)
+    return user, status
+
+
 def _principal_from_mirror(raw: str | bytes, user_id: uuid.UUID, session_id: uuid.UUID) -> AuthUser:
-    data = json.loads(raw)
+    data = _MIRROR.decode(raw)
     if data.get("revoked") or data.get("uid") != str(user_id):
         raise Unauthorized("The session of this token is revoked", code="invalid_token")
     return AuthUser(id=user_id, session_id=session_id, username=data["username"], grade=int(data["grade"]))

@@ -14,10 +14,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from nubo.errors import RateLimited
@@ -29,28 +32,44 @@ log = get_logger(__name__)
 
 _ATTR = "_nubo_rate_limiter"
 _SCRIPT_ATTR = "_nubo_rate_script"
+_GUARDED_ATTR = "_nubo_guarded_rate_script"
 
-# KEYS[1]: the window (hit timestamps, newest first, at most `limit` long); ARGV: now, limit, expiry.
-# Returns {allowed (0/1), hits in the window, oldest hit in the window (string)}.
-_ACQUIRE_AND_MEASURE = """
+# The moving window on KEYS[n]: ARGV now, limit, expiry. Leaves allowed (0/1), hits in the window and the
+# oldest hit in the window (string) in locals for the caller's `return`.
+_WINDOW = """
 local now, limit, expiry = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local last = redis.call('lindex', KEYS[1], limit - 1)
+local window = KEYS[%d]
+local last = redis.call('lindex', window, limit - 1)
 local allowed = 0
 if not (last and tonumber(last) >= now - expiry) then
-    redis.call('lpush', KEYS[1], ARGV[1])
-    redis.call('ltrim', KEYS[1], 0, limit - 1)
-    redis.call('expire', KEYS[1], expiry)
+    redis.call('lpush', window, ARGV[1])
+    redis.call('ltrim', window, 0, limit - 1)
+    redis.call('expire', window, expiry)
     allowed = 1
 end
-local low, high, found = 0, redis.call('llen', KEYS[1]) - 1, -1
+local low, high, found = 0, redis.call('llen', window) - 1, -1
 while low <= high do
     local mid = math.floor((low + high) / 2)
-    local value = tonumber(redis.call('lindex', KEYS[1], mid))
+    local value = tonumber(redis.call('lindex', window, mid))
     if value and value >= now - expiry then found = mid; low = mid + 1 else high = mid - 1 end
 end
-if found < 0 then return {allowed, 0, ARGV[1]} end
-return {allowed, found + 1, redis.call('lindex', KEYS[1], found)}
+local count, oldest = found + 1, ARGV[1]
+if found >= 0 then oldest = redis.call('lindex', window, found) end
 """
+# KEYS[1]: the window (hit timestamps, newest first, at most `limit` long).
+# Returns {allowed (0/1), hits in the window, oldest hit in the window (string)}.
+_ACQUIRE_AND_MEASURE = (_WINDOW % 1) + "return {allowed, count, oldest}"
+# KEYS[1]: a guard value (the session mirror), KEYS[2]: the window. The hit is taken only when the guard
+# exists and is not a revocation marker, so a refused request never uses up the caller's quota.
+# Returns {guard} when no hit was taken, else {guard, allowed, count, oldest}.
+_GUARDED_HIT = (
+    """
+local guard = redis.call('get', KEYS[1])
+if not guard or string.find(guard, '"revoked"', 1, true) then return {guard} end
+"""
+    + (_WINDOW % 2)
+    + "return {guard, allowed, count, oldest}"
+)
 _LOG_EVERY = 10.0  # seconds between two "limiter down" log lines, so an outage does not flood the log
 _last_log = 0.0
 
@@ -63,6 +82,14 @@ class RateStatus:
     remaining: int
     reset_after: int  # seconds until the oldest hit leaves the window
     allowed: bool
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The `X-RateLimit-*` headers as ASGI (lower-case name, value) byte pairs."""
+        return [
+            (b"x-ratelimit-limit", b"%d" % self.limit),
+            (b"x-ratelimit-remaining", b"%d" % self.remaining),
+            (b"x-ratelimit-reset", b"%d" % self.reset_after),
+        ]
 
     def headers(self) -> dict[str, str]:
         return {
@@ -90,16 +117,37 @@ def limiter_for(stores: Stores) -> MovingWindowRateLimiter:
 
 def window_key(stores: Stores, name: str, key: str, rate: RateLimit) -> str:
     """The Redis key of one window, exactly as `limits` names it (so `limits` can read and clear it)."""
-    item = RateLimitItemPerSecond(rate.amount, rate.seconds)
-    return f"{stores.keys('ratelimit')}:{item.key_for(name, key)}"
+    head, tail = _window_template(stores.keys("ratelimit"), name, rate.amount, rate.seconds)
+    return head + key + tail
+
+
+@lru_cache(maxsize=256)
+def _window_template(prefix: str, name: str, amount: int, seconds: int) -> tuple[str, str]:
+    # Built once per limit (the per-user limit runs on every request); `limits` makes the format.
+    head, _, tail = RateLimitItemPerSecond(amount, seconds).key_for(name, "\x00").partition("\x00")
+    return f"{prefix}:{head}", tail
+
+
+def _script(stores: Stores, attr: str, source: str) -> AsyncScript:
+    script: AsyncScript | None = getattr(stores, attr, None)
+    if script is None:
+        script = stores.redis.register_script(source)
+        setattr(stores, attr, script)
+    return script
+
+
+def _status(rate: RateLimit, now: float, allowed: Any, count: Any, oldest: Any) -> RateStatus:
+    return RateStatus(
+        limit=rate.amount,
+        remaining=max(0, rate.amount - int(count)),
+        reset_after=max(1, math.ceil(float(oldest) + rate.seconds - now)),
+        allowed=bool(allowed),
+    )
 
 
 async def hit(stores: Stores, name: str, key: str, rate: RateLimit) -> RateStatus | None:
     """Count one hit of `key` against limit `name`; None when Redis cannot be reached (fail open)."""
-    script = getattr(stores, _SCRIPT_ATTR, None)
-    if script is None:
-        script = stores.redis.register_script(_ACQUIRE_AND_MEASURE)
-        setattr(stores, _SCRIPT_ATTR, script)
+    script = _script(stores, _SCRIPT_ATTR, _ACQUIRE_AND_MEASURE)
     now = time.time()
     try:
         allowed, count, oldest = await script(
@@ -108,13 +156,36 @@ async def hit(stores: Stores, name: str, key: str, rate: RateLimit) -> RateStatu
     except (RedisError, OSError) as exc:
         _log_down(stores, name, exc)
         return None
-    reset_after = max(1, math.ceil(float(oldest) + rate.seconds - now))
-    return RateStatus(
-        limit=rate.amount,
-        remaining=max(0, rate.amount - int(count)),
-        reset_after=reset_after,
-        allowed=bool(allowed),
+    return _status(rate, now, allowed, count, oldest)
+
+
+async def guarded_hit(
+    stores: Stores, guard_key: str, name: str, key: str, rate: RateLimit
+) -> tuple[bytes | str | None, RateStatus | None]:
+    """Read `guard_key` and, in the same atomic script (one round trip), count a hit of `key` against
+    limit `name` unless the guard is missing or holds a revocation marker (``"revoked"``).
+
+    Returns (guard value, status); status is None when no hit was taken. Redis errors propagate: the caller
+    decides what a missing guard means (the session check falls back to PostgreSQL, then uses :func:`hit`).
+    """
+    script = _script(stores, _GUARDED_ATTR, _GUARDED_HIT)
+    now = time.time()
+    reply = await script(
+        keys=[guard_key, window_key(stores, name, key, rate)], args=[repr(now), rate.amount, rate.seconds]
     )
+    if len(reply) < 4:
+        return reply[0], None
+    return reply[0], _status(rate, now, reply[1], reply[2], reply[3])
+
+
+def raise_if_limited(status: RateStatus | None) -> None:
+    """Raise :class:`RateLimited` (429, `Retry-After`, `X-RateLimit-*`) when `status` refused the hit."""
+    if status is not None and not status.allowed:
+        raise RateLimited(
+            f"Too many requests; retry in {status.reset_after} s",
+            retry_after=status.reset_after,
+            headers=status.headers(),
+        )
 
 
 async def rate_limit(stores: Stores, name: str, key: str, rate: RateLimit) -> RateStatus | None:
@@ -124,12 +195,7 @@ async def rate_limit(stores: Stores, name: str, key: str, rate: RateLimit) -> Ra
     ``await rate_limit(stores, "messages", str(user.id), settings.rate_messages)``.
     """
     status = await hit(stores, name, key, rate)
-    if status is not None and not status.allowed:
-        raise RateLimited(
-            f"Too many requests; retry in {status.reset_after} s",
-            retry_after=status.reset_after,
-            headers=status.headers(),
-        )
+    raise_if_limited(status)
     return status
 
 

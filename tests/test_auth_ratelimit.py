@@ -108,3 +108,26 @@ async def test_window_is_the_limits_package_layout(stores: Stores) -> None:
     assert await stores.redis.llen(ratelimit.window_key(stores, "t_compat", key, rate)) == 4
     await ratelimit.clear(stores, "t_compat", key, rate)
     assert await stores.redis.exists(ratelimit.window_key(stores, "t_compat", key, rate)) == 0
+
+
+async def test_guarded_hit_counts_only_behind_a_live_guard(stores: Stores) -> None:
+    """The session check + per-user limit script: no hit for a missing or revoked mirror, atomic otherwise."""
+    key, rate = uuid.uuid4().hex, RateLimit(5, 60)
+    guard = stores.keys("t_guard", key)
+    window = ratelimit.window_key(stores, "t_guarded", key, rate)
+    assert await ratelimit.guarded_hit(stores, guard, "t_guarded", key, rate) == (None, None)
+    await stores.redis.set(guard, '{"revoked":true}', ex=60)
+    raw, status = await ratelimit.guarded_hit(stores, guard, "t_guarded", key, rate)
+    assert status is None and b"revoked" in (raw if isinstance(raw, bytes) else raw.encode())
+    assert await stores.redis.llen(window) == 0
+    await stores.redis.set(guard, '{"uid":"u","username":"x","grade":1}', ex=60)
+    results = await asyncio.gather(
+        *(ratelimit.guarded_hit(stores, guard, "t_guarded", key, rate) for _ in range(20))
+    )
+    statuses = [s for _, s in results]
+    assert all(s is not None for s in statuses)
+    assert sum(1 for s in statuses if s is not None and s.allowed) == 5
+    assert await stores.redis.llen(window) == 5
+    with pytest.raises(RateLimited):
+        ratelimit.raise_if_limited(statuses[-1])
+    await stores.redis.delete(guard, window)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Annotated, Any
 
 import msgspec
@@ -38,8 +39,8 @@ from nubo.accounts import AuthUser, ClientInfo
 from nubo.errors import NuboError, Unauthorized, ValidationFailed
 from nubo.ids import parse_id
 from nubo.pagination import MAX_LIMIT, Page
-from nubo.ratelimit import rate_limit
-from nubo.server.ratelimit import client_ip, with_headers
+from nubo.ratelimit import RateStatus
+from nubo.server.ratelimit import client_ip, with_raw_headers
 from nubo.settings import Settings
 from nubo.stores import Stores
 
@@ -84,18 +85,25 @@ class AccessToken(Token):
         claims = security.verify_access_token(
             encoded_token, secret=secret, issuer=_one(issuer), audience=_one(audience)
         )
-        try:
-            return cls(
-                exp=datetime.fromtimestamp(claims.exp, UTC),
-                sub=str(claims.sub),
-                iat=datetime.fromtimestamp(min(claims.iat, claims.exp), UTC),
-                iss=claims.iss,
-                aud=claims.aud,
-                jti=claims.jti,
-                sid=str(claims.sid),
-            )
-        except Exception:  # Token.__post_init__ rejects an exp that lapsed within this very second
-            raise Unauthorized("The access token has expired", code="expired_token") from None
+        return _access_token(claims)
+
+
+@lru_cache(maxsize=8192)
+def _access_token(claims: security.AccessClaims) -> AccessToken:
+    """One token object per verified token (the claims are already cached and `exp` is re-checked on each
+    request by :func:`nubo.security.verify_access_token`): skips the datetime building on the hot path."""
+    try:
+        return AccessToken(
+            exp=datetime.fromtimestamp(claims.exp, UTC),
+            sub=str(claims.sub),
+            iat=datetime.fromtimestamp(min(claims.iat, claims.exp), UTC),
+            iss=claims.iss,
+            aud=claims.aud,
+            jti=claims.jti,
+            sid=str(claims.sid),
+        )
+    except Exception:  # Token.__post_init__ rejects an exp that lapsed within this very second
+        raise Unauthorized("The access token has expired", code="expired_token") from None
 
 
 def _one(value: Any) -> str:
@@ -117,32 +125,50 @@ class NuboJWTMiddleware(JWTAuthenticationMiddleware):
             await self.app(scope, receive, send)
             return
         try:
-            result = await self.authenticate_request(ASGIConnection(scope))
-            scope["user"], scope["auth"] = result.user, result.auth
-            stores: Stores = scope["litestar_app"].state.stores
-            status = await rate_limit(stores, "user", str(result.user.id), stores.settings.rate_default)
+            scope["user"], scope["auth"], status = await self._authenticate(scope)
         except (NuboError, HTTPException) as exc:
             if scope["type"] != ScopeType.WEBSOCKET:
                 raise
             await deny_websocket(scope, receive, send, _as_nubo_error(exc))
             return
         if status is not None and scope["type"] == ScopeType.HTTP:
-            send = with_headers(send, status.headers())
+            send = with_raw_headers(send, status.raw_headers())
         await self.app(scope, receive, send)
 
-    async def authenticate_request(
-        self, connection: ASGIConnection[Any, Any, Any, Any]
-    ) -> AuthenticationResult:
-        header = connection.headers.get(self.auth_header)
+    async def _authenticate(self, scope: Scope) -> tuple[AuthUser, AccessToken, RateStatus | None]:
+        """Token, session check and per-user rate limit hit. This runs on every authenticated request, so it
+        skips Litestar's generic path (connection and header objects) and needs one Redis round trip."""
+        claims = security.verify_access_token(
+            self._encoded_token(scope),
+            secret=self.token_secret,
+            issuer=_one(self.token_issuer),
+            audience=_one(self.token_audience),
+        )
+        stores: Stores = scope["litestar_app"].state.stores
+        user, status = await accounts.authenticate_and_limit(
+            stores, claims.sub, claims.sid, stores.settings.rate_default
+        )
+        return user, _access_token(claims), status
+
+    def _encoded_token(self, scope: Scope) -> str:
+        name = self.auth_header.lower().encode("latin-1")
+        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == name), None)
         token = _bearer(header) if header else None
         if header and not token:
             raise Unauthorized("The Authorization header must be 'Bearer <token>'", code="invalid_token")
-        if token is None and connection.scope["type"] == ScopeType.WEBSOCKET:
-            token = connection.query_params.get("token") or None
+        if token is None and scope["type"] == ScopeType.WEBSOCKET:
+            token = ASGIConnection(scope).query_params.get("token") or None
         if not token:
             raise Unauthorized(
                 "An access token is required (Authorization: Bearer <token>)", code="missing_token"
             )
+        return token
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        """Litestar's interface (unused by :meth:`__call__`): token and session check, no rate limit."""
+        token = self._encoded_token(connection.scope)
         return await self.authenticate_token(encoded_token=token, connection=connection)
 
 

@@ -66,6 +66,11 @@ def _valid_ip(text: str) -> bool:
 def with_headers(send: Send, headers: Mapping[str, str]) -> Send:
     """Wrap an ASGI `send` so the response start carries `headers` too (e.g. `X-RateLimit-*`)."""
     raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    return with_raw_headers(send, raw)
+
+
+def with_raw_headers(send: Send, raw: list[tuple[bytes, bytes]]) -> Send:
+    """Like :func:`with_headers`, with headers already as ASGI (lower-case name, value) byte pairs."""
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
