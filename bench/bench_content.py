@@ -35,6 +35,7 @@ from bench.common import (
     isolated_env,
     median,
     nubo_server,
+    process_cpu_seconds,
     run_wrk,
     wrk_script,
 )
@@ -172,6 +173,19 @@ async def constant_rate(url: str, readers: list[dict[str, str]], rate: int, seco
 
 # ---- the run -----------------------------------------------------------------------------------------------
 
+def feed_run(url: str, readers: list[dict[str, str]], options: BenchOptions, pid: int) -> dict[str, Any]:
+    """One constant-rate feed run, with the server's CPU per request."""
+    before = process_cpu_seconds(pid)
+    run = asyncio.run(constant_rate(url, readers, FEED_RATE, options.duration))
+    run["server_cpu_us_per_request"] = (process_cpu_seconds(pid) - before) * 1e6 / max(run["requests"], 1)
+    return run
+
+
+def cpu_per_request(results: list[WrkResult]) -> float:
+    """Median server CPU per request (us): steadier than req/s when other processes share the machine."""
+    return median([r.server_cpu_us_per_request or 0.0 for r in results])
+
+
 def measure(options: BenchOptions) -> BenchOutput:
     limits = ("NUBO_RATE_DEFAULT", "NUBO_RATE_SIGNUP", "NUBO_RATE_LOGIN")
     overrides = {name: "100000000/minute" for name in limits}
@@ -188,8 +202,7 @@ def measure(options: BenchOptions) -> BenchOutput:
             # Feed and reads before the write run: thousands of new posts (and the Mongo copies FerretDB then
             # scans on a Redis miss) would otherwise weigh on the read phases.
             asyncio.run(constant_rate(server.url, readers, FEED_RATE, max(options.warmup, 1)))  # warm-up
-            feed_runs = [asyncio.run(constant_rate(server.url, readers, FEED_RATE, options.duration))
-                         for _ in range(options.rounds)]
+            feed_runs = [feed_run(server.url, readers, options, pid) for _ in range(options.rounds)]
             reads = read_rounds(server.url, post_id, author, options, pid)
             writes = write_run(server.url, author, options, pid)
             stores = check_three_stores(env, author_id)
@@ -204,11 +217,16 @@ def measure(options: BenchOptions) -> BenchOutput:
         Metric("GET /posts/{id} / ping (median of rounds)", median(ratios), "ratio",
                (">=", READ_RATIO_TARGET)),
         Metric("GET /posts/{id} p99", median([r.p99_ms for r in reads["post"]]), "ms"),
+        Metric("/ping server CPU per request", cpu_per_request(reads["ping"]), "us"),
+        Metric("GET /posts/{id} server CPU per request", cpu_per_request(reads["post"]), "us"),
         Metric("POST /posts", writes.requests_per_s, "posts/s", (">=", POSTS_PER_S_TARGET)),
         Metric("POST /posts p99", writes.p99_ms, "ms"),
+        Metric("POST /posts server CPU per request", cpu_per_request([writes]), "us"),
         Metric("posts in all three stores", 1.0 if all_written else 0.0, "bool", (">=", 1.0)),
         Metric("GET /feed p99 @200 req/s", feed_p99, "ms", ("<", FEED_P99_TARGET_MS)),
         Metric("GET /feed p50 @200 req/s", median([run["p50_ms"] for run in feed_runs]), "ms"),
+        Metric("GET /feed server CPU per request", median([run["server_cpu_us_per_request"]
+                                                           for run in feed_runs]), "us"),
         Metric("errors (non-2xx, socket)", sum(r.errors for rs in reads.values() for r in rs) + writes.errors
                + sum(run["errors"] for run in feed_runs), "count", ("<=", 0)),
     ]

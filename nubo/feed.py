@@ -39,7 +39,7 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,7 +51,7 @@ from nubo import posts as posts_domain
 from nubo.logs import get_logger
 from nubo.pagination import Page
 from nubo.stores import Stores
-from nubo.stores.tiered import Row
+from nubo.stores.tiered import Row, pg_read
 
 log = get_logger(__name__)
 
@@ -91,7 +91,7 @@ def _authors_hash(authors: set[uuid.UUID]) -> str:
 
 async def followed_authors(stores: Stores, viewer: uuid.UUID) -> set[uuid.UUID]:
     """Whom the viewer follows and may see now (active, not blocked either way), from PostgreSQL."""
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         rows = await (
             await conn.execute(
                 "SELECT f.followed_id FROM auth.follows f JOIN auth.users u ON u.id = f.followed_id "
@@ -116,7 +116,7 @@ async def _post_ids(
     """(post id, author id) of `authors`' posts in (after, before), newest first."""
     if not authors:
         return []
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         rows = await (
             await conn.execute(
                 "SELECT id, user_id FROM content.posts WHERE user_id = ANY(%(a)s) "
@@ -133,7 +133,7 @@ async def _big_authors(stores: Stores, authors: Sequence[uuid.UUID]) -> list[uui
     """Which `authors` have more than FANOUT_MAX_FOLLOWERS followers (each count stops at the threshold)."""
     if not authors:
         return []
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         rows = await (
             await conn.execute(
                 "SELECT a FROM unnest(%(a)s::uuid[]) AS a "
@@ -185,7 +185,7 @@ async def fan_out(stores: Stores, posts: Sequence[tuple[uuid.UUID, uuid.UUID]]) 
     skipped (readers pull them). Returns how many documents changed. Never raises."""
     try:
         authors = list({author for _, author in posts})
-        async with stores.pg.connection() as conn:
+        async with pg_read(stores) as conn:
             rows = await (await conn.execute(
                 "SELECT a AS author, f.follower_id FROM unnest(%(a)s::uuid[]) AS a "
                 "CROSS JOIN LATERAL (SELECT follower_id FROM auth.follows "
@@ -286,10 +286,22 @@ async def _catch_up(stores: Stores, doc: dict[str, Any], authors: set[uuid.UUID]
         update["$addToSet"] = {"items": {"$each": new_items}}
     if now - doc.get("last_use", now) >= LAST_USE_REFRESH or "last_use" not in doc:
         update["$set"]["last_use"] = doc["last_use"] = now
-    await _update(stores, doc["_id"], update)
+    if new_items:
+        await _update(stores, doc["_id"], update)
+    else:
+        # Only bookkeeping changed: the Redis copy (written below) is what the next reads use, so the reader
+        # does not wait for Mongo (a FerretDB update of a large document took tens of ms: the feed's p99).
+        _in_background(_update(stores, doc["_id"], update))
     await _hot_store(stores, doc, replace=False, new_items=new_items)
     await _trim(stores, doc)
     return doc
+
+
+def _in_background(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` without waiting for it (a reference is kept so the task is not garbage-collected)."""
+    task = asyncio.create_task(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 async def _trim(stores: Stores, doc: dict[str, Any]) -> None:
@@ -450,13 +462,20 @@ async def feed_page(
     """One page of the viewer's feed (newest first); the cursor is the last post id of the page."""
     authors = await followed_authors(stores, viewer) | {viewer}
     candidates, more = await _candidates(stores, viewer, authors, before, limit + PAGE_SLACK)
-    rows = {row["id"]: row for row in await stores.tiered.get_many("posts", [i for i, _ in candidates])}
+    rows: dict[uuid.UUID, Row] = {}
+    fetched: set[uuid.UUID] = set()
     visible: list[Row] = []
     last_seen: uuid.UUID | None = None
-    for post_id, _author in candidates:
+    for index, (post_id, _author) in enumerate(candidates):
         if len(visible) == limit:
             more = True
             break
+        if post_id not in fetched:
+            # Rows are read only as far as the page needs: the slack is for rows deleted since they were
+            # listed, and decoding cached rows is a good part of a feed read's CPU.
+            wanted = [i for i, _ in candidates[index:index + limit - len(visible)]]
+            fetched.update(wanted)
+            rows.update((row["id"], row) for row in await stores.tiered.get_many("posts", wanted))
         last_seen = post_id
         row = rows.get(post_id)
         # The check that counts: the row's author (from whichever tier answered) against the fresh set.

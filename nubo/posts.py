@@ -33,7 +33,7 @@ from nubo.ids import new_id
 from nubo.logs import get_logger
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
-from nubo.stores.tiered import Row, Transaction, normalize_row
+from nubo.stores.tiered import Row, Transaction, normalize_row, pg_read
 
 log = get_logger(__name__)
 
@@ -169,7 +169,7 @@ async def _check_media_owner(
 
 async def _post_context(stores: Stores, viewer: uuid.UUID, post: Row) -> dict[str, Any]:
     """One PostgreSQL round trip: the viewer's relation to the author, and the post's counts."""
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         row = await (
             await conn.execute(
                 "SELECT (SELECT state FROM auth.users WHERE id = %(a)s) AS author_state, "
@@ -249,7 +249,7 @@ async def like_counts(
     """`{id: (like count, liked by viewer)}` for targets of one type (exact: counted in PostgreSQL)."""
     if not ids:
         return {}
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         rows = await (
             await conn.execute(
                 "SELECT target_id, count(*) AS n, bool_or(user_id = %s) AS mine FROM content.likes "
@@ -261,26 +261,31 @@ async def like_counts(
 
 
 async def decorate_posts(stores: Stores, viewer: uuid.UUID, posts: Sequence[Row]) -> list[dict[str, Any]]:
-    """API views of `posts` with their like and comment counts (two count queries for the whole list)."""
+    """API views of `posts` with their like and comment counts: one query (one round trip) for the whole
+    list, counted in PostgreSQL so the figures are exact."""
     ids = [p["id"] for p in posts]
     if not ids:
         return []
-    likes = await like_counts(stores, viewer, TARGET_POST, ids)
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         rows = await (
             await conn.execute(
-                "SELECT post_id, count(*) AS n FROM content.comments "
-                "WHERE post_id = ANY(%s) GROUP BY post_id",
-                (ids,),
+                "SELECT t.id, "
+                "(SELECT count(*) FROM content.likes l WHERE l.target_type = 0 AND l.target_id = t.id) "
+                "AS like_count, "
+                "EXISTS (SELECT 1 FROM content.likes l WHERE l.target_type = 0 AND l.target_id = t.id "
+                "        AND l.user_id = %(v)s) AS liked, "
+                "(SELECT count(*) FROM content.comments c WHERE c.post_id = t.id) AS comment_count "
+                "FROM unnest(%(ids)s::uuid[]) AS t(id)",
+                {"v": viewer, "ids": list(dict.fromkeys(ids))},
             )
         ).fetchall()
-    comments = {row["post_id"]: row["n"] for row in rows}
+    counts = {row["id"]: row for row in rows}
     return [
         post_view(
             p,
-            like_count=likes.get(p["id"], (0, False))[0],
-            liked=likes.get(p["id"], (0, False))[1],
-            comment_count=comments.get(p["id"], 0),
+            like_count=counts[p["id"]]["like_count"],
+            liked=counts[p["id"]]["liked"],
+            comment_count=counts[p["id"]]["comment_count"],
         )
         for p in posts
     ]
@@ -399,7 +404,7 @@ async def list_posts(
     """
     if user is not None:
         await social.visible_user(stores, viewer, user)
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         rows = await (
             await conn.execute(
                 "SELECT p.* FROM content.posts p JOIN auth.users u ON u.id = p.user_id "
@@ -436,7 +441,7 @@ async def list_comments(
 ) -> Page[dict[str, Any]]:
     """Comments of a visible post, newest first; comments by users hidden from the viewer are left out."""
     await visible_post(stores, viewer, post_id)
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         rows = await (
             await conn.execute(
                 "SELECT c.* FROM content.comments c JOIN auth.users u ON u.id = c.user_id "
@@ -487,7 +492,7 @@ async def delete_comment(stores: Stores, viewer: uuid.UUID, comment_id: uuid.UUI
 
 async def _check_message_member(stores: Stores, viewer: uuid.UUID, message_id: uuid.UUID) -> None:
     """A message can be liked by members of its conversation only (404 for anyone else)."""
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         row = await (
             await conn.execute(
                 "SELECT 1 FROM messaging.message_index m JOIN messaging.conversation_members cm "
@@ -552,7 +557,7 @@ async def list_likers(
     Users hidden from the viewer are left out. Items are user rows (callers keep public fields only).
     """
     await visible_post(stores, viewer, post_id)
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         rows = await (
             await conn.execute(
                 "SELECT l.id AS like_id, u.* FROM content.likes l JOIN auth.users u ON u.id = l.user_id "

@@ -22,7 +22,7 @@ from nubo.errors import NotFound, ValidationFailed
 from nubo.ids import new_id
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
-from nubo.stores.tiered import Row, Transaction, normalize_row
+from nubo.stores.tiered import Row, Transaction, normalize_row, pg_read
 
 VISIBILITY_PUBLIC = 0
 VISIBILITY_FOLLOWERS = 1
@@ -49,7 +49,7 @@ class Relationship:
 # ---- checks used by every read path ------------------------------------------------------------------------
 
 async def is_following(stores: Stores, follower_id: uuid.UUID, followed_id: uuid.UUID) -> bool:
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         row = await (await conn.execute(
             "SELECT 1 FROM auth.follows WHERE follower_id = %s AND followed_id = %s AND state = 1",
             (follower_id, followed_id))).fetchone()
@@ -60,7 +60,7 @@ async def blocked_between(stores: Stores, a: uuid.UUID, b: uuid.UUID) -> bool:
     """True when either user blocks the other (both then see each other as absent)."""
     if a == b:
         return False
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         row = await (await conn.execute(
             "SELECT 1 FROM auth.blocks WHERE (blocker_id = %s AND blocked_id = %s) "
             "OR (blocker_id = %s AND blocked_id = %s) LIMIT 1", (a, b, b, a))).fetchone()
@@ -72,7 +72,7 @@ async def hidden_authors(stores: Stores, viewer_id: uuid.UUID,
     """Which of `author_ids` the viewer may not see: blocked either way, or deactivated/banned."""
     if not author_ids:
         return set()
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         rows = await (await conn.execute(
             "SELECT u.id FROM auth.users u WHERE u.id = ANY(%(ids)s) AND u.id <> %(viewer)s "
             f"AND (u.state <> 1 OR {BLOCKED_EITHER_WAY})",
@@ -85,7 +85,7 @@ async def followed_among(stores: Stores, viewer_id: uuid.UUID,
     """Which of `author_ids` the viewer follows (for followers-only visibility on lists)."""
     if not author_ids:
         return set()
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         rows = await (await conn.execute(
             "SELECT followed_id FROM auth.follows "
             "WHERE follower_id = %s AND followed_id = ANY(%s) AND state = 1",
@@ -192,7 +192,7 @@ async def follow_page(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID, 
         "AND (%(before)s::uuid IS NULL OR f.id < %(before)s) "
         f"AND NOT {BLOCKED_EITHER_WAY} "
         "ORDER BY f.id DESC LIMIT %(n)s").format(mine=sql.Identifier(mine), other=sql.Identifier(other))
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         follows = await (await conn.execute(
             query, {"user": user_id, "before": before, "viewer": viewer_id, "n": limit + 1})).fetchall()
     page = make_page([dict(f) for f in follows], limit)
@@ -244,7 +244,7 @@ async def unblock(stores: Stores, blocker_id: uuid.UUID, blocked_id: uuid.UUID) 
     """Remove the caller's block; idempotent. True when a block was removed. Follows are not restored."""
     _not_self(blocker_id, blocked_id, "unblock")
     await _user_exists_active(stores, blocked_id)
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         cur = await conn.execute("DELETE FROM auth.blocks WHERE blocker_id = %s AND blocked_id = %s",
                                  (blocker_id, blocked_id))
     return cur.rowcount > 0
@@ -274,7 +274,7 @@ def parse_id_list(raw: str | None, *, field: str = "ids",
 
 async def relationships(stores: Stores, viewer_id: uuid.UUID, ids: Sequence[uuid.UUID]) -> list[Relationship]:
     """The viewer's relationship with each existing, active user of `ids` (others are left out), in order."""
-    async with stores.pg.connection() as conn:
+    async with pg_read(stores) as conn:
         rows = await (await conn.execute(
             "SELECT u.id, "
             "EXISTS (SELECT 1 FROM auth.follows f WHERE f.follower_id = %(v)s AND f.followed_id = u.id "
