@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +54,7 @@ from nubo.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from nubo.ids import new_id, parse_id
 from nubo.logs import get_logger
 from nubo.pagination import Page, make_page
-from nubo.realtime.bus import publish_safely
+from nubo.realtime.bus import bus_for, publish_safely
 from nubo.realtime.presence import online_among
 from nubo.stores import Stores
 from nubo.stores.tiered import Row, Transaction, normalize_row
@@ -95,46 +95,111 @@ class DeferredProjection:
     rows, so a read through the tiers right after them sees the change. One writer per process also means no
     two of our projections upsert one document at the same time (FerretDB answers such a race with a reply
     pymongo cannot parse).
+
+    Rows nobody waits for start their batch up to :attr:`COALESCE_SECONDS` later. *Lazy* rows (a send's
+    conversation and member rows: nothing here reads them through the tiers, PostgreSQL answers) wait up to
+    :attr:`LAZY_SECONDS`: replacing an existing document is what costs FerretDB most (about 1.5 ms of its CPU
+    per document, measured), and a busy conversation then costs one replacement per interval, not per send.
     """
 
     MAX_PENDING_IDS = 50_000  # beyond this, leave the rows to the outbox worker instead of growing memory
     CHUNK = 50  # FerretDB's upserts slow down sharply past a few dozen documents per bulk
+    COALESCE_SECONDS = 0.05  # how long a batch nobody waits for gathers more rows
+    LAZY_SECONDS = 1.0  # below the outbox worker's 2 s minimum age, so it does not redo our work
 
     def __init__(self, stores: Stores) -> None:
         self.stores = stores
         self.pending: dict[str, set[uuid.UUID]] = {}
         self.outbox_ids: list[int] = []
+        self.lazy: dict[str, set[uuid.UUID]] = {}
+        self.lazy_outbox_ids: list[int] = []
+        self.lazy_due: float | None = None
+        self.pending_count = 0
+        self.flushing = False
         self.wakeup = asyncio.Event()
+        self.urgent = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
         self.next_batch: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
-    def defer(self, tx: Transaction) -> asyncio.Future[None]:
+    def defer(self, tx: Transaction, *, urgent: bool = True) -> asyncio.Future[None]:
         """Queue the rows `tx` touched; the future completes once their batch was projected (or given up)."""
+        return self.defer_rows(tx.touched, tx.outbox_ids, urgent=urgent)
+
+    def defer_rows(
+        self,
+        touched: Mapping[str, Iterable[uuid.UUID]],
+        outbox_ids: Sequence[int],
+        *,
+        urgent: bool = False,
+        lazy: bool = False,
+    ) -> asyncio.Future[None]:
+        """Queue rows (by entity) and their outbox ids (deleted once these rows are projected). `urgent`:
+        someone waits, start the batch now; `lazy`: see the class docstring."""
         loop = asyncio.get_running_loop()
-        if sum(len(ids) for ids in self.pending.values()) > self.MAX_PENDING_IDS:
-            log.warning("projection_backlog_full", extra={"left_to_outbox": len(tx.outbox_ids)})
+        if self.pending_count > self.MAX_PENDING_IDS:
+            log.warning("projection_backlog_full", extra={"left_to_outbox": len(outbox_ids)})
             done: asyncio.Future[None] = loop.create_future()
             done.set_result(None)
             return done
-        for name, touched in tx.touched.items():
-            self.pending.setdefault(name, set()).update(touched)
-        self.outbox_ids.extend(tx.outbox_ids)
+        target = self.lazy if lazy else self.pending
+        for name, ids in touched.items():
+            rows = target.setdefault(name, set())
+            before = len(rows)
+            rows.update(ids)
+            self.pending_count += len(rows) - before
+        if lazy:
+            self.lazy_outbox_ids.extend(outbox_ids)
+            if self.lazy_due is None:
+                self.lazy_due = loop.time() + self.LAZY_SECONDS
+        else:
+            self.outbox_ids.extend(outbox_ids)
         if self.next_batch is None:
             self.next_batch = loop.create_future()
         self.idle.clear()
         self.wakeup.set()
+        if urgent:
+            self.urgent.set()
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run(), name="messaging-projection")
         return self.next_batch
 
+    async def _wait_for_work(self) -> None:
+        """Until fast rows are due (an urgent write, or :attr:`COALESCE_SECONDS` after the first one) or the
+        lazy rows are."""
+        loop = asyncio.get_running_loop()
+        timeout = None if self.lazy_due is None else max(0.0, self.lazy_due - loop.time())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wakeup.wait(), timeout)
+        if self.pending and not self.urgent.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.urgent.wait(), self.COALESCE_SECONDS)
+        self.wakeup.clear()
+        self.urgent.clear()
+
+    def _take(self) -> tuple[dict[str, set[uuid.UUID]], list[int]]:
+        """The rows due now (fast ones, plus the lazy ones once due or when draining) and their outbox ids."""
+        pending, self.pending = self.pending, {}
+        outbox, self.outbox_ids = self.outbox_ids, []
+        due = self.lazy_due is not None and asyncio.get_running_loop().time() >= self.lazy_due
+        if self.lazy and (due or self.flushing):
+            for name, ids in self.lazy.items():
+                pending.setdefault(name, set()).update(ids)
+            outbox += self.lazy_outbox_ids
+            self.lazy, self.lazy_outbox_ids, self.lazy_due = {}, [], None
+            self.flushing = False
+        self.pending_count = sum(len(ids) for ids in self.lazy.values())
+        return pending, outbox
+
     async def _run(self) -> None:
         while True:
-            await self.wakeup.wait()
-            self.wakeup.clear()
-            pending, self.pending = self.pending, {}
-            outbox, self.outbox_ids = self.outbox_ids, []
+            await self._wait_for_work()
+            pending, outbox = self._take()
+            if not pending and not outbox:  # only lazy rows, not due yet
+                if not self.lazy:
+                    self.idle.set()
+                continue
             batch, self.next_batch = self.next_batch, None
             try:
                 await self._project(pending, outbox)
@@ -145,7 +210,7 @@ class DeferredProjection:
             finally:
                 if batch is not None and not batch.done():
                     batch.set_result(None)
-            if not self.pending:
+            if not self.pending and not self.lazy:
                 self.idle.set()
 
     async def _project(self, pending: dict[str, set[uuid.UUID]], outbox: list[int]) -> None:
@@ -160,8 +225,11 @@ class DeferredProjection:
                 await conn.execute("DELETE FROM logic.outbox WHERE id = ANY(%s)", (outbox,))
 
     async def drain(self, seconds: float = 10.0) -> None:
-        """Wait until everything deferred so far is projected (shutdown, tests)."""
+        """Wait until everything deferred so far is projected, lazy rows included (shutdown, tests)."""
         if not self.idle.is_set():
+            self.flushing = True
+            self.urgent.set()
+            self.wakeup.set()
             await asyncio.wait_for(self.idle.wait(), seconds)
 
 
@@ -187,7 +255,7 @@ async def _write(stores: Stores, *, wait: bool = True) -> AsyncIterator[Transact
         await tx.record_outbox()
     if not tx.touched:
         return
-    done = projection_for(stores).defer(tx)
+    done = projection_for(stores).defer(tx, urgent=wait)
     if wait:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(done), WAIT_PROJECTION_SECONDS)
@@ -640,10 +708,65 @@ async def send_message(
     cid = _clean_client_id(client_id)
     # Retries count against the limit too: a client stuck retrying is exactly what the limit is for.
     await ratelimit.rate_limit(stores, "messages", str(sender_id), stores.settings.rate_messages)
-    async with _write(stores, wait=False) as tx:
-        conv = await _lock_for_send(tx.conn, conversation_id, sender_id)
-        row = await (
-            await tx.conn.execute(
+    row = await _store_send(stores, sender_id, conversation_id, text, cid)
+    if row is None:  # this client_id was used before: an idempotent retry
+        existing = await _existing_send(stores, sender_id, cid or "")
+        assert existing is not None
+        return _replayed(existing, conversation_id)
+    recipients = [sender_id, *row.pop("recipients")]
+    view = message_view(row)
+    await _publish_with_unread(
+        stores,
+        recipients,
+        {"type": "message.new", "conversation_id": conversation_id, "message": view},
+        [(uid, conversation_id, 1) for uid in recipients[1:]],
+    )
+    return SendResult(view, True)
+
+
+async def _publish_with_unread(
+    stores: Stores,
+    recipients: list[uuid.UUID],
+    event: dict[str, Any],
+    deltas: list[tuple[uuid.UUID, uuid.UUID, int]],
+) -> None:
+    """Unread deltas then the event, in one Redis round trip (a pipeline); failures as in :func:`_apply_unread`
+    and :func:`publish_safely`: logged and counted, never a failed send (PostgreSQL already committed)."""
+    if len(deltas) > 1000:  # big groups: the chunked paths
+        await _apply_unread(stores, deltas)
+        await publish_safely(stores, recipients, event)
+        return
+    script = stores.redis.register_script(_APPLY_UNREAD_LUA)
+
+    async def queue_unread(pipe: Any) -> None:
+        if deltas:
+            await script(
+                keys=[unread_key(stores, uid) for uid, _, _ in deltas],
+                args=[item for _, cid, delta in deltas for item in (str(cid), delta)],
+                client=pipe,
+            )
+
+    try:
+        await bus_for(stores).publish(recipients, event, before=queue_unread)
+    except (RedisError, OSError) as exc:
+        stores.count_failure("realtime")
+        log.warning("event_publish_failed", extra={"type": event.get("type"), "error": str(exc)[:200]})
+        # Which part failed is unknown: drop the hashes so reads rebuild them from PostgreSQL.
+        with contextlib.suppress(RedisError, OSError):
+            await stores.redis.delete(*{unread_key(stores, uid) for uid, _, _ in deltas})
+
+
+async def _store_send(
+    stores: Stores, sender_id: uuid.UUID, conversation_id: uuid.UUID, text: str, cid: str | None
+) -> Row | None:
+    """The send's transaction in three round trips instead of five (pipeline mode): BEGIN + lock, then
+    insert + outbox rows in one statement, then COMMIT (psycopg syncs it before the block exits, so our caller
+    acks only after the commit). The message id is still chosen in Python under the conversation lock. None: a replayed
+    client_id. The rows go to Mongo/Redis through :class:`DeferredProjection` without being waited for."""
+    async with stores.pg.connection() as conn, conn.pipeline():
+        async with conn.transaction():
+            conv = await _lock_for_send(conn, conversation_id, sender_id)
+            cur = await conn.execute(
                 _SEND_SQL,
                 {
                     "id": _next_message_id(conv["last_message_id"]),
@@ -654,29 +777,21 @@ async def send_message(
                     "preview": PREVIEW_CHARS,
                 },
             )
-        ).fetchone()
-        if row is not None:
-            row = normalize_row(row)
-            recipients = [sender_id, *row.pop("recipients")]
-            tx.touch("messages", row["id"])  # projected later from PostgreSQL's current state
-            tx.touch("conversations", conversation_id)
-            for member_row_id in row.pop("member_row_ids"):
-                tx.touch("conversation_members", member_row_id)
-    if row is None:  # this client_id was used before: an idempotent retry
-        existing = await _existing_send(stores, sender_id, cid or "")
-        assert existing is not None
-        return _replayed(existing, conversation_id)
-    view = message_view(row)
-    await _apply_unread(stores, [(uid, conversation_id, 1) for uid in recipients[1:]])
-    await publish_safely(
-        stores, recipients, {"type": "message.new", "conversation_id": conversation_id, "message": view}
-    )
-    return SendResult(view, True)
+        found = await cur.fetchone()  # after COMMIT: the ack (our caller) must follow the commit
+    if found is None:
+        return None
+    row = normalize_row(found)
+    projector = projection_for(stores)
+    # Projected later from PostgreSQL's current state; only the message is read through the tiers.
+    projector.defer_rows({"messages": [row["id"]]}, row.pop("message_outbox_ids"))
+    summaries = {"conversations": [conversation_id], "conversation_members": row.pop("member_row_ids")}
+    projector.defer_rows(summaries, row.pop("summary_outbox_ids"), lazy=True)
+    return row
 
 
-# One round trip for the whole write: the message (skipped when its client_id was used), the conversation's
-# last message, and +1 unread for every other member. Returns nothing for an idempotent retry. (PostgreSQL
-# runs every data-modifying CTE to completion, referenced or not.)
+# One statement for the whole write: the message (skipped when its client_id was used), the conversation's
+# last message, +1 unread for every other member and the outbox rows of all three (same commit). Returns
+# nothing for an idempotent retry. (PostgreSQL runs every data-modifying CTE to completion, referenced or not.)
 _SEND_SQL = """
 WITH msg AS (
     INSERT INTO messaging.message_index (id, conversation_id, sender_id, content, client_id)
@@ -690,9 +805,17 @@ WITH msg AS (
     UPDATE messaging.conversation_members m SET unread_count = m.unread_count + 1
     FROM msg WHERE m.conversation_id = msg.conversation_id AND m.user_id <> msg.sender_id
     RETURNING m.id, m.user_id
+), outbox AS (
+    INSERT INTO logic.outbox (collection, entity_id, op)
+    SELECT 'messages', id, 'upsert' FROM msg
+    UNION ALL SELECT 'conversations', id, 'upsert' FROM meta
+    UNION ALL SELECT 'conversation_members', id, 'upsert' FROM bumped
+    RETURNING id, collection
 )
 SELECT msg.*, coalesce((SELECT array_agg(user_id) FROM bumped), '{}') AS recipients,
-       coalesce((SELECT array_agg(id) FROM bumped), '{}') AS member_row_ids
+       coalesce((SELECT array_agg(id) FROM bumped), '{}') AS member_row_ids,
+       coalesce((SELECT array_agg(id) FROM outbox WHERE collection = 'messages'), '{}') AS message_outbox_ids,
+       coalesce((SELECT array_agg(id) FROM outbox WHERE collection <> 'messages'), '{}') AS summary_outbox_ids
 FROM msg
 """
 

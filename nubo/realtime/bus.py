@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import date, datetime
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
@@ -107,8 +108,17 @@ class Bus:
         self.channels = Channels(keys)
         self._publish = redis.register_script(_PUBLISH_LUA)
 
-    async def publish(self, user_ids: Iterable[uuid.UUID], event: Mapping[str, Any]) -> dict[uuid.UUID, int]:
-        """Give `event` a new id per recipient, keep it in their history and fan it out; returns the ids."""
+    async def publish(
+        self,
+        user_ids: Iterable[uuid.UUID],
+        event: Mapping[str, Any],
+        *,
+        before: Callable[[Pipeline], Awaitable[Any]] | None = None,
+    ) -> dict[uuid.UUID, int]:
+        """Give `event` a new id per recipient, keep it in their history and fan it out; returns the ids.
+
+        `before` queues other commands on a pipeline that the first chunk's script joins: one round trip for
+        a caller's post-commit writes and the event."""
         body = to_json(event)
         if not body.startswith("{") or body == "{}":
             raise ValueError("an event must be a non-empty JSON object")
@@ -124,7 +134,14 @@ class Bus:
                 HISTORY_TTL_SECONDS,
                 *map(str, chunk),
             ]
-            ids = await self._publish(keys=keys, args=args)
+            if before is not None:
+                pipe = self.redis.pipeline(transaction=False)
+                await before(pipe)
+                await self._publish(keys=keys, args=args, client=pipe)
+                ids = (await pipe.execute())[-1]
+                before = None
+            else:
+                ids = await self._publish(keys=keys, args=args)
             assigned.update(zip(chunk, (int(i) for i in ids), strict=True))
         return assigned
 
