@@ -29,7 +29,7 @@ from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware._utils import should_bypass_middleware
 from litestar.middleware.authentication import AuthenticationResult
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 from litestar.types import Receive, Scope, Send
 from msgspec import UNSET, Meta, UnsetType
@@ -38,9 +38,10 @@ from nubo import accounts, security
 from nubo.accounts import AuthUser, ClientInfo
 from nubo.errors import NuboError, Unauthorized, ValidationFailed
 from nubo.ids import parse_id
-from nubo.pagination import MAX_LIMIT, Page
+from nubo.pagination import Page
 from nubo.ratelimit import RateStatus
 from nubo.server.ratelimit import client_ip, with_raw_headers
+from nubo.server.users import Before, Limit, PublicUser
 from nubo.settings import Settings
 from nubo.stores import Stores
 
@@ -344,20 +345,10 @@ class SettingsBody(msgspec.Struct, forbid_unknown_fields=True):
 # ---------------------------------------------------------------- response shapes
 
 
-class MeView(msgspec.Struct):
-    """The caller's own account (public fields plus email, birthdate, sex and grade)."""
+@dataclass
+class MeView(PublicUser):
+    """The caller's own account: the public fields plus email, birthdate, sex and grade."""
 
-    id: uuid.UUID
-    username: str
-    first_name: str
-    last_name: str
-    bio: str | None
-    profile_picture_id: uuid.UUID | None
-    location: str | None
-    school: str | None
-    works: str | None
-    badges: list[str]
-    created_at: datetime
     email: str
     email_verified: bool
     birthdate: date | None
@@ -455,10 +446,8 @@ async def logout(request: AuthRequest, stores: StoresDep) -> None:
 async def list_sessions(
     request: AuthRequest,
     stores: StoresDep,
-    limit: FromQuery[Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]] = 20,
-    before: FromQuery[
-        Annotated[uuid.UUID | None, Parameter(description="Cursor: `next` of the last page")]
-    ] = None,
+    limit: Limit = 20,
+    before: Before = None,
 ) -> Page[SessionView]:
     page = await accounts.list_sessions(
         stores, request.user.id, request.user.session_id, limit=limit, before=before

@@ -13,18 +13,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Response, delete, get, patch, post
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 
 from nubo import messaging, notifications
 from nubo.ids import parse_id
-from nubo.pagination import MAX_LIMIT, Page
-from nubo.server.users import AnyRequest, StoresDep, caller_id
+from nubo.pagination import Page
+from nubo.server.users import AnyRequest, Before, Limit, StoresDep, caller_id
 
 IdPath = FromPath[Annotated[str, Parameter(description="An id (UUID)", schema_extra={"format": "uuid"})]]
-Limit = FromQuery[Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size (default 20)")]]
-Before = FromQuery[
-    Annotated[uuid.UUID | None, Parameter(description="Cursor: the `next` of the previous page")]
-]
 
 
 # ---- request bodies --------------------------------------------------------------------------------------
