@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError, ResponseError
 
 # Commands that may wait on the server (or change the connection's state) must keep a connection of their own.
 _UNBATCHED = frozenset(
@@ -35,7 +36,7 @@ class BatchingRedis(Redis):
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if str(args[0]).upper() in _UNBATCHED or self.single_connection_client:
-            return await super().execute_command(*args, **options)
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._batch is None:
             self._batch = []
@@ -55,15 +56,11 @@ class BatchingRedis(Redis):
 
     async def _send(self, batch: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]]) -> None:
         try:
-            if len(batch) == 1:
-                args, options, _ = batch[0]
-                replies: list[Any] = [await super().execute_command(*args, **options)]
-            else:
-                pipe = self.pipeline(transaction=False)
-                for args, options, _ in batch:
-                    pipe.execute_command(*args, **options)
-                replies = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:  # connection lost, timeout, cancellation: every waiter learns it
+            try:
+                replies = await self._round_trip(batch)
+            except ConnectionError:  # a pooled connection the server dropped: once more on a fresh one
+                replies = await self._round_trip(batch)
+        except BaseException as exc:  # still down, timeout, cancellation: every waiter learns it
             for _, _, future in batch:
                 if not future.done():
                     future.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
@@ -77,6 +74,26 @@ class BatchingRedis(Redis):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    async def _round_trip(self, batch: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]]) -> list[Any]:
+        """Send the batch in one write on one pooled connection and read its replies in order (what a
+        non-transactional Pipeline does, minus its per-pipeline bookkeeping)."""
+        pool = self.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(conn.pack_commands([args for args, _, _ in batch]))
+            replies: list[Any] = []
+            for args, options, _ in batch:
+                try:
+                    replies.append(await self.parse_response(conn, args[0], **options))
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread on it: never reuse it
+            raise
+        finally:
+            await pool.release(conn)
 
 
 def open_redis(url: str, *, timeout: float = 2.0) -> Redis:
