@@ -34,6 +34,7 @@ from nubo.ids import new_id, parse_id
 from nubo.logs import get_logger
 from nubo.pagination import Page, make_page
 from nubo.ratelimit import RateStatus, guarded_hit, raise_if_limited, rate_limit
+from nubo.realtime.bus import Channels
 from nubo.settings import RateLimit
 from nubo.stores import Stores
 from nubo.stores.tiered import Row, normalize_row
@@ -377,6 +378,7 @@ async def _active_user(stores: Stores, user_id: uuid.UUID) -> Row | None:
 
 # ---------------------------------------------------------------- the per-request session check
 
+REVOKED_MARKER = '{"revoked":true}'  # the session mirror of a revoked session
 _MIRROR = msgspec.json.Decoder(dict[str, Any])  # the mirror is read on every request: msgspec is quicker
 
 
@@ -411,7 +413,9 @@ async def mark_revoked(stores: Stores, session_ids: Sequence[uuid.UUID]) -> None
     try:
         async with stores.redis.pipeline(transaction=False) as pipe:
             for session_id in session_ids:
-                pipe.set(stores.keys("session", session_id), '{"revoked":true}', ex=ttl)
+                pipe.set(stores.keys("session", session_id), REVOKED_MARKER, ex=ttl)
+            # Open WebSockets of these sessions, on every instance, are closed too (nubo.realtime.hub).
+            pipe.publish(Channels(stores.keys).revoked, json.dumps([str(sid) for sid in session_ids]))
             await pipe.execute()
     except (RedisError, OSError) as exc:
         # PostgreSQL already says revoked; a live mirror (if any) lapses within MIRROR_TTL seconds.
@@ -419,6 +423,17 @@ async def mark_revoked(stores: Stores, session_ids: Sequence[uuid.UUID]) -> None
         log.warning(
             "session_revoke_mirror_failed", extra={"sessions": len(session_ids), "error": type(exc).__name__}
         )
+
+
+async def revoked_among(stores: Stores, session_ids: Sequence[uuid.UUID | str]) -> set[str]:
+    """Which of these sessions carry the Redis revocation marker (for long-lived sockets, checked
+    periodically; a Redis failure answers "none", as the next check will tell)."""
+    ids = [str(sid) for sid in session_ids]
+    try:
+        values = await stores.redis.mget([stores.keys("session", sid) for sid in ids]) if ids else []
+    except (RedisError, OSError):
+        return set()
+    return {sid for sid, raw in zip(ids, values, strict=True) if raw == REVOKED_MARKER}
 
 
 async def authenticate_session(stores: Stores, user_id: uuid.UUID, session_id: uuid.UUID) -> AuthUser:

@@ -485,3 +485,26 @@ async def test_post_new_reaches_online_followers_only(
     assert ws_stranger.events("post.new") == []
     await ws_fan.close()
     await ws_stranger.close()
+
+
+async def test_revoking_a_session_closes_its_open_sockets_on_every_instance(
+    db: Stores, pair: tuple[ServerProcess, ServerProcess]
+) -> None:
+    a, b = pair
+    (alice,) = await make_users(db, "alice")
+    row = await accounts.get_me(db, alice.id)
+    other = await accounts.open_session(db, row, accounts.ClientInfo(ip="127.0.0.1"))  # a second device
+    on_a = await WsClient.connect(a.ws_url, alice.token)
+    on_b = await WsClient.connect(b.ws_url, alice.token)
+    other_device = await WsClient.connect(b.ws_url, other.access_token)
+    for client in (on_a, on_b, other_device):
+        await client.hello()
+    async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+        response = await http.post("/logout", headers=alice.headers)
+    assert response.status_code == 204, response.text
+    for client in (on_a, on_b):
+        await client.wait_for(lambda c: c.closed_code is not None, within=5)
+        assert client.closed_code == 4401
+    await other_device.send({"type": "ping"})
+    await other_device.wait_for(lambda c: bool(c.events("pong")))
+    assert other_device.closed_code is None

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from nubo import accounts
 from nubo.ids import new_id
 from nubo.realtime import bus as bus_module
 from nubo.realtime.bus import Bus
-from nubo.realtime.hub import CLOSE_QUEUE_OVERFLOW, Connection, Durable, Hub
+from nubo.realtime.hub import CLOSE_QUEUE_OVERFLOW, CLOSE_SESSION_REVOKED, Connection, Durable, Hub
 from nubo.realtime.presence import online_among
 from nubo.stores import Stores
 
@@ -56,17 +57,20 @@ async def _until(predicate: Any, within: float = 5.0) -> None:
 
 @pytest.fixture
 async def hub(db: Stores) -> Any:
-    hub = Hub(db.settings, db.redis, db.keys)
+    async def revoked_among(session_keys: list[str]) -> set[str]:
+        return await accounts.revoked_among(db, session_keys)
+
+    hub = Hub(db.settings, db.redis, db.keys, revoked_among=revoked_among)
     await hub.start()
     yield hub
     await hub.stop()
 
 
 async def _open(
-    hub: Hub, user_id: uuid.UUID, resume_from: int | None = None
+    hub: Hub, user_id: uuid.UUID, resume_from: int | None = None, session_id: uuid.UUID | None = None
 ) -> tuple[Connection, RecordingSocket]:
     socket = RecordingSocket()
-    conn = Connection(hub, user_id, socket, resume_from=resume_from)
+    conn = Connection(hub, user_id, socket, resume_from=resume_from, session_id=session_id)
     await hub.attach(conn)
     conn.writer_task = asyncio.create_task(conn.run_writer())
     await _until(lambda: bool(socket.sent))  # hello
@@ -191,3 +195,20 @@ async def test_big_fan_out_is_chunked_with_one_id_each(db: Stores, hub: Hub) -> 
     assert set(ids) == set(users) and set(ids.values()) == {1}
     with pytest.raises(ValueError):
         await Bus(db.redis, db.keys).publish(users[:1], {})
+
+
+async def test_revoked_sessions_are_closed_by_message_and_by_the_periodic_check(db: Stores, hub: Hub) -> None:
+    user = new_id()
+    by_message, kept, missed = new_id(), new_id(), new_id()
+    conns = {sid: (await _open(hub, user, session_id=sid))[0] for sid in (by_message, kept, missed)}
+    await accounts.mark_revoked(db, [by_message])  # marker + message on the revocation channel
+    await _until(lambda: conns[by_message].close_code is not None)
+    assert conns[by_message].close_code == CLOSE_SESSION_REVOKED
+    # A revocation whose message this instance missed (its subscription was down): the marker alone.
+    await db.redis.set(db.keys("session", missed), accounts.REVOKED_MARKER)
+    assert conns[missed].close_code is None
+    await hub._check_sessions()  # what the heartbeat (and a resubscribe) runs
+    assert conns[missed].close_code == CLOSE_SESSION_REVOKED
+    assert conns[kept].close_code is None and str(kept) in hub.by_session
+    assert str(by_message) not in hub.by_session and str(missed) not in hub.by_session
+    await _close(hub, conns[kept])

@@ -9,6 +9,7 @@ Keys (all under the configured prefix):
   the event body JSON (no ``event_id``: each instance splices in the recipient's id, see :func:`frame`).
 - ``rt:ephemeral`` — channel of live-only events: ``{"to": [user ids], "body": {...}, "expires": ms}``.
 - ``rt:lobby`` — channel of the public plain-text lobby: the text itself.
+- ``rt:revoked`` — channel of revoked session ids (a JSON list): every instance closes their open sockets.
 
 Publish only after the PostgreSQL commit of what the event describes (callers do).
 """
@@ -92,6 +93,7 @@ class Channels:
         self.events = keys("rt", "events")
         self.ephemeral = keys("rt", "ephemeral")
         self.lobby = keys("rt", "lobby")
+        self.revoked = keys("rt", "revoked")
 
     def seq(self, user_id: uuid.UUID | str) -> str:
         return self.keys("rt", "user", user_id, "seq")

@@ -28,7 +28,7 @@ import secrets
 import socket as socket_module
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +44,8 @@ from nubo.stores.redis import Keys
 log = get_logger(__name__)
 
 CLOSE_QUEUE_OVERFLOW = 4008
+CLOSE_SESSION_REVOKED = 4401  # 4xxx: application codes (RFC 6455 §7.4.2); 401 as in HTTP
+CLOSE_REASONS = {CLOSE_QUEUE_OVERFLOW: "send queue full", CLOSE_SESSION_REVOKED: "session revoked"}
 CLOSE_TIMEOUT_SECONDS = 5.0
 
 
@@ -96,11 +98,18 @@ class Connection:
     """One client socket: its queue, its delivery position and its writer."""
 
     def __init__(
-        self, hub: Hub, user_id: uuid.UUID, socket: Socket, *, resume_from: int | None = None
+        self,
+        hub: Hub,
+        user_id: uuid.UUID,
+        socket: Socket,
+        *,
+        resume_from: int | None = None,
+        session_id: uuid.UUID | None = None,
     ) -> None:
         self.hub = hub
         self.user_id = user_id
         self.user_key = str(user_id)
+        self.session_key = str(session_id) if session_id is not None else None
         self.socket = socket
         self.queue: asyncio.Queue[QueueItem] = asyncio.Queue(maxsize=hub.queue_size)
         self.resume_from = resume_from
@@ -229,13 +238,20 @@ class Connection:
 
 
 PresenceCallback = Callable[[uuid.UUID, bool], Awaitable[None]]
+RevokedCheck = Callable[[list[str]], Awaitable[set[str]]]  # which of these session ids are revoked
 
 
 class Hub:
     """Connections of this instance and their routing from Redis pub/sub."""
 
     def __init__(
-        self, settings: Settings, redis: Redis, keys: Keys, *, on_presence: PresenceCallback | None = None
+        self,
+        settings: Settings,
+        redis: Redis,
+        keys: Keys,
+        *,
+        on_presence: PresenceCallback | None = None,
+        revoked_among: RevokedCheck | None = None,
     ) -> None:
         self.settings = settings
         self.keys = keys
@@ -244,7 +260,9 @@ class Hub:
         self.bus = Bus(redis, keys)
         self.presence = Presence(redis, keys, self.instance_id)
         self.on_presence = on_presence
+        self.revoked_among = revoked_among
         self.local: dict[str, set[Connection]] = {}
+        self.by_session: dict[str, set[Connection]] = {}
         self.everyone: set[Connection] = set()
         self._sub_redis: Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -297,6 +315,8 @@ class Hub:
         first = conn.user_key not in self.local
         self.local.setdefault(conn.user_key, set()).add(conn)
         self.everyone.add(conn)
+        if conn.session_key is not None:
+            self.by_session.setdefault(conn.session_key, set()).add(conn)
         if first:
             try:
                 came_online = await self.presence.connected(conn.user_id)
@@ -309,6 +329,10 @@ class Hub:
     def detach_now(self, conn: Connection) -> bool:
         """Stop routing to `conn`; True when it was this instance's last socket of its user."""
         self.everyone.discard(conn)
+        if conn.session_key is not None and conn.session_key in self.by_session:
+            self.by_session[conn.session_key].discard(conn)
+            if not self.by_session[conn.session_key]:
+                del self.by_session[conn.session_key]
         conns = self.local.get(conn.user_key)
         if conns is None or conn not in conns:
             return False
@@ -368,6 +392,16 @@ class Hub:
             for conn in list(self.local.get(key, ())):
                 conn.offer(Live(text, expires))
 
+    def route_revoked(self, data: str) -> None:
+        """A revocation message: a JSON list of session ids."""
+        self.close_sessions(str(key) for key in json.loads(data))
+
+    def close_sessions(self, session_keys: Iterable[str]) -> None:
+        """Close this instance's sockets of these sessions with :data:`CLOSE_SESSION_REVOKED`."""
+        for session_key in session_keys:
+            for conn in list(self.by_session.get(session_key, ())):
+                conn.abort(CLOSE_SESSION_REVOKED)
+
     def route_lobby(self, text: str) -> None:
         for conn in list(self.everyone):
             conn.offer(Live(text))
@@ -388,6 +422,8 @@ class Hub:
                 self.route_ephemeral(data)
             elif channel == channels.lobby:
                 self.route_lobby(data)
+            elif channel == channels.revoked:
+                self.route_revoked(data)
         except (ValueError, KeyError, TypeError) as exc:  # a malformed message must not stop the listener
             log.warning("realtime_bad_message", extra={"channel": channel, "error": str(exc)[:200]})
 
@@ -399,11 +435,12 @@ class Hub:
             assert self._sub_redis is not None
             pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(channels.events, channels.ephemeral, channels.lobby)
+                await pubsub.subscribe(channels.events, channels.ephemeral, channels.lobby, channels.revoked)
                 self.subscribed.set()
                 if resubscribed:
                     self.stats["resubscribes"] += 1
                     await self._check_positions()
+                    await self._check_sessions()
                 backoff = 0.1
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
@@ -428,6 +465,7 @@ class Hub:
             try:
                 await self.presence.heartbeat(self._local_users())
                 await self._check_positions()
+                await self._check_sessions()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis down: try again next beat
@@ -444,6 +482,13 @@ class Hub:
                 for conn in list(self.local.get(str(user_id), ())):
                     if conn.writer_task is not None and conn.last != seq:
                         conn.offer(CatchUp(seq if seq > conn.last else None))
+
+    async def _check_sessions(self) -> None:
+        """Close sockets whose session was revoked while a revocation message could have been missed (the
+        subscription was down): the same check the HTTP guard makes, once per heartbeat for every session."""
+        if self.revoked_among is None or not self.by_session:
+            return
+        self.close_sessions(await self.revoked_among(list(self.by_session)))
 
     def _local_users(self) -> list[uuid.UUID]:
         return [next(iter(conns)).user_id for conns in self.local.values() if conns]

@@ -18,9 +18,10 @@ neither ``{`` nor ``[`` is a plain lobby message (the seed's broadcast, public).
 commit; ``typing`` {conversation_id}; ``read`` {conversation_id, message_id?}; ``ping`` -> ``pong``;
 ``resume`` {last_event_id} (first frame only, an alternative to the query parameter). Any bad frame — invalid
 JSON, not an object, unknown type, bad field, binary — gets an ``error`` event {code, error}; nothing closes
-the socket except a full send queue (close code 4008), a frame over ``NUBO_WS_MAX_FRAME`` (uvicorn closes with
-1009 before the app sees it, since `nubo serve` sets its ``ws_max_size``; the check here answers an ``error``
-event should the server limit ever be higher) or the client.
+the socket except a full send queue (close code 4008), the revocation of the token's session (4401: on every
+instance at once through ``rt:revoked``, else at the next heartbeat), a frame over ``NUBO_WS_MAX_FRAME``
+(uvicorn closes with 1009 before the app sees it, since `nubo serve` sets its ``ws_max_size``; the check here
+answers an ``error`` event should the server limit ever be higher) or the client.
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ from urllib.parse import parse_qs, urlsplit
 from litestar import Litestar, WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from nubo import messaging, ratelimit
+from nubo import accounts, messaging, ratelimit
 from nubo.errors import Forbidden, NuboError, Unauthorized, ValidationFailed
 from nubo.ids import parse_id
 from nubo.logs import get_logger
 from nubo.realtime import typing_events
-from nubo.realtime.hub import CLOSE_TIMEOUT_SECONDS, Connection, Hub, Resume
+from nubo.realtime.hub import CLOSE_REASONS, CLOSE_TIMEOUT_SECONDS, Connection, Hub, Resume
 from nubo.server.auth import deny_websocket
 from nubo.settings import Settings
 from nubo.stores import Stores
@@ -110,7 +111,8 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any]) -> None:
         await deny(socket, exc)
         return
     await socket.accept()
-    await Session(socket, hub, socket.app.state.stores, user_id, resume_from).run()
+    session_id = getattr(socket.scope.get("user"), "session_id", None)
+    await Session(socket, hub, socket.app.state.stores, user_id, resume_from, session_id).run()
 
 
 # ---- one connection --------------------------------------------------------------------------------------
@@ -126,13 +128,14 @@ class Session:
         stores: Stores,
         user_id: uuid.UUID,
         resume_from: int | None,
+        session_id: uuid.UUID | None = None,
     ) -> None:
         self.socket = socket
         self.hub = hub
         self.stores = stores
         self.settings = stores.settings
         self.user_id = user_id
-        self.conn = Connection(hub, user_id, socket, resume_from=resume_from)
+        self.conn = Connection(hub, user_id, socket, resume_from=resume_from, session_id=session_id)
         self.first_frame = True
         self.typing_sent: dict[uuid.UUID, float] = {}
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
@@ -159,7 +162,9 @@ class Session:
                 # Bounded wait: the close frame queues behind data a stuck client never reads.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(
-                        self.socket.close(code=self.conn.close_code, reason="send queue full"),
+                        self.socket.close(
+                            code=self.conn.close_code, reason=CLOSE_REASONS.get(self.conn.close_code, "")
+                        ),
                         CLOSE_TIMEOUT_SECONDS,
                     )
             elif writer.done() and not writer.cancelled() and writer.exception() is not None:
@@ -294,7 +299,12 @@ async def realtime_lifespan(app: Litestar) -> AsyncIterator[None]:
             peers, {"type": "presence", "user_id": user_id, "online": online}, ttl_ms=10_000
         )
 
-    hub = Hub(stores.settings, stores.redis, stores.keys, on_presence=announce)
+    async def revoked_among(session_keys: list[str]) -> set[str]:
+        return await accounts.revoked_among(stores, session_keys)
+
+    hub = Hub(
+        stores.settings, stores.redis, stores.keys, on_presence=announce, revoked_among=revoked_among
+    )
     await hub.start()
     stop_typing = await typing_events.start_listener(stores, hub)
     app.state.hub = hub
