@@ -20,6 +20,7 @@ Redis Cluster, where every key must be declared).
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -240,10 +241,10 @@ return #ARGV
 @dataclass(frozen=True)
 class _Script:
     source: str
+    sha: str = dataclasses.field(init=False)
 
-    @property
-    def sha(self) -> str:
-        return hashlib.sha1(self.source.encode()).hexdigest()
+    def __post_init__(self) -> None:  # computed once: `sha` is read on every cached read
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
 SCRIPTS = {name: _Script(source) for name, source in (
