@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from nubo.settings import Settings
 from nubo.stores import Stores
 from nubo.stores.mongo import server_info
-from tests.harness import ServerProcess, free_port, run_nubo, with_database
+from tests.harness import DedicatedRedis, ServerProcess, free_port, run_nubo, wait_port, with_database
 from tests.test_social_helpers import (
     Client,
     Member,
@@ -175,46 +175,6 @@ async def test_followers_only_same_answer_cold_warm_hot(client: Client, db: Stor
 # ---- outages -----------------------------------------------------------------------------------------------
 
 
-class DedicatedRedis:
-    """A throw-away `redis-server` on a free port (no persistence), stoppable and restartable."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server must be on PATH for the outage test"
-        self.binary = binary
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--port",
-                str(self.port),
-                "--daemonize",
-                "no",
-                "--bind",
-                "127.0.0.1",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(10)
-
-
 class DedicatedFerret:
     """A throw-away FerretDB (SQLite handler) whose data survives a stop/start in its temp directory."""
 
@@ -250,18 +210,6 @@ class DedicatedFerret:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(20)
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 @pytest.fixture

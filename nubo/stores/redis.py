@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError, ResponseError
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 # Commands that may wait on the server (or change the connection's state) must keep a connection of their own.
 _UNBATCHED = frozenset(
@@ -30,13 +33,18 @@ class BatchingRedis(Redis):
     retry); a connection failure fails every command of that batch, as it would have failed each alone.
     Commands that block or change connection state run alone (:data:`_UNBATCHED`); MULTI/EXEC pipelines and
     pub/sub have their own connections and are not affected.
+
+    The timeout covers a whole round trip (:func:`timed`), not each socket write and read: redis-py applies a
+    `socket_timeout` with `asyncio.wait_for`, which on Python 3.11 starts a task per write.
     """
 
     _batch: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]] | None = None
+    round_trip_timeout: float | None = None
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if str(args[0]).upper() in _UNBATCHED or self.single_connection_client:
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            async with timed(self.round_trip_timeout):
+                return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._batch is None:
             self._batch = []
@@ -81,13 +89,14 @@ class BatchingRedis(Redis):
         pool = self.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await conn.send_packed_command(conn.pack_commands([args for args, _, _ in batch]))
-            replies: list[Any] = []
-            for args, options, _ in batch:
-                try:
-                    replies.append(await self.parse_response(conn, args[0], **options))
-                except ResponseError as exc:
-                    replies.append(exc)
+            async with timed(self.round_trip_timeout):
+                await conn.send_packed_command(conn.pack_commands([args for args, _, _ in batch]))
+                replies: list[Any] = []
+                for args, options, _ in batch:
+                    try:
+                        replies.append(await self.parse_response(conn, args[0], **options))
+                    except ResponseError as exc:
+                        replies.append(exc)
             return replies
         except BaseException:
             await conn.disconnect()  # replies may be left unread on it: never reuse it
@@ -96,16 +105,47 @@ class BatchingRedis(Redis):
             await pool.release(conn)
 
 
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        pipe = TimedPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+        pipe.round_trip_timeout = self.round_trip_timeout
+        return pipe
+
+
+class TimedPipeline(Pipeline):
+    """An explicit pipeline (or MULTI/EXEC transaction) whose execution is bounded like a batch."""
+
+    round_trip_timeout: float | None = None
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        async with timed(self.round_trip_timeout):
+            return await super().execute(raise_on_error)
+
+
+@contextlib.asynccontextmanager
+async def timed(seconds: float | None) -> AsyncIterator[None]:
+    """Bound a Redis round trip; raises redis' TimeoutError (a RedisError, which callers already handle)."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except builtins.TimeoutError:
+        raise TimeoutError(f"Redis did not answer within {seconds} s") from None
+
+
 def open_redis(url: str, *, timeout: float = 2.0) -> Redis:
-    """A lazily connecting client returning `str` values, with automatic pipelining (:class:`BatchingRedis`)."""
-    return BatchingRedis.from_url(
+    """A lazily connecting client returning `str` values, with automatic pipelining (:class:`BatchingRedis`).
+
+    Round trips are bounded by `timeout` (see :class:`BatchingRedis`); the sockets themselves have none."""
+    client: BatchingRedis = BatchingRedis.from_url(  # type: ignore[assignment]
         url,
         decode_responses=True,
-        socket_timeout=timeout,
+        socket_timeout=None,
         socket_connect_timeout=timeout,
+        socket_keepalive=True,
         health_check_interval=30,
         retry_on_timeout=False,
     )
+    client.round_trip_timeout = timeout
+    return client
 
 
 @dataclass(frozen=True)
