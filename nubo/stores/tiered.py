@@ -564,7 +564,13 @@ class Transaction:
             self.outbox_ids += [row["id"] for row in await cur.fetchall()]
 
 
-async def drain_outbox(tiered: TieredStore, *, batch: int = 200, min_age_seconds: float = 2.0) -> int:
+# The worker leaves younger entries alone: their own request (or a deferred projection) is still on them.
+OUTBOX_MIN_AGE_SECONDS = 10.0
+
+
+async def drain_outbox(
+    tiered: TieredStore, *, batch: int = 200, min_age_seconds: float = OUTBOX_MIN_AGE_SECONDS
+) -> int:
     """Re-project rows whose post-commit projection did not complete; returns how many were repaired."""
     async with tiered.stores.pg.connection() as conn, conn.transaction():
         rows = await (await conn.execute(
