@@ -129,41 +129,63 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
-class DedicatedRedis:
-    """A throw-away `redis-server` on a free port (no persistence), stoppable and restartable."""
+class DedicatedServer:
+    """A throw-away server process on a free port, stoppable and restartable (for outage tests)."""
+
+    stop_timeout = 10.0
 
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server must be on PATH for the outage test"
-        self.binary = binary
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--port",
-                str(self.port),
-                "--daemonize",
-                "no",
-                "--bind",
-                "127.0.0.1",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            self.process.wait(10)
+            self.process.wait(self.stop_timeout)
+
+
+class DedicatedRedis(DedicatedServer):
+    """A `redis-server` without persistence: a restart comes back empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server must be on PATH for the outage test"
+        self.binary = binary
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [self.binary, "--save", "", "--appendonly", "no", "--port", str(self.port), "--daemonize", "no",
+                "--bind", "127.0.0.1"]
+
+
+class DedicatedFerret(DedicatedServer):
+    """A FerretDB (SQLite handler) whose data survives a stop/start in its `data_dir`."""
+
+    stop_timeout = 20.0
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__()
+        binary = shutil.which("ferretdb") or str(Path.home() / "go" / "bin" / "ferretdb")
+        assert Path(binary).exists(), "ferretdb binary needed for the Mongo outage test"
+        self.binary, self.data_dir = binary, data_dir
+        self.debug_port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/"
+
+    def command(self) -> list[str]:
+        return [self.binary, "--handler=sqlite", f"--sqlite-url=file:{self.data_dir}/",
+                f"--listen-addr=127.0.0.1:{self.port}", f"--debug-addr=127.0.0.1:{self.debug_port}",
+                f"--state-dir={self.data_dir}", "--telemetry=disable", "--log-level=ERROR"]

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 import uuid
@@ -31,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from nubo.settings import Settings
 from nubo.stores import Stores
 from nubo.stores.mongo import server_info
-from tests.harness import DedicatedRedis, ServerProcess, free_port, run_nubo, wait_port, with_database
+from tests.harness import DedicatedFerret, DedicatedRedis, ServerProcess, run_nubo, with_database
 from tests.test_social_helpers import (
     Client,
     Member,
@@ -173,43 +171,6 @@ async def test_followers_only_same_answer_cold_warm_hot(client: Client, db: Stor
 
 
 # ---- outages -----------------------------------------------------------------------------------------------
-
-
-class DedicatedFerret:
-    """A throw-away FerretDB (SQLite handler) whose data survives a stop/start in its temp directory."""
-
-    def __init__(self, data_dir: Path) -> None:
-        binary = shutil.which("ferretdb") or str(Path.home() / "go" / "bin" / "ferretdb")
-        assert Path(binary).exists(), "ferretdb binary needed for the Mongo outage test"
-        self.binary, self.data_dir = binary, data_dir
-        self.port, self.debug_port = free_port(), free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--handler=sqlite",
-                f"--sqlite-url=file:{self.data_dir}/",
-                f"--listen-addr=127.0.0.1:{self.port}",
-                f"--debug-addr=127.0.0.1:{self.debug_port}",
-                f"--state-dir={self.data_dir}",
-                "--telemetry=disable",
-                "--log-level=ERROR",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(20)
 
 
 @pytest.fixture
