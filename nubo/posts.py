@@ -33,6 +33,7 @@ from nubo.ids import new_id
 from nubo.logs import get_logger
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
+from nubo.stores.derived import post_tag, user_tag
 from nubo.stores.tiered import Row, Transaction, normalize_row, pg_read
 
 log = get_logger(__name__)
@@ -199,11 +200,20 @@ def may_see(viewer: uuid.UUID, post: Row, ctx: Mapping[str, Any]) -> bool:
 
 
 async def visible_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) -> tuple[Row, dict[str, Any]]:
-    """The post (through the tiers) and its context when the viewer may see it, else NotFound."""
+    """The post (through the tiers) and its context when the viewer may see it, else NotFound.
+
+    The context (relations and counts) comes from Redis while no write changed what it was computed from
+    (:mod:`nubo.stores.derived`): a block, an unfollow, a like or a comment shows on the next read."""
     post = await stores.tiered.get("posts", post_id)
     if post is None:
         raise NotFound("No such post", code="post_not_found")
-    ctx = await _post_context(stores, viewer, post)
+    ctx = dict(
+        await stores.derived.get(
+            f"post-context:{viewer}:{post_id}",
+            [user_tag(viewer), user_tag(post["user_id"]), post_tag(post_id)],
+            lambda: _post_context(stores, viewer, post),
+        )
+    )
     if not may_see(viewer, post, ctx):
         raise NotFound("No such post", code="post_not_found")
     return post, ctx

@@ -22,6 +22,7 @@ from nubo.errors import NotFound, ValidationFailed
 from nubo.ids import new_id
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
+from nubo.stores.derived import user_tag
 from nubo.stores.tiered import Row, Transaction, normalize_row, pg_read
 
 VISIBILITY_PUBLIC = 0
@@ -229,6 +230,7 @@ async def block(stores: Stores, blocker_id: uuid.UUID, blocked_id: uuid.UUID) ->
         await tx.conn.execute(
             "INSERT INTO auth.blocks (id, blocker_id, blocked_id) VALUES (%s, %s, %s) "
             "ON CONFLICT (blocker_id, blocked_id) DO NOTHING", (new_id(), blocker_id, blocked_id))
+        tx.tag(user_tag(blocker_id), user_tag(blocked_id))
         row = await (await tx.conn.execute(
             "SELECT * FROM auth.blocks WHERE blocker_id = %s AND blocked_id = %s", (blocker_id, blocked_id))
         ).fetchone()
@@ -247,6 +249,8 @@ async def unblock(stores: Stores, blocker_id: uuid.UUID, blocked_id: uuid.UUID) 
     async with pg_read(stores) as conn:
         cur = await conn.execute("DELETE FROM auth.blocks WHERE blocker_id = %s AND blocked_id = %s",
                                  (blocker_id, blocked_id))
+    if cur.rowcount:
+        await stores.derived.invalidate([user_tag(blocker_id), user_tag(blocked_id)])
     return cur.rowcount > 0
 
 

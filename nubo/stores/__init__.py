@@ -20,6 +20,7 @@ from nubo.stores.postgres import PgPool
 from nubo.stores.redis import Keys
 
 if TYPE_CHECKING:
+    from nubo.stores.derived import DerivedCache
     from nubo.stores.redis_cache import RedisCache
     from nubo.stores.tiered import TieredStore
 
@@ -54,6 +55,13 @@ class Stores:
         from nubo.stores.tiered import TieredStore
 
         return TieredStore(self)
+
+    @cached_property
+    def derived(self) -> DerivedCache:
+        """Values computed from PostgreSQL, cached in Redis until a write changes one of their tags."""
+        from nubo.stores.derived import DerivedCache
+
+        return DerivedCache(self.redis, self.keys, self.count_failure)
 
     def count_failure(self, store: str) -> None:
         """Count a projection write that failed after the PostgreSQL commit (repaired later)."""

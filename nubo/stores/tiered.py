@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
 from nubo.stores.cache_schemas import CacheError
+from nubo.stores.derived import entity_has_tags, tags_of
 
 if TYPE_CHECKING:
     from nubo.stores import Stores
@@ -367,6 +368,7 @@ class TieredStore:
             tx = Transaction(conn)
             yield tx
             await tx.record_outbox()
+        await self.stores.derived.invalidate(tx.tags)
         await self._project_committed(tx)
 
     async def _project_committed(self, tx: Transaction) -> bool:
@@ -472,6 +474,7 @@ class Transaction:
         self.conn = conn
         self.touched: dict[str, dict[uuid.UUID, Row | None]] = {}
         self.outbox_ids: list[int] = []
+        self.tags: set[str] = set()  # derived values this transaction invalidates (nubo.stores.derived)
         self._recorded: set[tuple[str, uuid.UUID]] = set()  # rows whose outbox entry is already written
 
     def _adapt(self, entity: Entity, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -499,9 +502,19 @@ class Transaction:
         return query
 
     def touch(self, entity_name: str, entity_id: uuid.UUID, row: Row | None = None) -> None:
-        """Mark a row changed by custom SQL; `row=None` means "re-read it from PostgreSQL to project"."""
+        """Mark a row changed by custom SQL; `row=None` means "re-read it from PostgreSQL to project"
+        (not for entities that feed derived values: their tags come from the row)."""
         ENTITIES[entity_name]
+        if row is None and entity_has_tags(entity_name):
+            raise ValueError(f"touch({entity_name!r}) needs the row: its tags are computed from it")
         self.touched.setdefault(entity_name, {})[entity_id] = REREAD if row is None else row
+        if row is not None:
+            self.tags.update(tags_of(entity_name, row))
+
+    def tag(self, *tags: str) -> None:
+        """Invalidate derived values of these tags after the commit (for changes made by custom SQL to rows
+        that are not entities, e.g. blocks)."""
+        self.tags.update(tags)
 
     async def insert(self, entity_name: str, values: Mapping[str, Any], *,
                      on_conflict_do_nothing: bool = False) -> Row:
@@ -548,6 +561,7 @@ class Transaction:
         rows = [entity.row(r) for r in await (await self.conn.execute(query, params)).fetchall()]
         for row in rows:
             self.touched.setdefault(entity_name, {})[row["id"]] = None
+            self.tags.update(tags_of(entity_name, row))
         return rows
 
     async def record_outbox(self) -> None:
