@@ -58,8 +58,16 @@ async def test_inspect_reports_collections_and_memory(stores: Stores, process_en
     assert posts["memory_bytes"] > 0
     assert report["memory"]["budget_bytes"] == 512 * 1024 * 1024 and report["memory"]["used_bytes"] > 0
 
+    assert "key_families" not in report  # one collection asked: no scan of the whole prefix
+    await stores.redis.set(prefix + "session:x", "1")
+    await stores.redis.set(prefix + "rl:login:x", "1")
+    everything = json.loads(run_nubo(["cache", "inspect", "--json"], env).stdout)
+    families = everything["key_families"]
+    assert families["session"] == 1 and families["rl"] == 1 and families["cache"] >= 3 and families["idx"] >= 2
+
     table = run_nubo(["cache", "inspect"], env)
     assert table.returncode == 0 and "posts" in table.stdout and "users" in table.stdout
+    assert "family" in table.stdout and "session" in table.stdout
     unknown = run_nubo(["cache", "inspect", "-c", "nope"], env)
     assert unknown.returncode == 2 and "unknown collection" in unknown.stderr
 

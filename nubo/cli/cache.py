@@ -12,7 +12,7 @@ from rich.table import Table
 from nubo.cli.common import console, fail, print_json, settings_or_exit
 from nubo.settings import Settings
 from nubo.stores.cache_schemas import SCHEMAS
-from nubo.stores.redis import Keys, delete_prefix, open_redis
+from nubo.stores.redis import Keys, delete_prefix, key_families, open_redis
 from nubo.stores.redis_cache import RedisCache, cache_stats
 from nubo.stores.redis_governor import resolve_budget, used_memory
 
@@ -28,6 +28,8 @@ async def _inspect(settings: Settings, collection: str | None) -> dict[str, Any]
         margin = settings.memory_margin_bytes(budget) if budget else 0
         report["memory"] = {"used_bytes": await used_memory(redis), "budget_bytes": budget,
                             "margin_bytes": margin, "threshold_bytes": max(budget - margin, 0)}
+        if collection is None:
+            report["key_families"] = await key_families(redis, Keys(settings.redis_prefix))
         return report
     finally:
         await redis.aclose()
@@ -51,6 +53,14 @@ def _print_report(report: dict[str, Any]) -> None:
               if memory["budget_bytes"] else "none (NUBO_REDIS_MEMORY_BUDGET and maxmemory unset)")
     console.print(f"Redis used memory {_mib(memory['used_bytes'])}; budget {budget}; "
                   f"usage order holds {report['lru_entries']} elements", highlight=False)
+    families = report.get("key_families")
+    if families:
+        kinds = Table(title="All nubo keys, by family")
+        kinds.add_column("family")
+        kinds.add_column("keys", justify="right")
+        for family, count in families.items():
+            kinds.add_row(family, str(count))
+        console.print(kinds)
 
 
 @cache_app.command("inspect")

@@ -173,6 +173,16 @@ async def scan_prefix(redis: Redis, keys: Keys, suffix_pattern: str = "*", count
         yield key
 
 
+async def key_families(redis: Redis, keys: Keys) -> dict[str, int]:
+    """How many keys of each family (the first name part after the prefix: `cache`, `idx`, `session`, `rl`,
+    `rt`, `derived`, `tag`, ...) nubo holds, by one SCAN over the prefix."""
+    families: dict[str, int] = {}
+    async for key in scan_prefix(redis, keys):
+        family = key[len(keys.prefix) :].split(":", 1)[0] or "(none)"
+        families[family] = families.get(family, 0) + 1
+    return dict(sorted(families.items()))
+
+
 async def delete_prefix(redis: Redis, keys: Keys, batch: int = 500) -> int:
     """Delete every key under the prefix in batches; returns how many were deleted."""
     deleted = 0
