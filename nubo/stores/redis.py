@@ -20,6 +20,7 @@ _UNBATCHED = frozenset(
      "EXEC", "WATCH", "UNWATCH", "DISCARD", "CLIENT", "HELLO", "AUTH", "QUIT", "RESET"}
 )
 MAX_BATCH = 256
+_Pending = tuple[tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]  # a command, its options, its waiter
 
 
 class BatchingRedis(Redis):
@@ -38,7 +39,7 @@ class BatchingRedis(Redis):
     `socket_timeout` with `asyncio.wait_for`, which on Python 3.11 starts a task per write.
     """
 
-    _batch: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]] | None = None
+    _batch: list[_Pending] | None = None
     round_trip_timeout: float | None = None
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
@@ -62,7 +63,7 @@ class BatchingRedis(Redis):
             sending.add(task)  # the loop keeps only weak references to tasks
             task.add_done_callback(sending.discard)
 
-    async def _send(self, batch: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[_Pending]) -> None:
         try:
             try:
                 replies = await self._round_trip(batch)
@@ -83,7 +84,7 @@ class BatchingRedis(Redis):
             else:
                 future.set_result(reply)
 
-    async def _round_trip(self, batch: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]]) -> list[Any]:
+    async def _round_trip(self, batch: list[_Pending]) -> list[Any]:
         """Send the batch in one write on one pooled connection and read its replies in order (what a
         non-transactional Pipeline does, minus its per-pipeline bookkeeping)."""
         pool = self.connection_pool
@@ -103,7 +104,6 @@ class BatchingRedis(Redis):
             raise
         finally:
             await pool.release(conn)
-
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         pipe = TimedPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
