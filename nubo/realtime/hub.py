@@ -486,9 +486,11 @@ class Hub:
     async def _check_sessions(self) -> None:
         """Close sockets whose session was revoked while a revocation message could have been missed (the
         subscription was down): the same check the HTTP guard makes, once per heartbeat for every session."""
-        if self.revoked_among is None or not self.by_session:
+        if self.revoked_among is None:
             return
-        self.close_sessions(await self.revoked_among(list(self.by_session)))
+        sessions = list(self.by_session)
+        for start in range(0, len(sessions), 1000):
+            self.close_sessions(await self.revoked_among(sessions[start : start + 1000]))
 
     def _local_users(self) -> list[uuid.UUID]:
         return [next(iter(conns)).user_id for conns in self.local.values() if conns]
