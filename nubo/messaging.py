@@ -255,6 +255,7 @@ async def _write(stores: Stores, *, wait: bool = True) -> AsyncIterator[Transact
         tx = Transaction(conn)
         yield tx
         await tx.record_outbox()
+    await stores.derived.invalidate(tx.tags)  # as tiered.transaction() does (none today: no tagged rows here)
     if not tx.touched:
         return
     done = projection_for(stores).defer(tx, urgent=wait)
