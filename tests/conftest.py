@@ -8,12 +8,15 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
+from litestar.testing import AsyncTestClient
 from pymongo import MongoClient
 from redis import Redis
 
+from nubo.server.app import create_app
 from nubo.settings import Settings, load_settings
 from nubo.stores import Stores, open_stores
 from nubo.stores.mongo import server_from_build_info
@@ -111,3 +114,11 @@ async def db(stores: Stores) -> Stores:
 
     await init_databases(stores)
     return stores
+
+
+@pytest.fixture(scope="module")
+async def client(db: Stores, settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+    """The real app in-process, one per test module (its lifespan opens its own connections to the run's
+    stores)."""
+    async with AsyncTestClient(create_app(settings)) as test_client:
+        yield test_client

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
-from nubo.settings import Settings
 from nubo.stores import Stores
 from tests.harness import run_nubo
-from tests.test_auth_helpers import Client, assert_error, auth_client, claims_of, new_account
-
-
-@pytest.fixture(scope="module")
-async def client(db: Stores, settings: Settings) -> AsyncIterator[Client]:
-    async with auth_client(settings) as test_client:
-        yield test_client
+from tests.test_auth_helpers import Client, assert_error, claims_of, new_account
 
 
 async def test_token_by_username_and_by_id(client: Client, process_env: dict[str, str]) -> None:

@@ -38,12 +38,6 @@ from tests.test_auth_helpers import (
 )
 
 
-@pytest.fixture(scope="module")
-async def client(db: Stores, settings: Settings) -> AsyncIterator[Client]:
-    async with auth_client(settings) as test_client:
-        yield test_client
-
-
 @pytest.fixture
 async def account(client: Client) -> Account:
     return await new_account(client)

@@ -4,7 +4,6 @@ overlong strings, bad emails, non-JSON bodies and 2 MiB bodies (plus a hypothesi
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,13 +12,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from nubo.settings import Settings
-from nubo.stores import Stores
 from tests.test_auth_helpers import (
     Account,
     Client,
     assert_error,
-    auth_client,
     new_account,
     signup_body,
     unique,
@@ -47,12 +43,6 @@ def routes() -> list[Route]:
 
 
 BODY_ROUTES = {f"{r.method} {r.path}": r for r in routes()}
-
-
-@pytest.fixture(scope="module")
-async def client(db: Stores, settings: Settings) -> AsyncIterator[Client]:
-    async with auth_client(settings) as test_client:
-        yield test_client
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt
@@ -14,12 +13,10 @@ import pytest
 from nubo import security
 from nubo.errors import Unauthorized
 from nubo.settings import Settings
-from nubo.stores import Stores
 from tests.test_auth_helpers import (
     Account,
     Client,
     assert_error,
-    auth_client,
     craft_jwt,
     good_claims,
     login,
@@ -27,12 +24,6 @@ from tests.test_auth_helpers import (
 )
 
 HS256 = {"alg": "HS256", "typ": "JWT"}
-
-
-@pytest.fixture(scope="module")
-async def client(db: Stores, settings: Settings) -> AsyncIterator[Client]:
-    async with auth_client(settings) as test_client:
-        yield test_client
 
 
 @pytest.fixture(scope="module")

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
 from nubo.ids import new_id
-from nubo.settings import Settings
 from nubo.stores import Stores
 from nubo.stores.derived import DerivedCache, post_tag, user_tag
 from nubo.stores.redis import Keys, open_redis
 from tests.harness import free_port
-from tests.test_social_helpers import Client, app_client, assert_error, new_member
-
-
-@pytest.fixture(scope="module")
-async def client(db: Stores, settings: Settings) -> AsyncIterator[Client]:
-    async with app_client(settings) as test_client:
-        yield test_client
+from tests.test_social_helpers import Client, assert_error, new_member
 
 
 async def _likes_seen_by(client: Client, post_id: str, headers: dict[str, str]) -> int:

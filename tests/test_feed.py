@@ -6,21 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from nubo import feed
-from nubo.settings import Settings
 from nubo.stores import Stores
-from tests.test_social_helpers import Client, Member, app_client, new_member
-
-
-@pytest.fixture(scope="module")
-async def client(db: Stores, settings: Settings) -> AsyncIterator[Client]:
-    async with app_client(settings) as test_client:
-        yield test_client
+from tests.test_social_helpers import Client, Member, new_member
 
 
 async def follow(client: Client, fan: Member, idol: Member) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ from nubo.stores import Stores
 from tests.test_social_helpers import (
     Client,
     Member,
-    app_client,
     assert_error,
     hash_holds,
     mongo_doc,
@@ -27,12 +25,6 @@ from tests.test_social_helpers import (
 )
 
 Trio = tuple[Member, Member, Member]
-
-
-@pytest.fixture(scope="module")
-async def client(db: Stores, settings: Settings) -> AsyncIterator[Client]:
-    async with app_client(settings) as test_client:
-        yield test_client
 
 
 @pytest.fixture

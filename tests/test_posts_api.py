@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
-from nubo.settings import Settings
 from nubo.stores import Stores
-from tests.test_social_helpers import Client, Member, app_client, assert_error, new_member, pg_one
-
-
-@pytest.fixture(scope="module")
-async def client(db: Stores, settings: Settings) -> AsyncIterator[Client]:
-    async with app_client(settings) as test_client:
-        yield test_client
+from tests.test_social_helpers import Client, Member, assert_error, new_member, pg_one
 
 
 async def follow(client: Client, fan: Member, idol: Member) -> None:

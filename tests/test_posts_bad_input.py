@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from nubo.settings import Settings
-from nubo.stores import Stores
-from tests.test_social_helpers import Client, Member, app_client, new_member
+from tests.test_social_helpers import Client, Member, new_member
 
 NOT_UUID = "not-a-uuid"
 MISSING = str(uuid.uuid4())
-
-
-@pytest.fixture(scope="module")
-async def client(db: Stores, settings: Settings) -> AsyncIterator[Client]:
-    async with app_client(settings) as test_client:
-        yield test_client
 
 
 @pytest.fixture(scope="module")

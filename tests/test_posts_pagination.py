@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
-
-from nubo.settings import Settings
-from nubo.stores import Stores
-from tests.test_social_helpers import Client, Member, app_client, new_member
+from tests.test_social_helpers import Client, Member, new_member
 
 TOTAL = 250
-
-
-@pytest.fixture(scope="module")
-async def client(db: Stores, settings: Settings) -> AsyncIterator[Client]:
-    async with app_client(settings) as test_client:
-        yield test_client
 
 
 async def create_posts(client: Client, author: Member, count: int, label: str) -> list[str]:

@@ -4,31 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
 from nubo import social
 from nubo.errors import NotFound
 from nubo.ids import new_id
-from nubo.settings import Settings
 from nubo.stores import Stores
 from tests.test_social_helpers import (
     Client,
     Member,
-    app_client,
     assert_error,
     mongo_doc,
     new_member,
     pg_all,
     redis_hash,
 )
-
-
-@pytest.fixture(scope="module")
-async def client(db: Stores, settings: Settings) -> AsyncIterator[Client]:
-    async with app_client(settings) as test_client:
-        yield test_client
 
 
 @pytest.fixture

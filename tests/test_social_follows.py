@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
-from nubo.settings import Settings
 from nubo.stores import Stores
 from tests.test_social_helpers import (
     Client,
     Member,
-    app_client,
     assert_error,
     hash_holds,
     is_recent,
@@ -22,12 +19,6 @@ from tests.test_social_helpers import (
     redis_hash,
     set_user_fields,
 )
-
-
-@pytest.fixture(scope="module")
-async def client(db: Stores, settings: Settings) -> AsyncIterator[Client]:
-    async with app_client(settings) as test_client:
-        yield test_client
 
 
 @pytest.fixture

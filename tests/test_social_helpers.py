@@ -5,16 +5,12 @@ routes, and checks on each tier. (No tests here: the module is imported by test_
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from litestar.testing import AsyncTestClient
 
-from nubo.server.app import create_app
-from nubo.settings import Settings
 from nubo.stores import Stores
 from tests.test_auth_helpers import login, signup_body
 
@@ -28,13 +24,6 @@ class Member:
     id: uuid.UUID
     username: str
     headers: dict[str, str]
-
-
-@asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
-    """The real app in-process (lifespan opens its own connections to the run's stores)."""
-    async with AsyncTestClient(create_app(settings)) as client:
-        yield client
 
 
 def unique(prefix: str = "u") -> str:

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from nubo.settings import Settings
 from nubo.stores import Stores
 from tests.test_social_helpers import (
     Client,
     Member,
-    app_client,
     assert_error,
     hash_holds,
     mongo_doc,
@@ -26,12 +23,6 @@ from tests.test_social_helpers import (
 
 PUBLIC = {"id", "username", "first_name", "last_name", "bio", "profile_picture_id", "location", "school",
           "works", "badges", "created_at"}
-
-
-@pytest.fixture(scope="module")
-async def client(db: Stores, settings: Settings) -> AsyncIterator[Client]:
-    async with app_client(settings) as test_client:
-        yield test_client
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,19 +33,12 @@ from tests.harness import DedicatedFerret, DedicatedRedis, ServerProcess, run_nu
 from tests.test_social_helpers import (
     Client,
     Member,
-    app_client,
     assert_error,
     mongo_doc,
     new_member,
     pg_one,
     redis_hash,
 )
-
-
-@pytest.fixture(scope="module")
-async def client(db: Stores, settings: Settings) -> AsyncIterator[Client]:
-    async with app_client(settings) as test_client:
-        yield test_client
 
 
 async def create_post(client: Any, author: Member, content: str = "tiers", **extra: object) -> dict[str, Any]:
