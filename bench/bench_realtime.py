@@ -57,6 +57,7 @@ from nubo import accounts, messaging, security  # noqa: E402
 from nubo.ids import new_id  # noqa: E402
 from nubo.settings import load_settings  # noqa: E402
 from nubo.stores import Stores, open_stores  # noqa: E402
+from nubo.stores.projection import projection_for  # noqa: E402
 
 RATES = (100, 250, 400, 500)  # 400: where the p99 knee lies on a 2-core machine
 SENDERS = 50
@@ -389,7 +390,7 @@ async def scenario(env: Mapping[str, str], a: Any, b: Any, seconds: float) -> di
         )
         for socket in member_sockets:
             await socket.close()
-        await messaging.projection_for(stores).drain(60)
+        await projection_for(stores).drain(60)
     finally:
         await stores.close()
     return results

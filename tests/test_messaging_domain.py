@@ -12,13 +12,14 @@ from nubo.errors import Forbidden, NotFound, RateLimited, ValidationFailed
 from nubo.ids import new_id
 from nubo.realtime.bus import bus_for
 from nubo.stores import Stores
+from nubo.stores.projection import projection_for
 from tests.test_messaging_support import make_users
 
 
 async def _settled(stores: Stores) -> None:
     """Let the background projection of recent sends finish, so the reads below are served by the upper
     tiers (what is being checked) rather than by the PostgreSQL fallback."""
-    await messaging.projection_for(stores).drain()
+    await projection_for(stores).drain()
 
 
 async def test_direct_conversation_is_unique_per_pair(db: Stores) -> None:

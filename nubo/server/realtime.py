@@ -48,6 +48,7 @@ from nubo.realtime.hub import CLOSE_REASONS, CLOSE_TIMEOUT_SECONDS, Connection, 
 from nubo.server.auth import deny_websocket
 from nubo.settings import Settings
 from nubo.stores import Stores
+from nubo.stores.projection import projection_for
 
 log = get_logger(__name__)
 
@@ -315,7 +316,7 @@ async def realtime_lifespan(app: Litestar) -> AsyncIterator[None]:
         await stop_typing()
         await hub.stop()
         with contextlib.suppress(Exception):  # what is left is repaired by the outbox worker
-            await messaging.projection_for(stores).drain()
+            await projection_for(stores).drain()
 
 
 ROUTES = [ws_endpoint]

@@ -33,6 +33,7 @@ from nubo.stores.derived import entity_has_tags, tags_of
 
 if TYPE_CHECKING:
     from nubo.stores import Stores
+    from nubo.stores.projection import BatchProjector
     from nubo.stores.redis_cache import CacheCollection
 
 log = get_logger(__name__)
@@ -381,6 +382,8 @@ class TieredStore:
     @property
     def projector(self) -> BatchProjector:
         if self._projector is None:
+            from nubo.stores.projection import BatchProjector
+
             self._projector = BatchProjector(self)
         return self._projector
 
@@ -395,72 +398,6 @@ class TieredStore:
     async def delete(self, entity_name: str, entity_id: uuid.UUID) -> Row | None:
         async with self.transaction() as tx:
             return await tx.delete(entity_name, entity_id)
-
-
-@dataclass
-class _Submission:
-    touched: Mapping[str, Mapping[uuid.UUID, Row | None]]
-    outbox_ids: list[int]
-    done: asyncio.Future[bool]
-
-
-class BatchProjector:
-    """Group commit for projections: transactions committed while a flush runs are projected together.
-
-    One flush makes, per entity, one Mongo `bulk_write`, one Redis pipeline and one outbox `DELETE` for every
-    transaction it holds, instead of one of each per transaction (the seed's advice: batch the writes). At low
-    load a flush holds one transaction and starts at once, so nothing waits for a timer. When two
-    transactions of a batch touched the same row, the later submission's state wins (it committed later).
-    """
-
-    def __init__(self, tiered: TieredStore) -> None:
-        self.tiered = tiered
-        self.pending: list[_Submission] = []
-        self.task: asyncio.Task[None] | None = None
-
-    async def submit(self, touched: Mapping[str, Mapping[uuid.UUID, Row | None]],
-                     outbox_ids: list[int]) -> bool:
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.pending.append(_Submission(touched, list(outbox_ids), done))
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._run(), name="tiered-projector")
-        return await done
-
-    async def _run(self) -> None:
-        while self.pending:
-            batch, self.pending = self.pending, []
-            try:
-                await self._flush(batch)
-            except Exception as exc:  # never leave a request waiting; the outbox keeps every row
-                log.warning("projection_batch_failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
-                _finish(batch, lambda _: False)
-
-    async def _flush(self, batch: list[_Submission]) -> None:
-        merged: dict[str, dict[uuid.UUID, Row | None]] = {}
-        for submission in batch:
-            for name, rows in submission.touched.items():
-                merged.setdefault(name, {}).update(rows)
-        ok = {name: await _project_safely(self.tiered, name, list(rows), rows)
-              for name, rows in merged.items()}
-
-        def all_ok(submission: _Submission) -> bool:
-            return all(ok[name] for name in submission.touched)
-
-        done_ids = [i for submission in batch if all_ok(submission) for i in submission.outbox_ids]
-        # The copies are written: the requests may answer now; the outbox cleanup need not delay them.
-        _finish(batch, all_ok)
-        if done_ids:
-            try:
-                async with pg_read(self.tiered.stores) as conn:
-                    await conn.execute("DELETE FROM logic.outbox WHERE id = ANY(%s)", (done_ids,))
-            except Exception as exc:  # the worker will redo the (idempotent) projection later
-                log.warning("outbox_cleanup_failed", extra={"error": str(exc)[:200]})
-
-
-def _finish(batch: list[_Submission], result: Any) -> None:
-    for submission in batch:
-        if not submission.done.done():  # the waiting request may have been cancelled
-            submission.done.set_result(bool(result(submission)))
 
 
 _INSERT_SQL: dict[tuple[str, tuple[str, ...], bool], str] = {}
@@ -597,7 +534,7 @@ async def drain_outbox(
         for row in rows:
             by_entity.setdefault(row["collection"], []).append(row["entity_id"])
         failed = {name for name, ids in by_entity.items()
-                  if not await _project_safely(tiered, name, list(dict.fromkeys(ids)))}
+                  if not await project_safely(tiered, name, list(dict.fromkeys(ids)))}
         done = [row["id"] for row in rows if row["collection"] not in failed]
         retry = [row["id"] for row in rows if row["collection"] in failed]
         if done:
@@ -612,7 +549,7 @@ async def drain_outbox(
     return len(done)
 
 
-async def _project_safely(tiered: TieredStore, name: str, ids: list[uuid.UUID],
+async def project_safely(tiered: TieredStore, name: str, ids: list[uuid.UUID],
                           rows: Mapping[uuid.UUID, Row | None] | None = None) -> bool:
     """`project`, with any error (a row a cache schema rejects, an unknown collection) counted as a failure of
     this collection only, so one bad row cannot roll back, and so block, the repair of every other."""
