@@ -1,7 +1,7 @@
 """Conversations, members, messages, likes, read markers and unread counters.
 
 Truth lives in PostgreSQL (`messaging.*`); Mongo `*_recent` and the Redis cache follow through the tiered
-store's outbox and projections (see :class:`nubo.stores.projection.DeferredProjection`). Events are published
+store's outbox and projections (messaging's :class:`nubo.stores.projection.Projector`). Events are published
 only after the commit (:mod:`nubo.realtime`).
 
 Concurrency rules (why the SQL looks the way it does):
@@ -25,7 +25,7 @@ Concurrency rules (why the SQL looks the way it does):
 - Delivery order: each member gets one sender's messages in the order they were sent; messages of two
   senders committed a moment apart may be published (hence delivered) in either order, since publishing
   happens after the commit. Clients order a conversation by message id, which is the commit order.
-- Every write here commits in PostgreSQL and leaves the Mongo/Redis copies to `DeferredProjection`
+- Every write here commits in PostgreSQL and leaves the Mongo/Redis copies to its `Projector`
   (sends and reads do not even wait for it; edits, deletes and member changes do): one background task per
   process that coalesces the rows touched by many sends and projects each entity in one bulk (re-reading
   PostgreSQL, so the newest state wins whatever order commits finished in). The outbox rows are written in the
@@ -95,8 +95,8 @@ WAIT_PROJECTION_SECONDS = 2.0
 @asynccontextmanager
 async def _write(stores: Stores, *, wait: bool = True) -> AsyncIterator[Transaction]:
     """A PostgreSQL transaction (outbox rows in the same commit) whose rows go to Mongo and Redis through
-    :class:`DeferredProjection`; with `wait`, returns once they are there (or after a bounded wait: the
-    outbox worker finishes the job if a store is slow or down)."""
+    messaging's :class:`~nubo.stores.projection.Projector`; with `wait`, returns once they are there (or after
+    a bounded wait: the outbox worker finishes the job if a store is slow or down)."""
     async with stores.pg.connection() as conn, conn.transaction():
         tx = Transaction(conn)
         yield tx
@@ -104,7 +104,8 @@ async def _write(stores: Stores, *, wait: bool = True) -> AsyncIterator[Transact
     await stores.derived.invalidate(tx.tags)  # as tiered.transaction() does (none today: no tagged rows here)
     if not tx.touched:
         return
-    done = projection_for(stores).defer(tx, urgent=wait)
+    # Re-read at flush: concurrent writes to one conversation's rows finish in any order, the newest state wins.
+    done = projection_for(stores).defer(tx, urgent=wait, reread=True)
     if wait:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(done), WAIT_PROJECTION_SECONDS)
@@ -611,7 +612,7 @@ async def _store_send(
     """The send's transaction in three round trips instead of five (pipeline mode): BEGIN + lock, then
     insert + outbox rows in one statement, then COMMIT (psycopg syncs it before the block exits, so our caller
     acks only after the commit). The message id is still chosen in Python under the conversation lock. None: a replayed
-    client_id. The rows go to Mongo/Redis through :class:`DeferredProjection` without being waited for."""
+    client_id. The rows go to Mongo/Redis through messaging's projector without being waited for."""
     async with stores.pg.connection() as conn, conn.pipeline():
         async with conn.transaction():
             conv = await _lock_for_send(conn, conversation_id, sender_id)

@@ -1,13 +1,11 @@
-"""When rows committed in PostgreSQL are projected to Mongo and Redis: the two schedulers of the tiered store.
+"""When rows committed in PostgreSQL are projected to Mongo and Redis: one scheduler, :class:`Projector`.
 
-Both project through :meth:`nubo.stores.tiered.TieredStore.project`, one task per process each (so one writer
-per document), and both delete the rows' outbox entries once their copies are written (the outbox worker
-repairs whatever they could not write):
-
-- :class:`BatchProjector` (``tiered.transaction()``): the request waits for its copies; transactions that
-  commit while a flush runs are projected together, from the rows the transaction wrote.
-- :class:`DeferredProjection` (messaging writes): sends do not wait; rows are coalesced over a short window
-  (and "lazy" rows over a longer one) and re-read from PostgreSQL at flush, so the newest state wins.
+Each process runs two of them, so a burst of messages never delays a post's projection: the tiered store's
+(``tiered.transaction()``: the request waits, its rows are projected at once) and messaging's (sends do not
+wait; rows are coalesced and re-read from PostgreSQL at flush). Both project through
+:meth:`nubo.stores.tiered.TieredStore.project`, each from one task (so one writer per document), and delete
+the rows' outbox entries once their copies are written; the outbox worker repairs whatever they could not
+write.
 """
 
 from __future__ import annotations
@@ -16,15 +14,14 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from nubo.logs import get_logger
 from nubo.stores import Stores
 from nubo.stores.tiered import (
     OUTBOX_MIN_AGE_SECONDS,
+    REREAD,
     Row,
-    TieredStore,
     Transaction,
     pg_read,
     project_safely,
@@ -32,87 +29,25 @@ from nubo.stores.tiered import (
 
 log = get_logger(__name__)
 
-
-@dataclass
-class _Submission:
-    touched: Mapping[str, Mapping[uuid.UUID, Row | None]]
-    outbox_ids: list[int]
-    done: asyncio.Future[bool]
+Touched = Mapping[str, Mapping[uuid.UUID, Row | None]] | Mapping[str, Iterable[uuid.UUID]]
 
 
-class BatchProjector:
-    """Group commit for projections: transactions committed while a flush runs are projected together.
+class Projector:
+    """Group commit for projections: the rows of every transaction queued while a flush runs go in the next
+    flush, one bulk per entity (the seed's advice: batch the writes).
 
-    One flush makes, per entity, one Mongo `bulk_write`, one Redis pipeline and one outbox `DELETE` for every
-    transaction it holds, instead of one of each per transaction (the seed's advice: batch the writes). At low
-    load a flush holds one transaction and starts at once, so nothing waits for a timer. When two
-    transactions of a batch touched the same row, the later submission's state wins (it committed later).
-    """
-
-    def __init__(self, tiered: TieredStore) -> None:
-        self.tiered = tiered
-        self.pending: list[_Submission] = []
-        self.task: asyncio.Task[None] | None = None
-
-    async def submit(self, touched: Mapping[str, Mapping[uuid.UUID, Row | None]],
-                     outbox_ids: list[int]) -> bool:
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.pending.append(_Submission(touched, list(outbox_ids), done))
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._run(), name="tiered-projector")
-        return await done
-
-    async def _run(self) -> None:
-        while self.pending:
-            batch, self.pending = self.pending, []
-            try:
-                await self._flush(batch)
-            except Exception as exc:  # never leave a request waiting; the outbox keeps every row
-                log.warning("projection_batch_failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
-                _finish(batch, lambda _: False)
-
-    async def _flush(self, batch: list[_Submission]) -> None:
-        merged: dict[str, dict[uuid.UUID, Row | None]] = {}
-        for submission in batch:
-            for name, rows in submission.touched.items():
-                merged.setdefault(name, {}).update(rows)
-        ok = {name: await project_safely(self.tiered, name, list(rows), rows)
-              for name, rows in merged.items()}
-
-        def all_ok(submission: _Submission) -> bool:
-            return all(ok[name] for name in submission.touched)
-
-        done_ids = [i for submission in batch if all_ok(submission) for i in submission.outbox_ids]
-        # The copies are written: the requests may answer now; the outbox cleanup need not delay them.
-        _finish(batch, all_ok)
-        if done_ids:
-            try:
-                async with pg_read(self.tiered.stores) as conn:
-                    await conn.execute("DELETE FROM logic.outbox WHERE id = ANY(%s)", (done_ids,))
-            except Exception as exc:  # the worker will redo the (idempotent) projection later
-                log.warning("outbox_cleanup_failed", extra={"error": str(exc)[:200]})
-
-
-def _finish(batch: list[_Submission], result: Any) -> None:
-    for submission in batch:
-        if not submission.done.done():  # the waiting request may have been cancelled
-            submission.done.set_result(bool(result(submission)))
-
-
-class DeferredProjection:
-    """The one writer of messaging rows to Mongo and Redis in this process, many transactions per bulk.
-
-    Sends do not wait for it. Other writes (edits, deletes, member changes) wait for the batch holding their
-    rows, so a read through the tiers right after them sees the change. One writer per process also means no
-    two of our projections upsert one document at the same time (FerretDB answers such a race with a reply
-    pymongo cannot parse).
-
-    Rows nobody waits for start their batch up to :attr:`COALESCE_SECONDS` later. *Lazy* rows (a send's
-    conversation and member rows: nothing here reads them through the tiers, PostgreSQL answers) wait up to
+    A caller that waits (`urgent`) starts its batch at once, so at low load nothing waits for a timer. Rows
+    nobody waits for start their batch up to :attr:`COALESCE_SECONDS` later. *Lazy* rows (a send's
+    conversation and member rows: nothing reads them through the tiers, PostgreSQL answers) wait up to
     :attr:`LAZY_SECONDS`: replacing an existing document is what costs FerretDB most (about 1.5 ms of its CPU
     per document, measured), and a busy conversation then costs one replacement per interval, not per send.
     At 300 sends/s over 50 conversations, going from 1 s to 5 s cut FerretDB's CPU from 1.64 to 0.44 ms per
     message and the send->ack p99 from 118 to 28 ms (the Mongo copies of those rows lag by up to 5 s).
+
+    A row is queued with its committed state (None: deleted) or as :data:`~nubo.stores.tiered.REREAD`; when
+    one row is queued twice, the later state wins, and REREAD (the newest state, read at flush) wins over any.
+    One writer per process also means no two of our projections upsert one document at the same time (FerretDB
+    answers such a race with a reply pymongo cannot parse).
     """
 
     MAX_PENDING_IDS = 50_000  # beyond this, leave the rows to the outbox worker instead of growing memory
@@ -120,11 +55,12 @@ class DeferredProjection:
     COALESCE_SECONDS = 0.05  # how long a batch nobody waits for gathers more rows
     LAZY_SECONDS = OUTBOX_MIN_AGE_SECONDS / 2  # so the outbox worker does not redo our work
 
-    def __init__(self, stores: Stores) -> None:
+    def __init__(self, stores: Stores, name: str) -> None:
         self.stores = stores
-        self.pending: dict[str, set[uuid.UUID]] = {}
+        self.name = name
+        self.pending: dict[str, dict[uuid.UUID, Any]] = {}
         self.outbox_ids: list[int] = []
-        self.lazy: dict[str, set[uuid.UUID]] = {}
+        self.lazy: dict[str, dict[uuid.UUID, Any]] = {}
         self.lazy_outbox_ids: list[int] = []
         self.lazy_due: float | None = None
         self.pending_count = 0
@@ -136,32 +72,37 @@ class DeferredProjection:
         self.next_batch: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
-    def defer(self, tx: Transaction, *, urgent: bool = True) -> asyncio.Future[None]:
-        """Queue the rows `tx` touched; the future completes once their batch was projected (or given up)."""
-        return self.defer_rows(tx.touched, tx.outbox_ids, urgent=urgent)
+    def defer(self, tx: Transaction, *, urgent: bool = True, reread: bool = False) -> asyncio.Future[None]:
+        """Queue the rows `tx` touched (their committed state, or with `reread` their state at flush time);
+        the future completes once their batch was projected (or given up)."""
+        touched: Touched = {name: list(rows) for name, rows in tx.touched.items()} if reread else tx.touched
+        return self.defer_rows(touched, tx.outbox_ids, urgent=urgent)
 
     def defer_rows(
         self,
-        touched: Mapping[str, Iterable[uuid.UUID]],
+        touched: Touched,
         outbox_ids: Sequence[int],
         *,
         urgent: bool = False,
         lazy: bool = False,
     ) -> asyncio.Future[None]:
-        """Queue rows (by entity) and their outbox ids (deleted once these rows are projected). `urgent`:
-        someone waits, start the batch now; `lazy`: see the class docstring."""
+        """Queue rows by entity (`{id: state}`, or ids to re-read) and their outbox ids (deleted once these rows
+        are projected). `urgent`: someone waits, start the batch now; `lazy`: see the class docstring."""
         loop = asyncio.get_running_loop()
         if self.pending_count > self.MAX_PENDING_IDS:
-            log.warning("projection_backlog_full", extra={"left_to_outbox": len(outbox_ids)})
+            log.warning("projection_backlog_full", extra={"projector": self.name, "left_to_outbox": len(outbox_ids)})
             done: asyncio.Future[None] = loop.create_future()
             done.set_result(None)
             return done
         target = self.lazy if lazy else self.pending
-        for name, ids in touched.items():
-            rows = target.setdefault(name, set())
-            before = len(rows)
-            rows.update(ids)
-            self.pending_count += len(rows) - before
+        for name, rows in touched.items():
+            queued = target.setdefault(name, {})
+            before = len(queued)
+            states = rows.items() if isinstance(rows, Mapping) else ((i, REREAD) for i in rows)
+            for entity_id, state in states:
+                if queued.get(entity_id) is not REREAD:
+                    queued[entity_id] = REREAD if lazy else state
+            self.pending_count += len(queued) - before
         if lazy:
             self.lazy_outbox_ids.extend(outbox_ids)
             if self.lazy_due is None:
@@ -175,7 +116,7 @@ class DeferredProjection:
         if urgent:
             self.urgent.set()
         if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._run(), name="messaging-projection")
+            self.task = asyncio.create_task(self._run(), name=f"{self.name}-projection")
         return self.next_batch
 
     async def _wait_for_work(self) -> None:
@@ -191,18 +132,18 @@ class DeferredProjection:
         self.wakeup.clear()
         self.urgent.clear()
 
-    def _take(self) -> tuple[dict[str, set[uuid.UUID]], list[int]]:
+    def _take(self) -> tuple[dict[str, dict[uuid.UUID, Any]], list[int]]:
         """The rows due now (fast ones, plus the lazy ones once due or when draining) and their outbox ids."""
         pending, self.pending = self.pending, {}
         outbox, self.outbox_ids = self.outbox_ids, []
         due = self.lazy_due is not None and asyncio.get_running_loop().time() >= self.lazy_due
         if self.lazy and (due or self.flushing):
-            for name, ids in self.lazy.items():
-                pending.setdefault(name, set()).update(ids)
+            for name, rows in self.lazy.items():
+                pending.setdefault(name, {}).update(rows)  # REREAD: the newest state wins
             outbox += self.lazy_outbox_ids
             self.lazy, self.lazy_outbox_ids, self.lazy_due = {}, [], None
             self.flushing = False
-        self.pending_count = sum(len(ids) for ids in self.lazy.values())
+        self.pending_count = sum(len(rows) for rows in self.lazy.values())
         return pending, outbox
 
     async def _run(self) -> None:
@@ -214,31 +155,39 @@ class DeferredProjection:
                     self.idle.set()
                 continue
             batch, self.next_batch = self.next_batch, None
+            ok = False
             try:
-                await self._project(pending, outbox)
+                ok = await self._project(pending)
             except Exception as exc:  # a store down: the outbox worker repairs these rows later
-                log.warning(
-                    "deferred_projection_failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]}
-                )
+                log.warning("projection_failed", extra={"projector": self.name,
+                                                        "error": f"{type(exc).__name__}: {exc}"[:200]})
             finally:
                 if batch is not None and not batch.done():
-                    batch.set_result(None)
+                    batch.set_result(None)  # the copies are written: waiting requests may answer now
+            if ok and outbox:
+                await self._clear_outbox(outbox)
             if not self.pending and not self.lazy:
                 self.idle.set()
 
-    async def _project(self, pending: dict[str, set[uuid.UUID]], outbox: list[int]) -> None:
+    async def _project(self, pending: dict[str, dict[uuid.UUID, Any]]) -> bool:
         ok = True
-        for name, ids in pending.items():
-            ordered = sorted(ids)
+        for name, rows in pending.items():
+            ordered = sorted(rows)
             for start in range(0, len(ordered), self.CHUNK):
                 chunk = ordered[start : start + self.CHUNK]
-                ok = await self.stores.tiered.project(name, chunk) and ok  # re-read: newest state wins
-        if ok and outbox:
-            async with self.stores.pg.connection() as conn:
+                states = {i: rows[i] for i in chunk}
+                ok = await project_safely(self.stores.tiered, name, chunk, states) and ok
+        return ok
+
+    async def _clear_outbox(self, outbox: list[int]) -> None:
+        try:
+            async with pg_read(self.stores) as conn:
                 await conn.execute("DELETE FROM logic.outbox WHERE id = ANY(%s)", (outbox,))
+        except Exception as exc:  # the worker will redo the (idempotent) projection later
+            log.warning("outbox_cleanup_failed", extra={"projector": self.name, "error": str(exc)[:200]})
 
     async def drain(self, seconds: float = 10.0) -> None:
-        """Wait until everything deferred so far is projected, lazy rows included (shutdown, tests)."""
+        """Wait until everything queued so far is projected, lazy rows included (shutdown, tests)."""
         if not self.idle.is_set():
             self.flushing = True
             self.urgent.set()
@@ -246,9 +195,10 @@ class DeferredProjection:
             await asyncio.wait_for(self.idle.wait(), seconds)
 
 
-def projection_for(stores: Stores) -> DeferredProjection:
+def projection_for(stores: Stores) -> Projector:
+    """Messaging's projector (the tiered store's own is ``stores.tiered.projector``)."""
     projector = getattr(stores, "_messaging_projection", None)
     if projector is None:
-        projector = DeferredProjection(stores)
+        projector = Projector(stores, "messaging")
         stores._messaging_projection = projector  # type: ignore[attr-defined]
     return projector

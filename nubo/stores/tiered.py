@@ -33,7 +33,7 @@ from nubo.stores.derived import entity_has_tags, tags_of
 
 if TYPE_CHECKING:
     from nubo.stores import Stores
-    from nubo.stores.projection import BatchProjector
+    from nubo.stores.projection import Projector
     from nubo.stores.redis_cache import CacheCollection
 
 log = get_logger(__name__)
@@ -163,7 +163,7 @@ class TieredStore:
     def __init__(self, stores: Stores) -> None:
         self.stores = stores
         self.health = _TierHealth()
-        self._projector: BatchProjector | None = None
+        self._projector: Projector | None = None
 
     # ---- reads -------------------------------------------------------------------------------------------
 
@@ -370,21 +370,16 @@ class TieredStore:
             yield tx
             await tx.record_outbox()
         await self.stores.derived.invalidate(tx.tags)
-        await self._project_committed(tx)
-
-    async def _project_committed(self, tx: Transaction) -> bool:
-        """Project a committed transaction's rows (batched with concurrent ones); True when all copies are
-        written. The caller waits, so a request still answers only once its copies are written (or failed)."""
-        if not tx.touched:
-            return True
-        return await self.projector.submit(tx.touched, tx.outbox_ids)
+        if tx.touched:
+            await self.projector.defer(tx)  # the request answers once its copies are written (or failed)
 
     @property
-    def projector(self) -> BatchProjector:
+    def projector(self) -> Projector:
+        """This store's projector (messaging writes have their own: `nubo.stores.projection.projection_for`)."""
         if self._projector is None:
-            from nubo.stores.projection import BatchProjector
+            from nubo.stores.projection import Projector
 
-            self._projector = BatchProjector(self)
+            self._projector = Projector(self.stores, "tiered")
         return self._projector
 
     async def insert(self, entity_name: str, values: Mapping[str, Any]) -> Row:
