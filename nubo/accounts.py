@@ -15,10 +15,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import secrets
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -33,10 +35,11 @@ from nubo.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from nubo.ids import new_id, parse_id
 from nubo.logs import get_logger
 from nubo.pagination import Page, make_page
-from nubo.ratelimit import RateStatus, guarded_hit, raise_if_limited, rate_limit
+from nubo.ratelimit import RateStatus, guarded_hit, leases_for, raise_if_limited, rate_limit
 from nubo.realtime.bus import Channels
 from nubo.settings import RateLimit
 from nubo.stores import Stores
+from nubo.stores.near import MISSING
 from nubo.stores.tiered import Row, normalize_row
 
 log = get_logger(__name__)
@@ -395,11 +398,17 @@ async def _mirror_live(
     )
     try:
         await stores.redis.set(
-            stores.keys("session", session_id), value, nx=True, ex=max(1, min(MIRROR_TTL, seconds))
+            stores.keys("session", session_id), value, nx=True, ex=max(1, min(_mirror_ttl(), seconds))
         )
     except (RedisError, OSError) as exc:
         stores.count_failure("redis_session")
         log.warning("session_mirror_failed", extra={"error": type(exc).__name__})
+
+
+def _mirror_ttl() -> int:
+    """MIRROR_TTL less up to a quarter: sessions opened together (a deploy, a reconnect wave) must not all
+    go back to PostgreSQL in the same second."""
+    return MIRROR_TTL - secrets.randbelow(MIRROR_TTL // 4 + 1)
 
 
 async def mark_revoked(stores: Stores, session_ids: Sequence[uuid.UUID]) -> None:
@@ -423,6 +432,8 @@ async def mark_revoked(stores: Stores, session_ids: Sequence[uuid.UUID]) -> None
         log.warning(
             "session_revoke_mirror_failed", extra={"sessions": len(session_ids), "error": type(exc).__name__}
         )
+    finally:
+        stores.near.drop([stores.keys("session", sid) for sid in session_ids])
 
 
 async def revoked_among(stores: Stores, session_ids: Sequence[uuid.UUID | str]) -> set[str]:
@@ -436,15 +447,21 @@ async def revoked_among(stores: Stores, session_ids: Sequence[uuid.UUID | str]) 
     return {sid for sid, raw in zip(ids, values, strict=True) if raw == REVOKED_MARKER}
 
 
-async def authenticate_session(stores: Stores, user_id: uuid.UUID, session_id: uuid.UUID) -> AuthUser:
-    """The caller behind a verified token, if its session is live; else 401 `invalid_token`."""
+async def authenticate_session(
+    stores: Stores, user_id: uuid.UUID, session_id: uuid.UUID, *, mirror_missing: bool = False
+) -> AuthUser:
+    """The caller behind a verified token, if its session is live; else 401 `invalid_token`.
+
+    The Redis mirror first (unless the caller just found it `mirror_missing`), else PostgreSQL, which then
+    mirrors the session again."""
     key = stores.keys("session", session_id)
-    redis_up = True
-    try:
-        raw = await stores.redis.get(key)
-    except (RedisError, OSError):
-        redis_up, raw = False, None
-        stores.count_failure("redis_session")
+    redis_up, raw = True, None
+    if not mirror_missing:
+        try:
+            raw = await stores.redis.get(key)
+        except (RedisError, OSError):
+            redis_up = False
+            stores.count_failure("redis_session")
     if raw is not None:
         return _principal_from_mirror(raw, user_id, session_id)
     row = await _session_from_postgres(stores, session_id)
@@ -468,23 +485,51 @@ async def authenticate_and_limit(
 ) -> tuple[AuthUser, RateStatus | None]:
     """:func:`authenticate_session` plus one hit of the caller's rate limit `name` (429 when over it).
 
-    The hot path is one Redis round trip: a script reads the session mirror and, when it is live, takes the
-    hit atomically (:func:`nubo.ratelimit.guarded_hit`). A missing mirror or a Redis failure falls back to
-    :func:`authenticate_session` (PostgreSQL), then a separate hit (which fails open when Redis is down).
+    The hot path needs no Redis call: the session mirror is this process's copy (:mod:`nubo.stores.near`,
+    dropped by Redis as soon as the session is revoked) and the hit comes from a lease of hits this process
+    already counted in the shared window (:class:`nubo.ratelimit.HitLeases`). Otherwise one round trip: a
+    script reads the mirror and, when it is live, takes the hit(s) atomically
+    (:func:`nubo.ratelimit.guarded_hit`). A lapsed mirror: PostgreSQL decides, the session is mirrored again
+    and the script runs again. Redis failing: :func:`authenticate_session` (PostgreSQL), then a separate hit
+    (which fails open when Redis is down).
     """
     key = stores.keys("session", session_id)
+    user_key = str(user_id)
+    leases = leases_for(stores)
+    held = stores.near.get_cached(key)
+    if held is not MISSING and held is not None:
+        user = _principal_from_mirror(held, user_id, session_id)  # a revoked copy refuses at once
+        status = leases.take(name, user_key, rate)
+        if status is not None:
+            return user, status
+    want = leases.want(name, user_key, rate)
     try:
-        raw, status = await guarded_hit(stores, key, name, str(user_id), rate)
+        raw, status = await _guarded_hit(stores, key, name, user_key, rate, want)
+        if raw is None:  # no mirror (it lapsed): PostgreSQL decides and mirrors the session again
+            await authenticate_session(stores, user_id, session_id, mirror_missing=True)
+            raw, status = await _guarded_hit(stores, key, name, user_key, rate, want)
     except (RedisError, OSError):
-        raw = None  # authenticate_session retries Redis, counts the failure, then asks PostgreSQL
-    if raw is None:
+        raw = None
+    if raw is None:  # Redis is failing: authenticate_session retries it, counts the failure, asks PostgreSQL
         user = await authenticate_session(stores, user_id, session_id)
-        return user, await rate_limit(stores, name, str(user_id), rate)
+        return user, await rate_limit(stores, name, user_key, rate)
     user = _principal_from_mirror(raw, user_id, session_id)  # refuses a revoked mirror (no hit was taken)
+    status = leases.record(name, user_key, rate, status, want)
     raise_if_limited(status)
     return user, status
 
 
+async def _guarded_hit(
+    stores: Stores, key: str, name: str, user_key: str, rate: RateLimit, want: int
+) -> tuple[str | bytes | None, RateStatus | None]:
+    """:func:`nubo.ratelimit.guarded_hit` on the session mirror `key`, keeping the mirror as a near copy."""
+    with stores.near.reading([key]) as keep:
+        raw, status = await guarded_hit(stores, key, name, user_key, rate, want=want)
+        keep([raw])
+    return raw, status
+
+
+@lru_cache(maxsize=16384)  # the same mirror is read on every request of a session
 def _principal_from_mirror(raw: str | bytes, user_id: uuid.UUID, session_id: uuid.UUID) -> AuthUser:
     data = _MIRROR.decode(raw)
     if data.get("revoked") or data.get("uid") != str(user_id):

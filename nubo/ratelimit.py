@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -33,48 +33,59 @@ log = get_logger(__name__)
 _ATTR = "_nubo_rate_limiter"
 _SCRIPT_ATTR = "_nubo_rate_script"
 _GUARDED_ATTR = "_nubo_guarded_rate_script"
+_LEASES_ATTR = "_nubo_hit_leases"
 
-# The moving window on KEYS[n]: ARGV now, limit, expiry. Leaves allowed (0/1), hits in the window and the
-# oldest hit in the window (string) in locals for the caller's `return`.
+# The moving window on KEYS[n]: ARGV now, limit, expiry and (optional) how many hits to take at once.
+# Leaves taken (0 = refused), hits in the window and the oldest hit in the window (string) in locals for the
+# caller's `return`. Taking several hits is a lease (see HitLeases): never more than an eighth of what the
+# window has left, so a limit stays exact near its end.
 _WINDOW = """
 local now, limit, expiry = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local want = tonumber(ARGV[4] or '1')
 local window = KEYS[%d]
-local last = redis.call('lindex', window, limit - 1)
-local allowed = 0
-if not (last and tonumber(last) >= now - expiry) then
-    redis.call('lpush', window, ARGV[1])
-    redis.call('ltrim', window, 0, limit - 1)
-    redis.call('expire', window, expiry)
-    allowed = 1
-end
 local low, high, found = 0, redis.call('llen', window) - 1, -1
 while low <= high do
     local mid = math.floor((low + high) / 2)
     local value = tonumber(redis.call('lindex', window, mid))
     if value and value >= now - expiry then found = mid; low = mid + 1 else high = mid - 1 end
 end
-local count, oldest = found + 1, ARGV[1]
-if found >= 0 then oldest = redis.call('lindex', window, found) end
+local count = found + 1
+local taken = math.min(want, limit - count)
+if taken > 1 then taken = math.max(1, math.min(taken, math.floor((limit - count) / 8))) end
+if taken >= 1 then
+    for _ = 1, taken do redis.call('lpush', window, ARGV[1]) end
+    redis.call('ltrim', window, 0, limit - 1)
+    redis.call('expire', window, expiry)
+    count = count + taken
+else
+    taken = 0
+end
+local oldest = ARGV[1]
+if count > 0 then oldest = redis.call('lindex', window, count - 1) end
 """
 # KEYS[1]: the window (hit timestamps, newest first, at most `limit` long).
-# Returns {allowed (0/1), hits in the window, oldest hit in the window (string)}.
-_ACQUIRE_AND_MEASURE = (_WINDOW % 1) + "return {allowed, count, oldest}"
-# KEYS[1]: a guard value (the session mirror), KEYS[2]: the window. The hit is taken only when the guard
+# Returns {hits taken (0/1), hits in the window, oldest hit in the window (string)}.
+_ACQUIRE_AND_MEASURE = (_WINDOW % 1) + "return {taken, count, oldest}"
+# KEYS[1]: a guard value (the session mirror), KEYS[2]: the window. Hits are taken only when the guard
 # exists and is not a revocation marker, so a refused request never uses up the caller's quota.
-# Returns {guard} when no hit was taken, else {guard, allowed, count, oldest}.
+# Returns {guard} when no hit was taken, else {guard, hits taken (0 = refused), count, oldest}.
 _GUARDED_HIT = (
     """
 local guard = redis.call('get', KEYS[1])
 if not guard or string.find(guard, '"revoked"', 1, true) then return {guard} end
 """
     + (_WINDOW % 2)
-    + "return {guard, allowed, count, oldest}"
+    + "return {guard, taken, count, oldest}"
 )
+LEASE_FIRST = 4  # hits a process takes for a caller it holds no lease for (a caller rarely asks once)...
+LEASE_MAX = 32  # ...doubling up to this while each lease is used up in time...
+LEASE_SECONDS = 5.0  # ...and uses within this time, else they are dropped
+LEASE_MIN_LIMIT = 64  # smaller limits are never leased: each hit is one Redis call
 _LOG_EVERY = 10.0  # seconds between two "limiter down" log lines, so an outage does not flood the log
 _last_log = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built on every authenticated request: a frozen dataclass is slower to build
 class RateStatus:
     """The state of one limit after a hit: used for the `X-RateLimit-*` headers."""
 
@@ -82,6 +93,7 @@ class RateStatus:
     remaining: int
     reset_after: int  # seconds until the oldest hit leaves the window
     allowed: bool
+    taken: int = 1  # hits taken in the shared window by this call (more than one: a lease, see HitLeases)
 
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
         """The `X-RateLimit-*` headers as ASGI (lower-case name, value) byte pairs."""
@@ -136,12 +148,13 @@ def _script(stores: Stores, attr: str, source: str) -> AsyncScript:
     return script
 
 
-def _status(rate: RateLimit, now: float, allowed: Any, count: Any, oldest: Any) -> RateStatus:
+def _status(rate: RateLimit, now: float, taken: Any, count: Any, oldest: Any) -> RateStatus:
     return RateStatus(
         limit=rate.amount,
         remaining=max(0, rate.amount - int(count)),
         reset_after=max(1, math.ceil(float(oldest) + rate.seconds - now)),
-        allowed=bool(allowed),
+        allowed=int(taken) > 0,
+        taken=int(taken),
     )
 
 
@@ -160,10 +173,11 @@ async def hit(stores: Stores, name: str, key: str, rate: RateLimit) -> RateStatu
 
 
 async def guarded_hit(
-    stores: Stores, guard_key: str, name: str, key: str, rate: RateLimit
+    stores: Stores, guard_key: str, name: str, key: str, rate: RateLimit, want: int = 1
 ) -> tuple[bytes | str | None, RateStatus | None]:
     """Read `guard_key` and, in the same atomic script (one round trip), count a hit of `key` against
-    limit `name` unless the guard is missing or holds a revocation marker (``"revoked"``).
+    limit `name` (`want` hits for a lease) unless the guard is missing or holds a revocation marker
+    (``"revoked"``).
 
     Returns (guard value, status); status is None when no hit was taken. Redis errors propagate: the caller
     decides what a missing guard means (the session check falls back to PostgreSQL, then uses :func:`hit`).
@@ -171,11 +185,116 @@ async def guarded_hit(
     script = _script(stores, _GUARDED_ATTR, _GUARDED_HIT)
     now = time.time()
     reply = await script(
-        keys=[guard_key, window_key(stores, name, key, rate)], args=[repr(now), rate.amount, rate.seconds]
+        keys=[guard_key, window_key(stores, name, key, rate)],
+        args=[repr(now), rate.amount, rate.seconds, want],
     )
     if len(reply) < 4:
         return reply[0], None
     return reply[0], _status(rate, now, reply[1], reply[2], reply[3])
+
+
+@dataclass
+class _Lease:
+    left: int  # hits taken in the shared window, not yet used by a request
+    expires: float  # monotonic time after which the left hits are dropped
+    size: int  # hits the last lease asked for
+    count: int  # hits in the window when the lease was taken (its own included)
+    reset_at: float  # wall-clock time the window's oldest hit leaves it
+
+
+class HitLeases:
+    """Hits of per-caller limits taken from the shared Redis window a few at a time by one process.
+
+    The per-user limit is checked on every authenticated request; taking one hit per request costs a Redis
+    call per request. A caller who comes to this process gets a lease of several hits (:data:`LEASE_FIRST`,
+    doubling while each lease is used up within :data:`LEASE_SECONDS`, up to :data:`LEASE_MAX`, never more
+    than an eighth of what the window has left); one whose lease lapsed unused gets half as many next.
+    Every hit a request uses was counted in the shared window before that request, so no instance ever lets
+    a caller past the limit; hits of a lapsed lease count until they leave the window, so a caller spread
+    over many instances may be refused a few hits early. Limits under :data:`LEASE_MIN_LIMIT` (login,
+    signup) are never leased.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, str], _Lease] = {}
+        self._asking: dict[tuple[str, str], float] = {}  # a lease call in flight, until this monotonic time
+
+    def take(self, name: str, key: str, rate: RateLimit) -> RateStatus | None:
+        """A hit from a lease this process holds for `key` (no Redis call), or None."""
+        lease = self._held.get((name, key))
+        if lease is None or lease.left <= 0 or time.monotonic() >= lease.expires:
+            return None
+        lease.left -= 1
+        return RateStatus(
+            limit=rate.amount,
+            remaining=max(0, rate.amount - lease.count + lease.left),
+            reset_after=max(1, math.ceil(lease.reset_at - time.time())),
+            allowed=True,
+            taken=0,
+        )
+
+    def want(self, name: str, key: str, rate: RateLimit) -> int:
+        """How many hits to take in the next Redis call for `key`."""
+        if rate.amount < LEASE_MIN_LIMIT:
+            return 1
+        held_key = (name, key)
+        lease = self._held.get(held_key)
+        now = time.monotonic()
+        # Another request of this caller is already asking for a lease: a single hit (concurrent requests
+        # would each take a lease and waste all but one hit of each).
+        if self._asking.get(held_key, 0.0) > now:
+            return 1
+        self._asking[held_key] = now + LEASE_SECONDS
+        if lease is None:
+            return LEASE_FIRST
+        if lease.left > 0 or now > lease.expires + LEASE_SECONDS:  # lapsed unused, or back after a pause
+            return max(LEASE_FIRST, lease.size // 2)
+        return min(LEASE_MAX, lease.size * 2)
+
+    def record(self, name: str, key: str, rate: RateLimit, status: RateStatus | None, want: int
+               ) -> RateStatus | None:
+        """Keep the hits a Redis call took beyond the one its own request uses; the status as that request
+        sees it (the kept hits are not used yet)."""
+        if status is None or rate.amount < LEASE_MIN_LIMIT:
+            return status
+        held_key = (name, key)
+        if status.taken == 0:  # refused: nothing held
+            self._held.pop(held_key, None)
+            return status
+        left = status.taken - 1
+        now = time.monotonic()
+        if want > 1:  # this was the call asking for a lease
+            self._asking.pop(held_key, None)
+        if not left:
+            lease = self._held.get(held_key)
+            if lease is not None and lease.left > 0 and now < lease.expires:
+                return status  # a single hit: leave the lease a concurrent call just took
+        if len(self._held) > 10_000:
+            self._forget_lapsed()
+        self._held[held_key] = _Lease(
+            left=left,
+            expires=now + LEASE_SECONDS,
+            size=status.taken,
+            count=status.limit - status.remaining,
+            reset_at=time.time() + status.reset_after,
+        )
+        return replace(status, remaining=status.remaining + left) if left else status
+
+    def _forget_lapsed(self) -> None:
+        now = time.monotonic()
+        for held_key in [k for k, lease in self._held.items() if now >= lease.expires]:
+            del self._held[held_key]
+        for held_key in [k for k, until in self._asking.items() if now >= until]:
+            del self._asking[held_key]
+
+
+def leases_for(stores: Stores) -> HitLeases:
+    """The process's leases (created once per stores)."""
+    leases: HitLeases | None = getattr(stores, _LEASES_ATTR, None)
+    if leases is None:
+        leases = HitLeases()
+        setattr(stores, _LEASES_ATTR, leases)
+    return leases
 
 
 def raise_if_limited(status: RateStatus | None) -> None:

@@ -61,6 +61,7 @@ class Settings:
     retention_days: int = 30
     redis_memory_budget: int = 0
     redis_memory_margin: str = "10%"
+    near_cache_entries: int = 100_000
     allowed_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
     rate_login: RateLimit = RateLimit(10, 300)
@@ -181,7 +182,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
     if (raw := get("NUBO_HOST")) is not None:
         kwargs["host"] = raw
     int_settings = {"NUBO_RETENTION_DAYS": ("retention_days", 1), "NUBO_WS_QUEUE_SIZE": ("ws_queue_size", 1),
-                    "NUBO_MODERATOR_GRADE": ("moderator_grade", 0)}
+                    "NUBO_MODERATOR_GRADE": ("moderator_grade", 0),
+                    "NUBO_NEAR_CACHE_ENTRIES": ("near_cache_entries", 0)}
     for name, (attr, minimum) in int_settings.items():
         if (raw := get(name)) is not None:
             kwargs[attr] = _int(name, raw, minimum)

@@ -28,7 +28,7 @@ async def readyz(stores: NamedDependency[Stores]) -> Response[dict[str, Any]]:
         body = {"status": "unavailable", "error": f"store down: {', '.join(down)}", "code": "store_unavailable",
                 "down": down, "stores": checks}
         return Response(body, status_code=503)
-    return Response({"status": "ready", "stores": checks}, status_code=200)
+    return Response({"status": "ready", "stores": checks, "near_cache": stores.near.status()}, status_code=200)
 
 
 ROUTES = [ping, healthz, readyz]

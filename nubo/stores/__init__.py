@@ -21,6 +21,7 @@ from nubo.stores.redis import Keys
 
 if TYPE_CHECKING:
     from nubo.stores.derived import DerivedCache
+    from nubo.stores.near import NearCache
     from nubo.stores.redis_cache import RedisCache
     from nubo.stores.tiered import TieredStore
 
@@ -61,7 +62,19 @@ class Stores:
         """Values computed from PostgreSQL, cached in Redis until a write changes one of their tags."""
         from nubo.stores.derived import DerivedCache
 
-        return DerivedCache(self.redis, self.keys, self.count_failure)
+        return DerivedCache(self.redis, self.keys, self.count_failure, self.near)
+
+    @cached_property
+    def near(self) -> NearCache:
+        """In-process copies of the hottest Redis values (session mirrors, hot rows, derived values and their
+        tags), invalidated by Redis; live once the app lifespan runs :meth:`NearCache.run`."""
+        from nubo.stores.near import NearCache
+        from nubo.stores.tiered import ENTITIES
+
+        families = ["session", "derived", "tag"]
+        families += [f"cache:{entity.cache_collection}" for entity in ENTITIES.values() if entity.near]
+        return NearCache(self.settings.redis_url, self.redis, self.keys, families,
+                         max_entries=self.settings.near_cache_entries)
 
     def count_failure(self, store: str) -> None:
         """Count a projection write that failed after the PostgreSQL commit (repaired later)."""

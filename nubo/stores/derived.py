@@ -24,6 +24,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
+from nubo.stores.near import NearCache
 from nubo.stores.redis import Keys
 
 log = get_logger(__name__)
@@ -67,10 +68,12 @@ def entity_has_tags(entity_name: str) -> bool:
 class DerivedCache:
     """Get-or-compute for tagged values, and the version changes that invalidate them."""
 
-    def __init__(self, redis: Any, keys: Keys, count_failure: Callable[[str], None]) -> None:
+    def __init__(self, redis: Any, keys: Keys, count_failure: Callable[[str], None],
+                 near: NearCache | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.count_failure = count_failure
+        self.near = near  # in-process copies of values and tag versions (nubo.stores.near)
 
     async def get(
         self,
@@ -83,8 +86,12 @@ class DerivedCache:
         (stored for the next reader). Redis down: computed every time."""
         key = self.keys("derived", name)
         tag_list = list(tags)
+        wanted = [key, *(self.keys("tag", tag) for tag in tag_list)]
         try:
-            raw, *versions = await self.redis.mget([key, *(self.keys("tag", tag) for tag in tag_list)])
+            if self.near is None:
+                raw, *versions = await self.redis.mget(wanted)
+            else:
+                raw, *versions = await self.near.get_many(wanted, self.redis.mget)
         except (RedisError, OSError) as exc:
             self._failed("read", exc)
             return await compute()
@@ -103,16 +110,19 @@ class DerivedCache:
 
     async def invalidate(self, tags: Iterable[str]) -> None:
         """Give each tag a new version (after the commit that changed its rows)."""
-        tag_list = sorted(set(tags))
-        if not tag_list:
+        tag_keys = [self.keys("tag", tag) for tag in sorted(set(tags))]
+        if not tag_keys:
             return
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for tag in tag_list:
-                    pipe.set(self.keys("tag", tag), secrets.token_hex(8), ex=TAG_TTL_SECONDS)
+                for key in tag_keys:
+                    pipe.set(key, secrets.token_hex(8), ex=TAG_TTL_SECONDS)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             self._failed("invalidate", exc)
+        finally:
+            if self.near is not None:
+                self.near.drop(tag_keys)  # this process reads its own writes at once
 
     def _failed(self, action: str, exc: Exception) -> None:
         self.count_failure("redis_derived")

@@ -155,7 +155,7 @@ class Keys:
     prefix: str
 
     def __call__(self, *parts: object) -> str:
-        return self.prefix + ":".join(str(part) for part in parts)
+        return self.prefix + ":".join(map(str, parts))
 
     @property
     def pattern(self) -> str:

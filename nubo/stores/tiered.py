@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from nubo.logs import get_logger
 from nubo.stores.cache_schemas import CacheError
 from nubo.stores.derived import entity_has_tags, tags_of
+from nubo.stores.near import MISSING
 
 if TYPE_CHECKING:
     from nubo.stores import Stores
@@ -47,6 +48,8 @@ class _Reread:
 
 REREAD: Any = _Reread()
 DUPLICATE_KEY = 11000
+USE_BATCH = 4096  # near-copy uses reported to the cache's usage order per batch (distinct members)...
+USE_REPORT_SECONDS = 5.0  # ...or at least this often
 TIER_RETRY_SECONDS = 1.0  # after a failure, skip that tier this long instead of waiting on it per request
 
 
@@ -60,6 +63,7 @@ class Entity:
     cache_collection: str
     json_columns: frozenset[str] = frozenset()
     private_columns: frozenset[str] = frozenset()  # never leave PostgreSQL (credentials)
+    near: bool = False  # hot rows read by id on most requests: copies kept in-process (nubo.stores.near)
 
     def row(self, raw: Mapping[str, Any]) -> Row:
         """The in-app row: normalized values, private columns left out, whichever tier it came from."""
@@ -74,11 +78,12 @@ class Entity:
 ENTITIES: dict[str, Entity] = {
     entity.name: entity
     for entity in (
-        Entity("users", "auth.users", "users_recent", "users", private_columns=frozenset({"password_hash"})),
+        Entity("users", "auth.users", "users_recent", "users", private_columns=frozenset({"password_hash"}),
+               near=True),
         Entity("user_settings", "auth.user_settings", "user_settings_recent", "user_settings",
                frozenset({"privacy", "notifications"})),
         Entity("follows", "auth.follows", "relations_recent", "relations"),
-        Entity("posts", "content.posts", "posts_recent", "posts", frozenset({"meta"})),
+        Entity("posts", "content.posts", "posts_recent", "posts", frozenset({"meta"}), near=True),
         Entity("comments", "content.comments", "comments_recent", "comments"),
         Entity("likes", "content.likes", "likes_recent", "likes"),
         Entity("media", "content.media", "media_recent", "media"),
@@ -164,6 +169,9 @@ class TieredStore:
         self.stores = stores
         self.health = _TierHealth()
         self._projector: Projector | None = None
+        self._uses: set[str] = set()  # cache members served from near copies, not yet reported
+        self._uses_due = 0.0
+        self._background: set[asyncio.Task[None]] = set()
 
     # ---- reads -------------------------------------------------------------------------------------------
 
@@ -211,12 +219,51 @@ class TieredStore:
     async def _from_redis(self, entity: Entity, entity_id: uuid.UUID) -> Row | None:
         if not self.health.available("redis"):
             return None
+        cache = self._cache(entity)
         try:
-            row = await self._cache(entity).get_by_id(entity_id)
+            if entity.near:
+                return await self._near_row(cache, entity_id)
+            row = await cache.get_by_id(entity_id)
         except (RedisError, OSError) as exc:
             self._tier_failed("redis", "read", entity, exc)
             return None
         return normalize_row(row) if row is not None else None
+
+    async def _near_row(self, cache: CacheCollection, entity_id: uuid.UUID) -> Row | None:
+        """A hot row from this process's copy (its use reported to Redis in batches), else from Redis."""
+        id_text = str(entity_id)
+        key = cache.hash_key(id_text)
+        near = self.stores.near
+        row = near.get_cached(key)
+        if row is MISSING:
+            row = await near.get(key, lambda: self._read_cached(cache, entity_id))
+        else:
+            self._note_use(cache.member(id_text))
+        return dict(row) if row is not None else None  # a copy: the held row is shared
+
+    @staticmethod
+    async def _read_cached(cache: CacheCollection, entity_id: uuid.UUID) -> Row | None:
+        row = await cache.get_by_id(entity_id)
+        return normalize_row(row) if row is not None else None
+
+    def _note_use(self, member: str) -> None:
+        """Rows served from near copies are still in use: tell the cache's shared usage order, in batches
+        (the governor evicts the least recently used elements)."""
+        self._uses.add(member)
+        now = time.monotonic()
+        if len(self._uses) < USE_BATCH and now < self._uses_due:
+            return
+        members, self._uses, self._uses_due = list(self._uses), set(), now + USE_REPORT_SECONDS
+        task = asyncio.create_task(self._report_uses(members))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _report_uses(self, members: list[str]) -> None:
+        try:
+            await self.stores.cache.touch(members)
+        except (RedisError, OSError) as exc:
+            self.stores.count_failure("redis")
+            log.warning("cache_use_report_failed", extra={"members": len(members), "error": type(exc).__name__})
 
     async def _many_from_redis(self, entity: Entity, ids: list[uuid.UUID]) -> list[Row]:
         if not ids or not self.health.available("redis"):
@@ -300,11 +347,14 @@ class TieredStore:
             return True
         if not self.health.available("redis"):
             return False
+        cache = self._cache(entity)
         try:
-            await self._cache(entity).set_many(rows)
+            await cache.set_many(rows)
         except (RedisError, OSError, CacheError) as exc:  # CacheError: schema out of step; the outbox retries
             self._tier_failed("redis", "write", entity, exc)
             return False
+        finally:
+            self._drop_near(entity, cache, [row["id"] for row in rows])
         self.health.succeeded("redis")
         return True
 
@@ -324,7 +374,15 @@ class TieredStore:
                 redis_ok = True
             except (RedisError, OSError) as exc:
                 self._tier_failed("redis", "delete", entity, exc)
+            finally:
+                self._drop_near(entity, self._cache(entity), ids)
         return mongo_ok and redis_ok
+
+    def _drop_near(self, entity: Entity, cache: CacheCollection, ids: Iterable[Any]) -> None:
+        """This process wrote these rows to Redis: its near copies go now (read-your-writes), the other
+        processes' when Redis's invalidation reaches them."""
+        if entity.near:
+            self.stores.near.drop([cache.hash_key(str(entity_id)) for entity_id in ids])
 
     async def project(self, entity_name: str, ids: Sequence[uuid.UUID],
                       rows: Mapping[uuid.UUID, Row | None] | None = None) -> bool:
