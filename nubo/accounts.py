@@ -497,12 +497,15 @@ async def authenticate_and_limit(
     user_key = str(user_id)
     leases = leases_for(stores)
     held = stores.near.get_cached(key)
+    if held is MISSING and leases.holds(name, user_key):
+        held = await _mirror(stores, key)  # the session check alone: the lease pays the hit
     if held is not MISSING and held is not None:
         user = _principal_from_mirror(held, user_id, session_id)  # a revoked copy refuses at once
         status = leases.take(name, user_key, rate)
         if status is not None:
             return user, status
-    want = leases.want(name, user_key, rate)
+    # Leases only pay off while the session check needs no Redis call (near copies are live).
+    want = leases.want(name, user_key, rate) if stores.near.live else 1
     try:
         raw, status = await _guarded_hit(stores, key, name, user_key, rate, want)
         if raw is None:  # no mirror (it lapsed): PostgreSQL decides and mirrors the session again
@@ -517,6 +520,14 @@ async def authenticate_and_limit(
     status = leases.record(name, user_key, rate, status, want)
     raise_if_limited(status)
     return user, status
+
+
+async def _mirror(stores: Stores, key: str) -> Any:
+    """The session mirror through the near cache; MISSING when Redis fails (the caller's script retries)."""
+    try:
+        return await stores.near.get(key, lambda: stores.redis.get(key))
+    except (RedisError, OSError):
+        return MISSING
 
 
 async def _guarded_hit(

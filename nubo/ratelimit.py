@@ -219,6 +219,11 @@ class HitLeases:
         self._held: dict[tuple[str, str], _Lease] = {}
         self._asking: dict[tuple[str, str], float] = {}  # a lease call in flight, until this monotonic time
 
+    def holds(self, name: str, key: str) -> bool:
+        """Whether a lease with hits left is held for `key`."""
+        lease = self._held.get((name, key))
+        return lease is not None and lease.left > 0 and time.monotonic() < lease.expires
+
     def take(self, name: str, key: str, rate: RateLimit) -> RateStatus | None:
         """A hit from a lease this process holds for `key` (no Redis call), or None."""
         lease = self._held.get((name, key))

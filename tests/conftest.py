@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from nubo.server.app import create_app
 from nubo.settings import Settings, load_settings
 from nubo.stores import Stores, open_stores
 from nubo.stores.mongo import server_from_build_info
-from tests.harness import ROOT, ServerProcess, new_run_id, service_env, with_database
+from tests.harness import ROOT, DedicatedRedis, ServerProcess, new_run_id, service_env, with_database
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -35,6 +36,19 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"MongoDB-protocol server: {mongo} at {env['NUBO_MONGO_URL']}",
         f"PostgreSQL {pg_version[0] if pg_version else '?'}, Redis {redis_version}",
     ]
+
+
+@pytest.fixture
+def own_redis() -> Iterator[DedicatedRedis]:
+    """A Redis server of the test's own (on a free port), for tests that stop, freeze or flush it."""
+    server = DedicatedRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            os.kill(server.process.pid, signal.SIGCONT)  # a test may have left it stopped
+        server.stop()
 
 
 @pytest.fixture(scope="session")

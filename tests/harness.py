@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -10,13 +11,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE_VARS = ("NUBO_POSTGRES_URL", "NUBO_MONGO_URL", "NUBO_REDIS_URL")
@@ -189,3 +191,13 @@ class DedicatedFerret(DedicatedServer):
         return [self.binary, "--handler=sqlite", f"--sqlite-url=file:{self.data_dir}/",
                 f"--listen-addr=127.0.0.1:{self.port}", f"--debug-addr=127.0.0.1:{self.debug_port}",
                 f"--state-dir={self.data_dir}", "--telemetry=disable", "--log-level=ERROR"]
+
+
+async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> float:
+    """Seconds until `condition()` held (polled every 5 ms); fails the test after `within` seconds."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > within:
+            pytest.fail(f"condition not met within {within} s")
+        await asyncio.sleep(0.005)
+    return time.monotonic() - started

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import uuid
+from typing import Any
 
 import pytest
 
-from nubo import ratelimit
+from nubo import accounts, ratelimit
 from nubo.errors import RateLimited
+from nubo.ids import new_id
 from nubo.server.ratelimit import client_ip
 from nubo.settings import RateLimit, Settings
 from nubo.stores import Stores, open_stores
 from nubo.stores.redis import scan_prefix
-from tests.harness import free_port
+from tests.harness import free_port, wait_until
 
 
 async def test_concurrent_hits_never_exceed_the_limit(stores: Stores) -> None:
@@ -131,3 +134,88 @@ async def test_guarded_hit_counts_only_behind_a_live_guard(stores: Stores) -> No
     with pytest.raises(RateLimited):
         ratelimit.raise_if_limited(statuses[-1])
     await stores.redis.delete(guard, window)
+
+
+async def test_a_lease_takes_several_hits_but_never_more_than_an_eighth_of_what_is_left(stores: Stores) -> None:
+    key, rate = uuid.uuid4().hex, RateLimit(100, 60)
+    guard = stores.keys("t_guard", key)
+    window = ratelimit.window_key(stores, "t_lease", key, rate)
+    await stores.redis.set(guard, '{"uid":"u","username":"x","grade":1}', ex=60)
+    _, status = await ratelimit.guarded_hit(stores, guard, "t_lease", key, rate, want=32)
+    assert status is not None and status.taken == 12 and status.remaining == 88  # floor(100 / 8)
+    await stores.redis.delete(window)
+    await stores.redis.lpush(window, *[repr(time.time())] * 97)
+    taken = []
+    for _ in range(4):
+        _, status = await ratelimit.guarded_hit(stores, guard, "t_lease", key, rate, want=32)
+        assert status is not None
+        taken.append(status.taken)
+    assert taken == [1, 1, 1, 0]  # near the end of the window: single hits, then refused
+    assert await stores.redis.llen(window) == 100
+    await stores.redis.delete(guard, window)
+
+
+async def _session(stores: Stores) -> tuple[uuid.UUID, uuid.UUID]:
+    user_id, name = new_id(), f"lease{uuid.uuid4().hex[:10]}"
+    async with stores.pg.connection() as conn:
+        await conn.execute(
+            "INSERT INTO auth.users (id, username, email, password_hash, first_name, last_name) "
+            "VALUES (%s, %s, %s, 'x', 'Lease', 'Test')",
+            (user_id, name, f"{name}@example.com"),
+        )
+    issued = await accounts.open_session(
+        stores, {"id": user_id, "username": name, "grade": 1}, accounts.ClientInfo(user_agent="test")
+    )
+    return user_id, issued.session_id
+
+
+async def test_leased_hits_spare_redis_calls_and_two_instances_never_pass_the_limit(
+    db: Stores, settings: Settings
+) -> None:
+    """A busy caller alternating between two instances: exactly `limit` requests pass, the rest get 429, and
+    most allowed requests were served from leases (no Redis call)."""
+    other = await open_stores(settings)
+    tracking = [asyncio.create_task(instance.near.run()) for instance in (db, other)]
+    try:
+        await wait_until(lambda: db.near.live and other.near.live)
+        user_id, session_id = await _session(db)
+        rate = RateLimit(100, 60)
+        calls = {"redis": 0}
+        real_hit = ratelimit.guarded_hit
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            calls["redis"] += 1
+            return await real_hit(*args, **kwargs)
+
+        allowed, refused, calls_while_allowed = 0, 0, 0
+        accounts.guarded_hit = counted  # type: ignore[attr-defined]  # counts calls, the real script runs
+        try:
+            for index in range(160):
+                instance = (db, other)[index % 2]
+                try:
+                    _, status = await accounts.authenticate_and_limit(instance, user_id, session_id, rate, "t_lease")
+                except RateLimited:
+                    refused += 1
+                    continue
+                allowed += 1
+                calls_while_allowed = calls["redis"]
+                assert status is not None and 0 <= status.remaining < rate.amount
+        finally:
+            accounts.guarded_hit = real_hit  # type: ignore[attr-defined]
+        assert (allowed, refused) == (100, 60)
+        print(f"100 allowed requests took {calls_while_allowed} Redis calls")
+        assert calls_while_allowed <= 40
+    finally:
+        for task in tracking:
+            task.cancel()
+        await asyncio.gather(*tracking, return_exceptions=True)
+        await other.close()
+
+
+async def test_small_limits_are_never_leased(db: Stores, settings: Settings) -> None:
+    user_id, session_id = await _session(db)
+    rate = RateLimit(ratelimit.LEASE_MIN_LIMIT - 1, 60)
+    for _ in range(3):
+        await accounts.authenticate_and_limit(db, user_id, session_id, rate, "t_small")
+    window = ratelimit.window_key(db, "t_small", str(user_id), rate)
+    assert await db.redis.llen(window) == 3  # one hit per request, none taken ahead

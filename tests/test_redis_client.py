@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 from redis.asyncio import Redis
@@ -17,18 +16,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from nubo.stores import Stores
 from nubo.stores.redis import open_redis
 from tests.harness import DedicatedRedis
-
-
-@pytest.fixture
-def own_redis() -> Iterator[DedicatedRedis]:
-    server = DedicatedRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
 
 
 async def test_concurrent_commands_share_round_trips_and_keep_their_own_replies(db: Stores) -> None:

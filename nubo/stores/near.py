@@ -68,7 +68,9 @@ class NearCache:
         self._url = redis_url
         self._redis = redis  # writes the canary (any connection but the tracking one)
         self._prefixes = sorted({keys(family) + ":" for family in (*families, CANARY_FAMILY)})
-        self._canary = keys(CANARY_FAMILY, secrets.token_hex(8))
+        token = secrets.token_hex(8)
+        self._canary = keys(CANARY_FAMILY, token)
+        self.client_name = f"nubo-near-{token}"  # the tracking connection's name (CLIENT LIST)
         self._max_entries = max_entries
         self._entries: dict[str, tuple[float, Any]] = {}
         self._reading: dict[str, int] = {}  # key -> reads in flight
@@ -205,6 +207,8 @@ class NearCache:
             await pubsub.connect()  # type: ignore[no-untyped-call]
             connection = pubsub.connection
             assert connection is not None
+            await connection.send_command("CLIENT", "SETNAME", self.client_name)  # visible in CLIENT LIST
+            await connection.read_response()
             await connection.send_command("CLIENT", "ID")
             client_id = await connection.read_response()
             prefixes = itertools.chain.from_iterable(("PREFIX", p) for p in self._prefixes)
