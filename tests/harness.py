@@ -11,10 +11,12 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -201,3 +203,21 @@ async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> floa
             pytest.fail(f"condition not met within {within} s")
         await asyncio.sleep(0.005)
     return time.monotonic() - started
+
+
+async def user_with_session(stores: Any) -> tuple[uuid.UUID, uuid.UUID]:
+    """(user id, session id): a new user inserted directly (no password hashing) with one live session."""
+    from nubo import accounts
+    from nubo.ids import new_id
+
+    user_id, name = new_id(), f"u{uuid.uuid4().hex[:12]}"
+    async with stores.pg.connection() as conn:
+        await conn.execute(
+            "INSERT INTO auth.users (id, username, email, password_hash, first_name, last_name) "
+            "VALUES (%s, %s, %s, 'x', 'Test', 'User')",
+            (user_id, name, f"{name}@example.com"),
+        )
+    issued = await accounts.open_session(
+        stores, {"id": user_id, "username": name, "grade": 1}, accounts.ClientInfo(user_agent="test")
+    )
+    return user_id, issued.session_id

@@ -13,12 +13,11 @@ import pytest
 
 from nubo import accounts, ratelimit
 from nubo.errors import RateLimited
-from nubo.ids import new_id
 from nubo.server.ratelimit import client_ip
 from nubo.settings import RateLimit, Settings
 from nubo.stores import Stores, open_stores
 from nubo.stores.redis import scan_prefix
-from tests.harness import free_port, wait_until
+from tests.harness import free_port, user_with_session, wait_until
 
 
 async def test_concurrent_hits_never_exceed_the_limit(stores: Stores) -> None:
@@ -155,20 +154,6 @@ async def test_a_lease_takes_several_hits_but_never_more_than_an_eighth_of_what_
     await stores.redis.delete(guard, window)
 
 
-async def _session(stores: Stores) -> tuple[uuid.UUID, uuid.UUID]:
-    user_id, name = new_id(), f"lease{uuid.uuid4().hex[:10]}"
-    async with stores.pg.connection() as conn:
-        await conn.execute(
-            "INSERT INTO auth.users (id, username, email, password_hash, first_name, last_name) "
-            "VALUES (%s, %s, %s, 'x', 'Lease', 'Test')",
-            (user_id, name, f"{name}@example.com"),
-        )
-    issued = await accounts.open_session(
-        stores, {"id": user_id, "username": name, "grade": 1}, accounts.ClientInfo(user_agent="test")
-    )
-    return user_id, issued.session_id
-
-
 async def test_leased_hits_spare_redis_calls_and_two_instances_never_pass_the_limit(
     db: Stores, settings: Settings
 ) -> None:
@@ -178,7 +163,7 @@ async def test_leased_hits_spare_redis_calls_and_two_instances_never_pass_the_li
     tracking = [asyncio.create_task(instance.near.run()) for instance in (db, other)]
     try:
         await wait_until(lambda: db.near.live and other.near.live)
-        user_id, session_id = await _session(db)
+        user_id, session_id = await user_with_session(db)
         rate = RateLimit(100, 60)
         calls = {"redis": 0}
         real_hit = ratelimit.guarded_hit
@@ -213,7 +198,7 @@ async def test_leased_hits_spare_redis_calls_and_two_instances_never_pass_the_li
 
 
 async def test_small_limits_are_never_leased(db: Stores, settings: Settings) -> None:
-    user_id, session_id = await _session(db)
+    user_id, session_id = await user_with_session(db)
     rate = RateLimit(ratelimit.LEASE_MIN_LIMIT - 1, 60)
     for _ in range(3):
         await accounts.authenticate_and_limit(db, user_id, session_id, rate, "t_small")

@@ -19,12 +19,11 @@ from redis.asyncio import Redis
 
 from nubo import accounts
 from nubo.errors import Unauthorized
-from nubo.ids import new_id
 from nubo.settings import Settings
 from nubo.stores import Stores, open_stores
 from nubo.stores.near import MISSING, NearCache
 from nubo.stores.redis import Keys, open_redis
-from tests.harness import DedicatedRedis, service_env, wait_until
+from tests.harness import DedicatedRedis, service_env, user_with_session, wait_until
 
 
 class Near:
@@ -161,20 +160,6 @@ async def test_flushall_drops_every_copy(near_own: Near) -> None:
     assert near.cache.live
 
 
-async def _user_with_session(stores: Stores) -> tuple[uuid.UUID, uuid.UUID]:
-    user_id, name = new_id(), f"near{uuid.uuid4().hex[:10]}"
-    async with stores.pg.connection() as conn:
-        await conn.execute(
-            "INSERT INTO auth.users (id, username, email, password_hash, first_name, last_name) "
-            "VALUES (%s, %s, %s, 'x', 'Near', 'Cache')",
-            (user_id, name, f"{name}@example.com"),
-        )
-    issued = await accounts.open_session(
-        stores, {"id": user_id, "username": name, "grade": 1}, accounts.ClientInfo(user_agent="test")
-    )
-    return user_id, issued.session_id
-
-
 async def test_a_session_revoked_on_one_instance_is_refused_by_another_holding_a_copy(
     db: Stores, settings: Settings
 ) -> None:
@@ -182,7 +167,7 @@ async def test_a_session_revoked_on_one_instance_is_refused_by_another_holding_a
     task = asyncio.create_task(other.near.run())
     try:
         await wait_until(lambda: other.near.live)
-        user_id, session_id = await _user_with_session(db)
+        user_id, session_id = await user_with_session(db)
         rate = settings.rate_default
         for _ in range(3):
             await accounts.authenticate_and_limit(other, user_id, session_id, rate)
