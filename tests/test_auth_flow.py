@@ -13,12 +13,12 @@ from contextlib import asynccontextmanager
 
 import pytest
 from litestar import Litestar
-from litestar.di import Provide
+from litestar.datastructures import State
 from litestar.testing import AsyncTestClient
 
 from nubo import accounts, security
 from nubo.server import auth as auth_routes
-from nubo.server.deps import provide_stores
+from nubo.server.deps import dependencies
 from nubo.server.errors import EXCEPTION_HANDLERS
 from nubo.settings import Settings
 from nubo.stores import Stores, open_stores
@@ -368,11 +368,13 @@ async def auth_only_client(settings: Settings) -> AsyncIterator[Client]:
         finally:
             await app.state.stores.close()
 
+    state = State({"stores": None})
     app = Litestar(
         route_handlers=auth_routes.ROUTES,
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
-        dependencies={"stores": Provide(provide_stores, sync_to_thread=False)},
+        state=state,
+        dependencies=dependencies(state),
         on_app_init=[auth_routes.jwt_auth(settings).on_app_init],
     )
     async with AsyncTestClient(app) as client:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
-from litestar.di import Provide
+from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
@@ -21,7 +21,7 @@ from nubo.server import moderation as moderation_routes
 from nubo.server import posts as posts_routes
 from nubo.server import realtime as realtime_routes
 from nubo.server import users as users_routes
-from nubo.server.deps import provide_settings, provide_stores
+from nubo.server.deps import dependencies
 from nubo.server.errors import EXCEPTION_HANDLERS
 from nubo.settings import Settings, load_settings
 from nubo.stores import open_stores
@@ -34,6 +34,9 @@ log = get_logger(__name__)
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the API for `settings` (default: read from the environment)."""
     settings = settings or load_settings()
+    # The app's state: its lifespan puts the stores there, handlers get them from it. Not empty, since
+    # Litestar replaces a falsy (empty) state with a new one.
+    state = State({"stores": None})
 
     @asynccontextmanager
     async def stores_lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -60,9 +63,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                         *messaging_routes.ROUTES, *realtime_routes.ROUTES,
                         *posts_routes.ROUTES, *feed_routes.ROUTES],
         lifespan=[stores_lifespan, realtime_routes.realtime_lifespan],
-        # use_cache: the stores are opened once per app lifespan, and resolving them per request costs ~8 µs.
-        dependencies={"stores": Provide(provide_stores, sync_to_thread=False, use_cache=True),
-                      "settings": Provide(provide_settings, sync_to_thread=False)},
+        state=state,
+        dependencies=dependencies(state),
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
             title="nubo", version=__version__, path="/schema",

@@ -224,21 +224,27 @@ class NearCache:
         confirmed = True  # nothing sent yet
         next_check = 0.0
         while True:
-            now = time.monotonic()
-            if now >= next_check:
-                if not confirmed:
-                    raise TrackingLost(f"no invalidation for the canary within {CHECK_SECONDS:g} s")
-                confirmed = False
-                await self._redis.set(self._canary, "1", ex=60)
-                next_check = now + CHECK_SECONDS
             message = await pubsub.get_message(timeout=max(0.01, next_check - time.monotonic()))
-            if message is None or message.get("type") != "message":
+            confirmed = self._apply(message) or confirmed
+            if time.monotonic() < next_check:
                 continue
-            if self._invalidated(message["data"]):
-                confirmed = True
-                if not self.live:
-                    self.live = True
-                    log.info("near_cache_live", extra={"prefixes": self._prefixes})
+            while not confirmed and message is not None:  # a busy or paused loop: read what is queued first
+                message = await pubsub.get_message(timeout=0)
+                confirmed = self._apply(message)
+            if not confirmed:
+                raise TrackingLost(f"no invalidation for the canary within {CHECK_SECONDS:g} s")
+            confirmed = False
+            await self._redis.set(self._canary, "1", ex=60)
+            next_check = time.monotonic() + CHECK_SECONDS
+
+    def _apply(self, message: dict[str, Any] | None) -> bool:
+        """Apply one pub/sub message; True when it was the canary's invalidation (tracking is live)."""
+        if message is None or message.get("type") != "message" or not self._invalidated(message["data"]):
+            return False
+        if not self.live:
+            self.live = True
+            log.info("near_cache_live", extra={"prefixes": self._prefixes})
+        return True
 
 
 async def _one(fetch: Callable[[], Awaitable[Any]]) -> list[Any]:
