@@ -12,6 +12,7 @@ Never log a password, a hash or a refresh token.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import re
@@ -24,6 +25,7 @@ from functools import lru_cache
 from typing import Any
 
 import msgspec
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 from psycopg.rows import DictRow
@@ -63,6 +65,8 @@ PROFILE_FIELDS = (
 )
 SETTINGS_FIELDS = ("privacy", "notifications", "language", "theme")
 MIRROR_TTL = 60  # seconds a live-session mirror is trusted before PostgreSQL is asked again (safety net)
+MIRROR_REFRESH_BELOW = MIRROR_TTL // 4  # an active session's mirror is re-checked in the background then
+_REFRESHING_ATTR = "_nubo_refreshing_mirrors"  # on Stores: the background re-checks in flight, by key
 MAX_SESSION_IPS = 10
 INVALID_CREDENTIALS = "Invalid username, email or password"
 
@@ -389,20 +393,22 @@ async def _mirror_live(
     stores: Stores, session_id: uuid.UUID, user_row: Mapping[str, Any], seconds: int
 ) -> None:
     """Mirror a live session (NX: never overwrites a revocation marker). A failure only costs PG reads."""
-    value = json.dumps(
-        {
-            "uid": str(user_row["id"]),
-            "username": user_row["username"],
-            "grade": int(user_row.get("grade") or 1),
-        }
-    )
     try:
         await stores.redis.set(
-            stores.keys("session", session_id), value, nx=True, ex=max(1, min(_mirror_ttl(), seconds))
+            stores.keys("session", session_id),
+            _mirror_value(user_row),
+            nx=True,
+            ex=max(1, min(_mirror_ttl(), seconds)),
         )
     except (RedisError, OSError) as exc:
         stores.count_failure("redis_session")
         log.warning("session_mirror_failed", extra={"error": type(exc).__name__})
+
+
+def _mirror_value(user_row: Mapping[str, Any]) -> str:
+    return json.dumps(
+        {"uid": str(user_row["id"]), "username": user_row["username"], "grade": int(user_row.get("grade") or 1)}
+    )
 
 
 def _mirror_ttl() -> int:
@@ -533,11 +539,58 @@ async def _mirror(stores: Stores, key: str) -> Any:
 async def _guarded_hit(
     stores: Stores, key: str, name: str, user_key: str, rate: RateLimit, want: int
 ) -> tuple[str | bytes | None, RateStatus | None]:
-    """:func:`nubo.ratelimit.guarded_hit` on the session mirror `key`, keeping the mirror as a near copy."""
+    """:func:`nubo.ratelimit.guarded_hit` on the session mirror `key`, keeping the mirror as a near copy.
+    A mirror close to its end is checked again against PostgreSQL in the background (see
+    :func:`_refresh_mirror`), so an active session never waits for that check."""
     with stores.near.reading([key]) as keep:
-        raw, status = await guarded_hit(stores, key, name, user_key, rate, want=want)
+        raw, status, ttl_ms = await guarded_hit(stores, key, name, user_key, rate, want=want)
         keep([raw])
+    if ttl_ms is not None and 0 <= ttl_ms < MIRROR_REFRESH_BELOW * 1000 and raw is not None:
+        _refresh_soon(stores, key, raw)
     return raw, status
+
+
+def _refresh_soon(stores: Stores, key: str, raw: str | bytes) -> None:
+    refreshing: dict[str, asyncio.Task[None]] = stores.__dict__.setdefault(_REFRESHING_ATTR, {})
+    if key in refreshing:
+        return
+    try:
+        data = _MIRROR.decode(raw)
+        user_id, session_id = uuid.UUID(data["uid"]), uuid.UUID(key.rsplit(":", 1)[1])
+    except (KeyError, ValueError, msgspec.DecodeError):
+        return
+    task = asyncio.create_task(_refresh_mirror(stores, user_id, session_id))
+    refreshing[key] = task
+    task.add_done_callback(lambda _: refreshing.pop(key, None))
+
+
+async def _refresh_mirror(stores: Stores, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
+    """Ask PostgreSQL again about a live mirror before it lapses: a revoked or expired session gets its
+    marker, a live one a new mirror lifetime (never over a revocation marker written meanwhile)."""
+    try:
+        row = await _session_from_postgres(stores, session_id)
+        if row is None or row["user_id"] != user_id:
+            return
+        if row["revoked"] or row["expired"] or row["state"] != STATE_ACTIVE:
+            await mark_revoked(stores, [session_id])
+            return
+        script = stores.redis.register_script(_EXTEND_UNLESS_REVOKED)
+        await script(
+            keys=[stores.keys("session", session_id)],
+            args=[_mirror_value({"id": user_id, **row}), max(1, min(_mirror_ttl(), int(row["seconds_left"])))],
+        )
+    except (RedisError, OSError, psycopg.Error) as exc:
+        stores.count_failure("redis_session")
+        log.warning("session_mirror_refresh_failed", extra={"error": type(exc).__name__})
+
+
+# KEYS[1]: a session mirror; ARGV: the new mirror, its TTL. A revocation marker is never overwritten.
+_EXTEND_UNLESS_REVOKED = """
+local current = redis.call('get', KEYS[1])
+if current and string.find(current, '"revoked"', 1, true) then return 0 end
+redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
 
 
 @lru_cache(maxsize=16384)  # the same mirror is read on every request of a session

@@ -68,14 +68,14 @@ if count > 0 then oldest = redis.call('lindex', window, count - 1) end
 _ACQUIRE_AND_MEASURE = (_WINDOW % 1) + "return {taken, count, oldest}"
 # KEYS[1]: a guard value (the session mirror), KEYS[2]: the window. Hits are taken only when the guard
 # exists and is not a revocation marker, so a refused request never uses up the caller's quota.
-# Returns {guard} when no hit was taken, else {guard, hits taken (0 = refused), count, oldest}.
+# Returns {guard} when no hit was taken, else {guard, hits taken (0 = refused), count, oldest, guard's PTTL}.
 _GUARDED_HIT = (
     """
 local guard = redis.call('get', KEYS[1])
 if not guard or string.find(guard, '"revoked"', 1, true) then return {guard} end
 """
     + (_WINDOW % 2)
-    + "return {guard, taken, count, oldest}"
+    + "return {guard, taken, count, oldest, redis.call('pttl', KEYS[1])}"
 )
 LEASE_FIRST = 4  # hits a process takes for a caller it holds no lease for (a caller rarely asks once)...
 LEASE_MAX = 32  # ...doubling up to this while each lease is used up in time...
@@ -174,13 +174,14 @@ async def hit(stores: Stores, name: str, key: str, rate: RateLimit) -> RateStatu
 
 async def guarded_hit(
     stores: Stores, guard_key: str, name: str, key: str, rate: RateLimit, want: int = 1
-) -> tuple[bytes | str | None, RateStatus | None]:
+) -> tuple[bytes | str | None, RateStatus | None, int | None]:
     """Read `guard_key` and, in the same atomic script (one round trip), count a hit of `key` against
     limit `name` (`want` hits for a lease) unless the guard is missing or holds a revocation marker
     (``"revoked"``).
 
-    Returns (guard value, status); status is None when no hit was taken. Redis errors propagate: the caller
-    decides what a missing guard means (the session check falls back to PostgreSQL, then uses :func:`hit`).
+    Returns (guard value, status, guard's time to live in ms); status and TTL are None when no hit was taken.
+    Redis errors propagate: the caller decides what a missing guard means (the session check falls back to
+    PostgreSQL, then uses :func:`hit`).
     """
     script = _script(stores, _GUARDED_ATTR, _GUARDED_HIT)
     now = time.time()
@@ -189,8 +190,8 @@ async def guarded_hit(
         args=[repr(now), rate.amount, rate.seconds, want],
     )
     if len(reply) < 4:
-        return reply[0], None
-    return reply[0], _status(rate, now, reply[1], reply[2], reply[3])
+        return reply[0], None, None
+    return reply[0], _status(rate, now, reply[1], reply[2], reply[3]), int(reply[4])
 
 
 @dataclass

@@ -349,6 +349,36 @@ async def test_mark_revoked_beats_a_late_live_mirror(account: Account, db: Store
         await accounts.authenticate_session(db, account.id, account.session_id)
 
 
+async def test_an_active_sessions_mirror_is_checked_again_in_the_background_before_it_lapses(
+    client: Client, account: Account, db: Stores
+) -> None:
+    """A mirror close to its end (< MIRROR_REFRESH_BELOW s) is re-checked against PostgreSQL off the request
+    path: a live session gets a new lifetime, one revoked in PostgreSQL only (its marker lost) gets the
+    marker, so the safety net holds without ever letting the mirror lapse under an active session."""
+    key = db.keys("session", account.session_id)
+    assert (await client.get("/me", headers=account.headers)).status_code == 200
+    await db.redis.expire(key, 5)
+    for _ in range(100):  # requests pay hits from leases, so only some of them read the mirror's TTL
+        assert (await client.get("/me", headers=account.headers)).status_code == 200
+        await asyncio.sleep(0.005)
+        if await db.redis.pttl(key) > accounts.MIRROR_REFRESH_BELOW * 1000:
+            break
+    assert await db.redis.pttl(key) > accounts.MIRROR_REFRESH_BELOW * 1000
+    assert json.loads(await db.redis.get(key) or "{}")["uid"] == str(account.id)
+
+    async with db.pg.connection() as conn:  # revoked by a writer whose Redis marker never landed
+        await conn.execute("UPDATE auth.sessions SET revoked = TRUE WHERE id = %s", (account.session_id,))
+    await db.redis.expire(key, 5)
+    statuses = []
+    for _ in range(100):
+        statuses.append((await client.get("/me", headers=account.headers)).status_code)
+        if statuses[-1] == 401:
+            break
+        await asyncio.sleep(0.005)
+    assert statuses[-1] == 401 and set(statuses[:-1]) <= {200}
+    assert json.loads(await db.redis.get(key) or "{}").get("revoked") is True
+
+
 async def test_session_of_another_user_is_refused(account: Account, client: Client, db: Stores) -> None:
     other = await new_account(client)
     with pytest.raises(accounts.Unauthorized):

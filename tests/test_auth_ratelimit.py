@@ -117,16 +117,16 @@ async def test_guarded_hit_counts_only_behind_a_live_guard(stores: Stores) -> No
     key, rate = uuid.uuid4().hex, RateLimit(5, 60)
     guard = stores.keys("t_guard", key)
     window = ratelimit.window_key(stores, "t_guarded", key, rate)
-    assert await ratelimit.guarded_hit(stores, guard, "t_guarded", key, rate) == (None, None)
+    assert await ratelimit.guarded_hit(stores, guard, "t_guarded", key, rate) == (None, None, None)
     await stores.redis.set(guard, '{"revoked":true}', ex=60)
-    raw, status = await ratelimit.guarded_hit(stores, guard, "t_guarded", key, rate)
+    raw, status, _ = await ratelimit.guarded_hit(stores, guard, "t_guarded", key, rate)
     assert status is None and b"revoked" in (raw if isinstance(raw, bytes) else raw.encode())
     assert await stores.redis.llen(window) == 0
     await stores.redis.set(guard, '{"uid":"u","username":"x","grade":1}', ex=60)
     results = await asyncio.gather(
         *(ratelimit.guarded_hit(stores, guard, "t_guarded", key, rate) for _ in range(20))
     )
-    statuses = [s for _, s in results]
+    statuses = [s for _, s, _ in results]
     assert all(s is not None for s in statuses)
     assert sum(1 for s in statuses if s is not None and s.allowed) == 5
     assert await stores.redis.llen(window) == 5
@@ -140,13 +140,13 @@ async def test_a_lease_takes_several_hits_but_never_more_than_an_eighth_of_what_
     guard = stores.keys("t_guard", key)
     window = ratelimit.window_key(stores, "t_lease", key, rate)
     await stores.redis.set(guard, '{"uid":"u","username":"x","grade":1}', ex=60)
-    _, status = await ratelimit.guarded_hit(stores, guard, "t_lease", key, rate, want=32)
+    _, status, _ = await ratelimit.guarded_hit(stores, guard, "t_lease", key, rate, want=32)
     assert status is not None and status.taken == 12 and status.remaining == 88  # floor(100 / 8)
     await stores.redis.delete(window)
     await stores.redis.lpush(window, *[repr(time.time())] * 97)
     taken = []
     for _ in range(4):
-        _, status = await ratelimit.guarded_hit(stores, guard, "t_lease", key, rate, want=32)
+        _, status, _ = await ratelimit.guarded_hit(stores, guard, "t_lease", key, rate, want=32)
         assert status is not None
         taken.append(status.taken)
     assert taken == [1, 1, 1, 0]  # near the end of the window: single hits, then refused
