@@ -181,3 +181,23 @@ async def test_a_session_revoked_on_one_instance_is_refused_by_another_holding_a
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await other.close()
+
+
+async def test_a_server_refusing_client_tracking_leaves_the_copies_off(own_redis: DedicatedRedis) -> None:
+    """Here an ACL refuses CLIENT TRACKING (as a Redis-compatible server without it would): `run` logs one
+    warning and returns, and every read goes to Redis."""
+    admin = open_redis(own_redis.url)
+    try:
+        await admin.acl_setuser("limited", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                                commands=["+@all", "-client|tracking"])
+        url = own_redis.url.replace("redis://", "redis://limited:pw@", 1)
+        running = Near(url)
+        await asyncio.wait_for(running.cache.run(), timeout=5)  # returns instead of retrying forever
+        key = running.keys("t", "a")
+        await running.other.set(key, "v")
+        assert [await running.get(key) for _ in range(2)] == ["v", "v"] and running.fetches == 2
+        assert not running.cache.live
+        await running.redis.aclose()
+        await running.other.aclose()
+    finally:
+        await admin.aclose()

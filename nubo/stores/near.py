@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from nubo.logs import get_logger
@@ -54,6 +54,10 @@ MISSING: Final[Any] = object()  # get_cached(): no copy held
 
 class TrackingLost(Exception):
     """The canary's invalidation did not come back in time."""
+
+
+class TrackingUnsupported(Exception):
+    """The server refused CLIENT TRACKING: the process runs without copies."""
 
 
 class NearCache:
@@ -190,6 +194,11 @@ class NearCache:
         while True:
             try:
                 await self._track()
+            except TrackingUnsupported as exc:
+                self._reset()
+                log.warning("near_cache_unsupported", extra={"error": f"{exc}"[:200],
+                            "effect": "no in-process copies: every hot read goes to Redis"})
+                return
             except (RedisError, OSError, TrackingLost) as exc:
                 if self.live:
                     log.warning("near_cache_tracking_lost", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
@@ -213,7 +222,10 @@ class NearCache:
             client_id = await connection.read_response()
             prefixes = itertools.chain.from_iterable(("PREFIX", p) for p in self._prefixes)
             await connection.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", *prefixes)
-            await connection.read_response()
+            try:
+                await connection.read_response()
+            except ResponseError as exc:  # e.g. a Redis-compatible server without CLIENT TRACKING (Redis < 6)
+                raise TrackingUnsupported(str(exc)) from exc
             await pubsub.subscribe(INVALIDATION_CHANNEL)
             await self._listen(pubsub)
         finally:
