@@ -37,7 +37,7 @@ from nubo.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from nubo.ids import new_id, parse_id
 from nubo.logs import get_logger
 from nubo.pagination import Page, make_page
-from nubo.ratelimit import RateStatus, guarded_hit, leases_for, raise_if_limited, rate_limit
+from nubo.ratelimit import LEASE_SECONDS, RateStatus, guarded_hit, leases_for, raise_if_limited, rate_limit
 from nubo.realtime.bus import Channels
 from nubo.settings import RateLimit
 from nubo.stores import Stores
@@ -65,6 +65,7 @@ PROFILE_FIELDS = (
 )
 SETTINGS_FIELDS = ("privacy", "notifications", "language", "theme")
 MIRROR_TTL = 60  # seconds a live-session mirror is trusted before PostgreSQL is asked again (safety net)
+LEASE_WAITS = 8  # lease calls of other requests a request may wait for before making its own
 MIRROR_REFRESH_BELOW = MIRROR_TTL // 4  # an active session's mirror is re-checked in the background then
 _REFRESHING_ATTR = "_nubo_refreshing_mirrors"  # on Stores: the background re-checks in flight, by key
 MAX_SESSION_IPS = 10
@@ -507,11 +508,32 @@ async def authenticate_and_limit(
         held = await _mirror(stores, key)  # the session check alone: the lease pays the hit
     if held is not MISSING and held is not None:
         user = _principal_from_mirror(held, user_id, session_id)  # a revoked copy refuses at once
-        status = leases.take(name, user_key, rate)
-        if status is not None:
-            return user, status
+        for _ in range(LEASE_WAITS):
+            status = leases.take(name, user_key, rate)
+            if status is not None:
+                return user, status
+            asking = leases.in_flight(name, user_key)
+            if asking is None:
+                break
+            try:
+                async with asyncio.timeout(LEASE_SECONDS):
+                    await asking.wait()
+            except TimeoutError:
+                break
     # Leases only pay off while the session check needs no Redis call (near copies are live).
     want = leases.want(name, user_key, rate) if stores.near.live else 1
+    try:
+        return await _check_and_hit(stores, user_id, session_id, key, name, rate, want)
+    finally:
+        if want > 1:
+            leases.settle(name, user_key)  # whatever happened, wake the requests waiting for this lease
+
+
+async def _check_and_hit(
+    stores: Stores, user_id: uuid.UUID, session_id: uuid.UUID, key: str, name: str, rate: RateLimit, want: int
+) -> tuple[AuthUser, RateStatus | None]:
+    """The Redis side of :func:`authenticate_and_limit`: the guarded script taking `want` hits."""
+    user_key = str(user_id)
     try:
         raw, status = await _guarded_hit(stores, key, name, user_key, rate, want)
         if raw is None:  # no mirror (it lapsed): PostgreSQL decides and mirrors the session again
@@ -523,7 +545,7 @@ async def authenticate_and_limit(
         user = await authenticate_session(stores, user_id, session_id)
         return user, await rate_limit(stores, name, user_key, rate)
     user = _principal_from_mirror(raw, user_id, session_id)  # refuses a revoked mirror (no hit was taken)
-    status = leases.record(name, user_key, rate, status, want)
+    status = leases_for(stores).record(name, user_key, rate, status, want)
     raise_if_limited(status)
     return user, status
 

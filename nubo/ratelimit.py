@@ -11,6 +11,7 @@ refusing every login during a cache outage would be worse than a few unthrottled
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass, replace
@@ -218,12 +219,25 @@ class HitLeases:
 
     def __init__(self) -> None:
         self._held: dict[tuple[str, str], _Lease] = {}
-        self._asking: dict[tuple[str, str], float] = {}  # a lease call in flight, until this monotonic time
+        # A lease call in flight per caller: (give up on it after this monotonic time, set when it is done).
+        self._asking: dict[tuple[str, str], tuple[float, asyncio.Event]] = {}
 
     def holds(self, name: str, key: str) -> bool:
         """Whether a lease with hits left is held for `key`."""
         lease = self._held.get((name, key))
         return lease is not None and lease.left > 0 and time.monotonic() < lease.expires
+
+    def in_flight(self, name: str, key: str) -> asyncio.Event | None:
+        """Set when the lease call in flight for `key` is done (None: there is none). Concurrent requests
+        of one caller wait for it, then take from its lease, instead of each calling Redis."""
+        asking = self._asking.get((name, key))
+        return asking[1] if asking is not None and time.monotonic() < asking[0] else None
+
+    def settle(self, name: str, key: str) -> None:
+        """The lease call for `key` is done (recorded or failed): wake the requests waiting for it."""
+        asking = self._asking.pop((name, key), None)
+        if asking is not None:
+            asking[1].set()
 
     def take(self, name: str, key: str, rate: RateLimit) -> RateStatus | None:
         """A hit from a lease this process holds for `key` (no Redis call), or None."""
@@ -248,9 +262,9 @@ class HitLeases:
         now = time.monotonic()
         # Another request of this caller is already asking for a lease: a single hit (concurrent requests
         # would each take a lease and waste all but one hit of each).
-        if self._asking.get(held_key, 0.0) > now:
+        if self.in_flight(name, key) is not None:
             return 1
-        self._asking[held_key] = now + LEASE_SECONDS
+        self._asking[held_key] = (now + LEASE_SECONDS, asyncio.Event())
         if lease is None:
             return LEASE_FIRST
         if lease.left > 0 or now > lease.expires + LEASE_SECONDS:  # lapsed unused, or back after a pause
@@ -270,7 +284,7 @@ class HitLeases:
         left = status.taken - 1
         now = time.monotonic()
         if want > 1:  # this was the call asking for a lease
-            self._asking.pop(held_key, None)
+            self.settle(name, key)
         if not left:
             lease = self._held.get(held_key)
             if lease is not None and lease.left > 0 and now < lease.expires:
@@ -290,7 +304,7 @@ class HitLeases:
         now = time.monotonic()
         for held_key in [k for k, lease in self._held.items() if now >= lease.expires]:
             del self._held[held_key]
-        for held_key in [k for k, until in self._asking.items() if now >= until]:
+        for held_key in [k for k, (until, _) in self._asking.items() if now >= until]:
             del self._asking[held_key]
 
 

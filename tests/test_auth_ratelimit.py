@@ -204,3 +204,36 @@ async def test_small_limits_are_never_leased(db: Stores, settings: Settings) -> 
         await accounts.authenticate_and_limit(db, user_id, session_id, rate, "t_small")
     window = ratelimit.window_key(db, "t_small", str(user_id), rate)
     assert await db.redis.llen(window) == 3  # one hit per request, none taken ahead
+
+
+async def test_concurrent_requests_of_one_caller_wait_for_one_lease_call(db: Stores) -> None:
+    """50 requests of one caller at once: they wait for the lease call in flight and share its hits, rather
+    than each calling Redis; every one is counted in the window."""
+    tracking = asyncio.create_task(db.near.run())
+    try:
+        await wait_until(lambda: db.near.live)
+        user_id, session_id = await user_with_session(db)
+        rate = RateLimit(100_000, 60)
+        await accounts.authenticate_and_limit(db, user_id, session_id, rate, "t_flight")  # session copy held
+        calls = {"redis": 0}
+        real_hit = ratelimit.guarded_hit
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            calls["redis"] += 1
+            return await real_hit(*args, **kwargs)
+
+        accounts.guarded_hit = counted  # type: ignore[attr-defined]  # counts calls, the real script runs
+        try:
+            results = await asyncio.gather(
+                *(accounts.authenticate_and_limit(db, user_id, session_id, rate, "t_flight") for _ in range(50))
+            )
+        finally:
+            accounts.guarded_hit = real_hit  # type: ignore[attr-defined]
+        assert all(status is not None and status.allowed for _, status in results)
+        print(f"50 concurrent requests took {calls['redis']} Redis calls")
+        assert calls["redis"] <= 10
+        window = ratelimit.window_key(db, "t_flight", str(user_id), rate)
+        assert await db.redis.llen(window) >= 51  # each request's hit was counted (plus unused leased ones)
+    finally:
+        tracking.cancel()
+        await asyncio.gather(tracking, return_exceptions=True)
