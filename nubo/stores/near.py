@@ -254,6 +254,7 @@ class NearCache:
         if message is None or message.get("type") != "message" or not self._invalidated(message["data"]):
             return False
         if not self.live:
+            self._epoch += 1  # a read that started before tracking was confirmed may have missed a change
             self.live = True
             log.info("near_cache_live", extra={"prefixes": self._prefixes})
         return True
