@@ -535,10 +535,10 @@ async def _check_and_hit(
     """The Redis side of :func:`authenticate_and_limit`: the guarded script taking `want` hits."""
     user_key = str(user_id)
     try:
-        raw, status = await _guarded_hit(stores, key, name, user_key, rate, want)
+        raw, status = await _guarded_hit(stores, user_id, session_id, key, name, rate, want)
         if raw is None:  # no mirror (it lapsed): PostgreSQL decides and mirrors the session again
             await authenticate_session(stores, user_id, session_id, mirror_missing=True)
-            raw, status = await _guarded_hit(stores, key, name, user_key, rate, want)
+            raw, status = await _guarded_hit(stores, user_id, session_id, key, name, rate, want)
     except (RedisError, OSError):
         raw = None
     if raw is None:  # Redis is failing: authenticate_session retries it, counts the failure, asks PostgreSQL
@@ -559,27 +559,22 @@ async def _mirror(stores: Stores, key: str) -> Any:
 
 
 async def _guarded_hit(
-    stores: Stores, key: str, name: str, user_key: str, rate: RateLimit, want: int
+    stores: Stores, user_id: uuid.UUID, session_id: uuid.UUID, key: str, name: str, rate: RateLimit, want: int
 ) -> tuple[str | bytes | None, RateStatus | None]:
     """:func:`nubo.ratelimit.guarded_hit` on the session mirror `key`, keeping the mirror as a near copy.
     A mirror close to its end is checked again against PostgreSQL in the background (see
     :func:`_refresh_mirror`), so an active session never waits for that check."""
     with stores.near.reading([key]) as keep:
-        raw, status, ttl_ms = await guarded_hit(stores, key, name, user_key, rate, want=want)
+        raw, status, ttl_ms = await guarded_hit(stores, key, name, str(user_id), rate, want=want)
         keep([raw])
-    if ttl_ms is not None and 0 <= ttl_ms < MIRROR_REFRESH_BELOW * 1000 and raw is not None:
-        _refresh_soon(stores, key, raw)
+    if ttl_ms is not None and 0 <= ttl_ms < MIRROR_REFRESH_BELOW * 1000:
+        _refresh_soon(stores, key, user_id, session_id)
     return raw, status
 
 
-def _refresh_soon(stores: Stores, key: str, raw: str | bytes) -> None:
+def _refresh_soon(stores: Stores, key: str, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
     refreshing: dict[str, asyncio.Task[None]] = stores.__dict__.setdefault(_REFRESHING_ATTR, {})
     if key in refreshing:
-        return
-    try:
-        data = _MIRROR.decode(raw)
-        user_id, session_id = uuid.UUID(data["uid"]), uuid.UUID(key.rsplit(":", 1)[1])
-    except (KeyError, ValueError, msgspec.DecodeError):
         return
     task = asyncio.create_task(_refresh_mirror(stores, user_id, session_id))
     refreshing[key] = task
