@@ -22,6 +22,7 @@ import contextlib
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from psycopg import AsyncConnection, sql
@@ -207,16 +208,20 @@ async def visible_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) ->
     post = await stores.tiered.get("posts", post_id)
     if post is None:
         raise NotFound("No such post", code="post_not_found")
-    ctx = dict(
-        await stores.derived.get(
-            f"post-context:{viewer}:{post_id}",
-            [user_tag(viewer), user_tag(post["user_id"]), post_tag(post_id)],
-            lambda: _post_context(stores, viewer, post),
-        )
-    )
+    name, tags = _context_name_and_tags(viewer, post["user_id"], post_id)
+    ctx = dict(await stores.derived.get(name, tags, lambda: _post_context(stores, viewer, post)))
     if not may_see(viewer, post, ctx):
         raise NotFound("No such post", code="post_not_found")
     return post, ctx
+
+
+@lru_cache(maxsize=8192)
+def _context_name_and_tags(
+    viewer: uuid.UUID, author: uuid.UUID, post_id: uuid.UUID
+) -> tuple[str, tuple[str, ...]]:
+    """The derived-cache name of a post's context for a viewer, and what it depends on (built once per hot
+    pair: the strings cost more than the lookup)."""
+    return f"post-context:{viewer}:{post_id}", (user_tag(viewer), user_tag(author), post_tag(post_id))
 
 
 def post_view(

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -65,6 +66,14 @@ def entity_has_tags(entity_name: str) -> bool:
     return entity_name in _ENTITY_TAGS
 
 
+@lru_cache(maxsize=4096)
+def _decode_entry(raw: str | bytes) -> tuple[Sequence[str], Mapping[str, Any]]:
+    """The tag versions a cached value was computed at, and the value. Decoded once per distinct entry: a
+    near copy (:mod:`nubo.stores.near`) hands back the same string for as long as the value is unchanged."""
+    entry = json.loads(raw)
+    return entry.get("v"), entry["d"]
+
+
 class DerivedCache:
     """Get-or-compute for tagged values, and the version changes that invalidate them."""
 
@@ -74,6 +83,8 @@ class DerivedCache:
         self.keys = keys
         self.count_failure = count_failure
         self.near = near  # in-process copies of values and tag versions (nubo.stores.near)
+        # Hot values are read far more often than they change: their Redis keys are built once.
+        self._redis_keys = lru_cache(maxsize=8192)(self._build_redis_keys)
 
     async def get(
         self,
@@ -83,13 +94,13 @@ class DerivedCache:
         ttl: int = DERIVED_TTL_SECONDS,
     ) -> Mapping[str, Any]:
         """The cached value `name` if none of its `tags` changed since it was computed, else `compute()`
-        (stored for the next reader). Redis down: computed every time."""
-        key = self.keys("derived", name)
-        tag_list = list(tags)
-        wanted = [key, *(self.keys("tag", tag) for tag in tag_list)]
+        (stored for the next reader). Redis down: computed every time. A cached value may be shared with other
+        readers: do not change it."""
+        wanted = self._redis_keys(name, tuple(tags))
+        key = wanted[0]
         try:
             if self.near is None:
-                raw, *versions = await self.redis.mget(wanted)
+                raw, *versions = await self.redis.mget(list(wanted))
             else:
                 raw, *versions = await self.near.get_many(wanted, self.redis.mget)
         except (RedisError, OSError) as exc:
@@ -97,16 +108,18 @@ class DerivedCache:
             return await compute()
         current = [version or "" for version in versions]
         if raw is not None:
-            entry = json.loads(raw)
-            if entry.get("v") == current:
-                value: Mapping[str, Any] = entry["d"]
-                return value
+            computed_at, cached = _decode_entry(raw)
+            if computed_at == current:
+                return cached
         value = await compute()
         try:
             await self.redis.set(key, json.dumps({"v": current, "d": value}, default=str), ex=ttl)
         except (RedisError, OSError) as exc:
             self._failed("write", exc)
         return value
+
+    def _build_redis_keys(self, name: str, tags: tuple[str, ...]) -> tuple[str, ...]:
+        return (self.keys("derived", name), *(self.keys("tag", tag) for tag in tags))
 
     async def invalidate(self, tags: Iterable[str]) -> None:
         """Give each tag a new version (after the commit that changed its rows)."""
