@@ -57,6 +57,7 @@ from nubo.pagination import Page, make_page
 from nubo.realtime.bus import bus_for, publish_safely
 from nubo.realtime.presence import online_among
 from nubo.stores import Stores
+from nubo.stores.postgres import single_statement
 from nubo.stores.projection import projection_for
 from nubo.stores.tiered import Row, Transaction, normalize_row
 
@@ -538,14 +539,6 @@ async def conversation_peers(stores: Stores, user_id: uuid.UUID, limit: int = 50
 # ---- messages --------------------------------------------------------------------------------------------
 
 
-def _next_message_id(last: uuid.UUID | None) -> uuid.UUID:
-    """A UUIDv7 above the conversation's last message id (clocks of two instances may disagree by a ms)."""
-    candidate = new_id()
-    if last is not None and candidate <= last:
-        candidate = uuid.UUID(int=last.int + 1)  # bumps the random tail; version and variant bits stay
-    return candidate
-
-
 async def send_message(
     stores: Stores,
     sender_id: uuid.UUID,
@@ -609,28 +602,26 @@ async def _publish_with_unread(
 async def _store_send(
     stores: Stores, sender_id: uuid.UUID, conversation_id: uuid.UUID, text: str, cid: str | None
 ) -> Row | None:
-    """The send's transaction in three round trips instead of five (pipeline mode): BEGIN + lock, then
-    insert + outbox rows in one statement, then COMMIT (psycopg syncs it before the block exits, so our caller
-    acks only after the commit). The message id is still chosen in Python under the conversation lock. None: a replayed
-    client_id. The rows go to Mongo/Redis through messaging's projector without being waited for."""
-    async with stores.pg.connection() as conn, conn.pipeline():
-        async with conn.transaction():
-            conv = await _lock_for_send(conn, conversation_id, sender_id)
-            cur = await conn.execute(
-                _SEND_SQL,
-                {
-                    "id": _next_message_id(conv["last_message_id"]),
-                    "conv": conversation_id,
-                    "sender": sender_id,
-                    "content": text,
-                    "client_id": cid,
-                    "preview": PREVIEW_CHARS,
-                },
-            )
-        found = await cur.fetchone()  # after COMMIT: the ack (our caller) must follow the commit
+    """The send in one statement (:data:`_SEND_SQL`: lock, checks, insert, counters, outbox), so one round
+    trip, committed when it returns: our caller acks only after the commit. None: a replayed client_id. The
+    rows go to Mongo/Redis through messaging's projector without being waited for."""
+    params = {
+        "id": new_id(),
+        "conv": conversation_id,
+        "sender": sender_id,
+        "content": text,
+        "client_id": cid,
+        "preview": PREVIEW_CHARS,
+    }
+    async with stores.pg.connection() as conn:
+        found = await single_statement(conn, _SEND_SQL, params)
     if found is None:
+        raise NotFound("No such conversation", code="conversation_not_found")
+    if found["closed"]:
+        raise Forbidden("You cannot send messages in this conversation", code="conversation_closed")
+    if found["id"] is None:
         return None
-    row = normalize_row(found)
+    row = normalize_row({name: value for name, value in found.items() if name != "closed"})
     projector = projection_for(stores)
     # Projected later from PostgreSQL's current state; only the message is read through the tiers.
     projector.defer_rows({"messages": [row["id"]]}, row.pop("message_outbox_ids"))
@@ -639,13 +630,36 @@ async def _store_send(
     return row
 
 
-# One statement for the whole write: the message (skipped when its client_id was used), the conversation's
-# last message, +1 unread for every other member and the outbox rows of all three (same commit). Returns
-# nothing for an idempotent retry. (PostgreSQL runs every data-modifying CTE to completion, referenced or not.)
+# One statement for the whole send, so that it needs one round trip:
+# - conv: the conversation, locked, when the sender is a member (no row: 404); `closed` when it is a direct
+#   one whose other user is not active or blocks or is blocked by the sender (403);
+# - msg: the message (none when closed, or when its client_id was used: an idempotent retry). Its id is the
+#   UUIDv7 drawn in Python, or the conversation's last id plus one when that one is not above it (clocks of
+#   two instances may disagree by a ms): ids only grow within a conversation. The +1 bumps the random tail;
+#   version and variant bits stay;
+# - meta, bumped: the conversation's last message and +1 unread for every other member;
+# - outbox: the outbox rows of all three (same commit).
+# The FOR UPDATE in `conv` makes concurrent sends to one conversation wait for each other, and the waiting one
+# then reads the committed last id. PostgreSQL runs every data-modifying CTE to completion, referenced or not.
 _SEND_SQL = """
-WITH msg AS (
+WITH conv AS (
+    SELECT c.id, c.last_message_id, (c.type = 0 AND EXISTS (
+        SELECT 1 FROM messaging.conversation_members o JOIN auth.users u ON u.id = o.user_id
+        WHERE o.conversation_id = c.id AND o.user_id <> %(sender)s AND (u.state <> 1 OR EXISTS (
+            SELECT 1 FROM auth.blocks b WHERE (b.blocker_id = o.user_id AND b.blocked_id = %(sender)s)
+            OR (b.blocker_id = %(sender)s AND b.blocked_id = o.user_id))))) AS closed
+    FROM messaging.conversations_meta c JOIN messaging.conversation_members m
+        ON m.conversation_id = c.id AND m.user_id = %(sender)s
+    WHERE c.id = %(conv)s AND c.state = 0
+    FOR UPDATE OF c
+), msg AS (
     INSERT INTO messaging.message_index (id, conversation_id, sender_id, content, client_id)
-    VALUES (%(id)s, %(conv)s, %(sender)s, %(content)s, %(client_id)s)
+    SELECT CASE WHEN conv.last_message_id IS NULL OR %(id)s::uuid > conv.last_message_id THEN %(id)s::uuid
+                ELSE (left(replace(conv.last_message_id::text, '-', ''), 16) || lpad(to_hex(
+                    ('x' || right(replace(conv.last_message_id::text, '-', ''), 16))::bit(64)::bigint + 1
+                ), 16, '0'))::uuid END,
+           conv.id, %(sender)s, %(content)s, %(client_id)s
+    FROM conv WHERE NOT conv.closed
     ON CONFLICT (sender_id, client_id) DO NOTHING RETURNING *
 ), meta AS (
     UPDATE messaging.conversations_meta c SET last_message_id = msg.id, last_message_time = msg.created_at,
@@ -662,37 +676,12 @@ WITH msg AS (
     UNION ALL SELECT 'conversation_members', id, 'upsert' FROM bumped
     RETURNING id, collection
 )
-SELECT msg.*, coalesce((SELECT array_agg(user_id) FROM bumped), '{}') AS recipients,
+SELECT conv.closed, msg.*, coalesce((SELECT array_agg(user_id) FROM bumped), '{}') AS recipients,
        coalesce((SELECT array_agg(id) FROM bumped), '{}') AS member_row_ids,
        coalesce((SELECT array_agg(id) FROM outbox WHERE collection = 'messages'), '{}') AS message_outbox_ids,
        coalesce((SELECT array_agg(id) FROM outbox WHERE collection <> 'messages'), '{}') AS summary_outbox_ids
-FROM msg
+FROM conv LEFT JOIN msg ON true
 """
-
-
-async def _lock_for_send(
-    conn: AsyncConnection[DictRow], conversation_id: uuid.UUID, sender_id: uuid.UUID
-) -> Row:
-    """Lock the conversation for a send (404 unless a member); a direct one must still be open: the other
-    user active and no block either way. One round trip."""
-    row = await (
-        await conn.execute(
-            "SELECT c.type, c.last_message_id, (c.type = 0 AND EXISTS ("
-            "  SELECT 1 FROM messaging.conversation_members o JOIN auth.users u ON u.id = o.user_id "
-            "  WHERE o.conversation_id = c.id AND o.user_id <> %(me)s AND (u.state <> 1 OR EXISTS ("
-            "    SELECT 1 FROM auth.blocks b WHERE (b.blocker_id = o.user_id AND b.blocked_id = %(me)s) "
-            "    OR (b.blocker_id = %(me)s AND b.blocked_id = o.user_id))))) AS closed "
-            "FROM messaging.conversations_meta c JOIN messaging.conversation_members m "
-            "  ON m.conversation_id = c.id AND m.user_id = %(me)s "
-            "WHERE c.id = %(conv)s AND c.state = 0 FOR UPDATE OF c",
-            {"me": sender_id, "conv": conversation_id},
-        )
-    ).fetchone()
-    if row is None:
-        raise NotFound("No such conversation", code="conversation_not_found")
-    if row["closed"]:
-        raise Forbidden("You cannot send messages in this conversation", code="conversation_closed")
-    return dict(row)
 
 
 async def _existing_send(stores: Stores, sender_id: uuid.UUID, client_id: str) -> Row | None:

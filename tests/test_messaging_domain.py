@@ -129,6 +129,67 @@ async def test_message_pages_newest_first_with_cursor(db: Stores) -> None:
     assert ids == sorted(ids)  # ids follow commit order inside a conversation
 
 
+async def test_ids_grow_past_a_last_id_from_a_clock_ahead(db: Stores) -> None:
+    """Another instance's clock may be ahead: a message id drawn here that is not above the conversation's last
+    id becomes that id plus one (version and variant kept), so ids keep following commit order."""
+    alice, bob = await make_users(db, "alice", "bob")
+    conv, _ = await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])
+    ahead = uuid.UUID("7fffffff-ffff-7abc-8123-4567890abcde")  # a UUIDv7 of the year 4147
+    async with db.pg.connection() as conn:
+        await conn.execute(
+            "UPDATE messaging.conversations_meta SET last_message_id = %s WHERE id = %s", (ahead, conv["id"])
+        )
+    first = (await messaging.send_message(db, bob.id, conv["id"], "one")).message["id"]
+    second = (await messaging.send_message(db, alice.id, conv["id"], "two")).message["id"]
+    assert first == uuid.UUID("7fffffff-ffff-7abc-8123-4567890abcdf")
+    assert second == uuid.UUID("7fffffff-ffff-7abc-8123-4567890abce0")
+    assert (first.version, first.variant) == (7, uuid.RFC_4122)
+
+
+async def test_concurrent_sends_to_one_conversation_get_ids_in_commit_order(db: Stores) -> None:
+    """Each send sets the conversation's last message to its own: the last to commit must hold the highest id
+    (a send that committed after a higher id would leave a lower one there)."""
+    alice, bob, carol = await make_users(db, "alice", "bob", "carol")
+    group, _ = await messaging.create_conversation(
+        db, alice.id, kind="group", user_ids=[bob.id, carol.id], title="busy"
+    )
+    for round_ in range(3):
+        sent = await asyncio.gather(
+            *(messaging.send_message(db, user.id, group["id"], f"r{round_}") for user in [alice, bob, carol] * 7)
+        )
+        async with db.pg.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT last_message_id FROM messaging.conversations_meta WHERE id = %s", (group["id"],)
+                )
+            ).fetchone()
+        ids = [result.message["id"] for result in sent]
+        assert len(set(ids)) == 21
+        assert row is not None and row["last_message_id"] == max(ids)
+
+
+async def test_a_block_closes_an_existing_direct_conversation(db: Stores) -> None:
+    alice, bob = await make_users(db, "alice", "bob")
+    conv, _ = await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])
+    await messaging.send_message(db, alice.id, conv["id"], "before")
+    async with db.pg.connection() as conn:
+        await conn.execute(
+            "INSERT INTO auth.blocks (id, blocker_id, blocked_id) VALUES (%s, %s, %s)",
+            (new_id(), bob.id, alice.id),
+        )
+    for sender in (alice, bob):  # either way
+        with pytest.raises(Forbidden) as refused:
+            await messaging.send_message(db, sender.id, conv["id"], "after")
+        assert refused.value.code == "conversation_closed"
+    async with db.pg.connection() as conn:
+        row = await (
+            await conn.execute(
+                "SELECT count(*) AS n FROM messaging.message_index WHERE conversation_id = %s", (conv["id"],)
+            )
+        ).fetchone()
+    assert row is not None and row["n"] == 1
+
+
 async def test_non_members_see_nothing(db: Stores) -> None:
     alice, bob, eve = await make_users(db, "alice", "bob", "eve")
     conv, _ = await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])

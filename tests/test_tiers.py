@@ -8,6 +8,7 @@ converge once the store is back (the outbox worker re-projects what was written 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
@@ -345,3 +347,27 @@ def test_outage_binaries_present() -> None:
     assert shutil.which("redis-server")
     assert shutil.which("ferretdb") or (Path.home() / "go" / "bin" / "ferretdb").exists()
     assert os.access(shutil.which("redis-server") or "", os.X_OK)
+
+
+async def test_single_statement_commits_in_one_go_and_never_lends_an_autocommit_connection(db: Stores) -> None:
+    from nubo.stores.postgres import single_statement
+
+    async with db.pg.connection() as conn:
+        row = await single_statement(conn, "SELECT 1 AS one", {})
+        assert row == {"one": 1}
+        assert conn.info.transaction_status == TransactionStatus.IDLE  # committed, nothing left open
+        assert not conn.autocommit
+
+    async def stuck() -> None:
+        async with db.pg.connection() as conn:
+            await single_statement(conn, "SELECT pg_sleep(5)", {})
+
+    task = asyncio.create_task(stuck())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Every connection the pool lends now (all of them at once) is transactional again.
+    async with contextlib.AsyncExitStack() as stack:
+        held = [await stack.enter_async_context(db.pg.connection()) for _ in range(db.pg.max_size)]
+        assert not any(conn.autocommit for conn in held)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, LiteralString
 
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -28,6 +30,22 @@ async def open_pool(url: str, *, min_size: int = 2, max_size: int = 20, wait: bo
     )
     await pool.open(wait=wait, timeout=10.0)
     return pool
+
+
+async def single_statement(
+    conn: AsyncConnection[DictRow], query: LiteralString, params: Mapping[str, Any]
+) -> DictRow | None:
+    """Run one statement as its own transaction and return its first row: one round trip, where the pool's
+    transactional connections take three (BEGIN, the statement, COMMIT). The statement commits when it
+    returns; it must do all of its work itself (data-modifying CTEs)."""
+    await conn.set_autocommit(True)
+    try:
+        return await (await conn.execute(query, params)).fetchone()
+    finally:
+        # Not idle: cancelled mid-query. The pool discards such a connection, so it never lends it out in
+        # autocommit mode.
+        if conn.info.transaction_status == TransactionStatus.IDLE:
+            await conn.set_autocommit(False)
 
 
 async def ping(pool: PgPool) -> dict[str, Any]:
