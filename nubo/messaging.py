@@ -573,24 +573,20 @@ async def _publish_with_unread(
     event: dict[str, Any],
     deltas: list[tuple[uuid.UUID, uuid.UUID, int]],
 ) -> None:
-    """Unread deltas then the event, in one Redis round trip (a pipeline); failures as in :func:`_apply_unread`
+    """Unread deltas then the event, in one Redis round trip (see `before` in :meth:`Bus.publish
+    <nubo.realtime.bus.Bus.publish>`); failures as in :func:`_apply_unread`
     and :func:`publish_safely`: logged and counted, never a failed send (PostgreSQL already committed)."""
     if len(deltas) > 1000:  # big groups: the chunked paths
         await _apply_unread(stores, deltas)
         await publish_safely(stores, recipients, event)
         return
     script = stores.redis.register_script(_APPLY_UNREAD_LUA)
-
-    async def queue_unread(pipe: Any) -> None:
-        if deltas:
-            await script(
-                keys=[unread_key(stores, uid) for uid, _, _ in deltas],
-                args=[item for _, cid, delta in deltas for item in (str(cid), delta)],
-                client=pipe,
-            )
-
+    keys = [unread_key(stores, uid) for uid, _, _ in deltas]
+    args = [item for _, cid, delta in deltas for item in (str(cid), delta)]
     try:
-        await bus_for(stores).publish(recipients, event, before=queue_unread)
+        await bus_for(stores).publish(
+            recipients, event, before=(lambda: script(keys=keys, args=args)) if deltas else None
+        )
     except (RedisError, OSError) as exc:
         stores.count_failure("realtime")
         log.warning("event_publish_failed", extra={"type": event.get("type"), "error": str(exc)[:200]})

@@ -190,6 +190,25 @@ async def test_a_block_closes_an_existing_direct_conversation(db: Stores) -> Non
     assert row is not None and row["n"] == 1
 
 
+async def _script_checks(stores: Stores) -> int:
+    stats = await stores.redis.info("commandstats")
+    return int(stats.get("cmdstat_script|exists", {}).get("calls", 0))
+
+
+async def test_a_send_updates_unread_and_publishes_without_a_script_check(db: Stores) -> None:
+    """The unread deltas and the event leave in one batch; a redis-py pipeline holding scripts would first ask
+    SCRIPT EXISTS, one more round trip per message."""
+    alice, bob = await make_users(db, "alice", "bob")
+    conv, _ = await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])
+    await messaging.unread_counts(db, bob.id)  # Bob's hash exists: sends apply deltas to it
+    checks = await _script_checks(db)
+    for i in range(5):
+        await messaging.send_message(db, alice.id, conv["id"], f"m{i}")
+    assert await _script_checks(db) == checks
+    assert (await messaging.unread_counts(db, bob.id))[conv["id"]] == 5
+    assert await bus_for(db).current_seq(bob.id) == 5
+
+
 async def test_non_members_see_nothing(db: Stores) -> None:
     alice, bob, eve = await make_users(db, "alice", "bob", "eve")
     conv, _ = await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])

@@ -16,15 +16,15 @@ Publish only after the PostgreSQL commit of what the event describes (callers do
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
@@ -115,12 +115,15 @@ class Bus:
         user_ids: Iterable[uuid.UUID],
         event: Mapping[str, Any],
         *,
-        before: Callable[[Pipeline], Awaitable[Any]] | None = None,
+        before: Callable[[], Awaitable[Any]] | None = None,
     ) -> dict[uuid.UUID, int]:
         """Give `event` a new id per recipient, keep it in their history and fan it out; returns the ids.
 
-        `before` queues other commands on a pipeline that the first chunk's script joins: one round trip for
-        a caller's post-commit writes and the event."""
+        `before`: a caller's post-commit Redis write (a call returning its awaitable). It is issued just ahead
+        of the first chunk's script, so the client's automatic pipelining (:class:`BatchingRedis
+        <nubo.stores.redis.BatchingRedis>`) sends both in one round trip, in that order. An explicit redis-py
+        pipeline would cost a second one: it checks with SCRIPT EXISTS that its scripts are loaded before it
+        runs them. Both are awaited; the first error is raised."""
         body = to_json(event)
         if not body.startswith("{") or body == "{}":
             raise ValueError("an event must be a non-empty JSON object")
@@ -137,11 +140,12 @@ class Bus:
                 *map(str, chunk),
             ]
             if before is not None:
-                pipe = self.redis.pipeline(transaction=False)
-                await before(pipe)
-                await self._publish(keys=keys, args=args, client=pipe)
-                ids = (await pipe.execute())[-1]
+                done = await asyncio.gather(before(), self._publish(keys=keys, args=args), return_exceptions=True)
                 before = None
+                for outcome in done:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                ids = cast(list[int], done[1])
             else:
                 ids = await self._publish(keys=keys, args=args)
             assigned.update(zip(chunk, (int(i) for i in ids), strict=True))
