@@ -79,6 +79,24 @@ async def test_write_reaches_all_three_tiers(client: Client, db: Stores) -> None
     print(f"tiers checked on {mongo}")
 
 
+async def test_edits_replace_the_mongo_copy(client: Client, db: Stores, record_property: Any) -> None:
+    """An edit replaces the existing document (MongoDB: ReplaceOne; FerretDB: one delete, then an insert, since
+    it scans the collection for each write by `_id`): one document, the new content, the old `_id`."""
+    alice = await new_member(client)
+    posts = [await create_post(client, alice, f"draft {i}") for i in range(3)]
+    for i, post in enumerate(posts):
+        response = await client.patch(f"/posts/{post['id']}", json={"content": f"final {i}"}, headers=alice.headers)
+        assert response.status_code == 200, response.text
+    for i, post in enumerate(posts):
+        post_id = uuid.UUID(post["id"])
+        assert await db.mongo["posts_recent"].count_documents({"_id": post_id}) == 1
+        doc = await mongo_doc(db, "posts_recent", post_id)
+        assert doc is not None and doc["content"] == f"final {i}" and doc["user_id"] == alice.id
+    mongo = await server_info(db.mongo)
+    record_property("mongo_server", str(mongo))
+    print(f"replaced on {mongo} ({'delete + insert' if mongo.scans_for_writes_by_id else 'ReplaceOne'})")
+
+
 async def test_cache_flush_then_mongo_then_postgres_refill(
     client: Client, db: Stores, process_env: dict[str, str]
 ) -> None:

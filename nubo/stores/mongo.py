@@ -40,6 +40,11 @@ class MongoServer:
         # FerretDB v1 accepts `expireAfterSeconds` but never deletes expired documents.
         return self.name == "mongodb"
 
+    @property
+    def scans_for_writes_by_id(self) -> bool:
+        # FerretDB v1 (SQLite) looks a find by `_id` up, but scans the collection for an update or delete by it.
+        return self.name == "ferretdb"
+
     def __str__(self) -> str:
         return f"{self.name} {self.version}"
 
