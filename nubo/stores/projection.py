@@ -51,7 +51,10 @@ class Projector:
     """
 
     MAX_PENDING_IDS = 50_000  # beyond this, leave the rows to the outbox worker instead of growing memory
-    CHUNK = 50  # FerretDB's upserts slow down sharply past a few dozen documents per bulk
+    # Rows per projection round (one PostgreSQL read, one Mongo bulk, one Redis script). On FerretDB existing
+    # documents are replaced with one delete per round, which scans the collection: rounds of 50 made a
+    # 1,000-member group's flush 20 scans (fan-out p99 up to 184 ms, 89-153 ms with 500).
+    CHUNK = 500
     COALESCE_SECONDS = 0.05  # how long a batch nobody waits for gathers more rows
     LAZY_SECONDS = OUTBOX_MIN_AGE_SECONDS / 2  # so the outbox worker does not redo our work
 
