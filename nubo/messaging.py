@@ -521,16 +521,19 @@ async def leave_conversation(stores: Stores, user_id: uuid.UUID, conversation_id
 
 
 async def conversation_peers(stores: Stores, user_id: uuid.UUID, limit: int = 5000) -> list[uuid.UUID]:
-    """Users who see this user's presence: peers of direct conversations and of small groups."""
+    """Users who see this user's presence: peers of direct conversations and of small groups. A group's size
+    is counted up to the limit only: every socket that comes online asks, and a 1,000-member group's members
+    coming online together would otherwise each count all of its rows."""
     async with stores.pg.connection() as conn:
         rows = await (
             await conn.execute(
                 "SELECT DISTINCT o.user_id FROM messaging.conversation_members m "
                 "JOIN messaging.conversation_members o "
                 "  ON o.conversation_id = m.conversation_id AND o.user_id <> m.user_id "
-                "WHERE m.user_id = %s AND (SELECT count(*) FROM messaging.conversation_members c "
-                "  WHERE c.conversation_id = m.conversation_id) <= %s LIMIT %s",
-                (user_id, PRESENCE_GROUP_LIMIT, limit),
+                "WHERE m.user_id = %(me)s AND (SELECT count(*) FROM (SELECT FROM messaging.conversation_members c "
+                "  WHERE c.conversation_id = m.conversation_id LIMIT %(small)s + 1) AS up_to) <= %(small)s "
+                "LIMIT %(limit)s",
+                {"me": user_id, "small": PRESENCE_GROUP_LIMIT, "limit": limit},
             )
         ).fetchall()
     return [row["user_id"] for row in rows]

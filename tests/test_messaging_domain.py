@@ -209,6 +209,27 @@ async def test_a_send_updates_unread_and_publishes_without_a_script_check(db: St
     assert await bus_for(db).current_seq(bob.id) == 5
 
 
+async def test_presence_goes_to_peers_of_direct_conversations_and_small_groups_only(db: Stores) -> None:
+    alice, bob, carol, dave = await make_users(db, "alice", "bob", "carol", "dave")
+    crowd = [new_id() for _ in range(messaging.PRESENCE_GROUP_LIMIT - 1)]  # with alice and dave: one over
+    async with db.pg.connection() as conn, conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO auth.users (id, username, email, password_hash, first_name, last_name) "
+            "VALUES (%s, %s, %s, 'x', 'C', 'Rowd')",
+            [(uid, f"crowd_{uid.hex[-12:]}", f"{uid.hex}@example.test") for uid in crowd],
+        )
+    await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])
+    await messaging.create_conversation(db, alice.id, kind="group", user_ids=[carol.id], title="small")
+    big, _ = await messaging.create_conversation(
+        db, alice.id, kind="group", user_ids=[dave.id, *crowd], title="one over the limit"
+    )
+    assert len(big["members"]) == messaging.PRESENCE_GROUP_LIMIT + 1
+    assert set(await messaging.conversation_peers(db, alice.id)) == {bob.id, carol.id}
+    assert await messaging.conversation_peers(db, dave.id) == []
+    await messaging.leave_conversation(db, crowd[0], big["id"])  # now exactly at the limit
+    assert set(await messaging.conversation_peers(db, dave.id)) == {alice.id, *crowd[1:]}
+
+
 async def test_non_members_see_nothing(db: Stores) -> None:
     alice, bob, eve = await make_users(db, "alice", "bob", "eve")
     conv, _ = await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])
