@@ -39,10 +39,11 @@ class Projector:
     A caller that waits (`urgent`) starts its batch at once, so at low load nothing waits for a timer. Rows
     nobody waits for start their batch up to :attr:`COALESCE_SECONDS` later. *Lazy* rows (a send's
     conversation and member rows: nothing reads them through the tiers, PostgreSQL answers) wait up to
-    :attr:`LAZY_SECONDS`: replacing an existing document is what costs FerretDB most (about 1.5 ms of its CPU
-    per document, measured), and a busy conversation then costs one replacement per interval, not per send.
-    At 300 sends/s over 50 conversations, going from 1 s to 5 s cut FerretDB's CPU from 1.64 to 0.44 ms per
-    message and the send->ack p99 from 118 to 28 ms (the Mongo copies of those rows lag by up to 5 s).
+    :attr:`LAZY_SECONDS`: replacing existing documents is what costs Mongo most (on FerretDB each round of
+    replacements scans the collection, see :meth:`~nubo.stores.tiered.TieredStore._replace_documents`), and a
+    busy conversation then costs one replacement per interval, not per send. At 300 sends/s over 50
+    conversations, going from 1 s to 5 s cut FerretDB's CPU from 1.64 to 0.44 ms per message and the
+    send->ack p99 from 118 to 28 ms (the Mongo copies of those rows lag by up to 5 s).
 
     A row is queued with its committed state (None: deleted) or as :data:`~nubo.stores.tiered.REREAD`; when
     one row is queued twice, the later state wins, and REREAD (the newest state, read at flush) wins over any.
