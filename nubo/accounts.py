@@ -591,7 +591,7 @@ async def _refresh_mirror(stores: Stores, user_id: uuid.UUID, session_id: uuid.U
         if row["revoked"] or row["expired"] or row["state"] != STATE_ACTIVE:
             await mark_revoked(stores, [session_id])
             return
-        script = stores.redis.register_script(_EXTEND_UNLESS_REVOKED)
+        script = stores.script(_EXTEND_UNLESS_REVOKED)
         await script(
             keys=[stores.keys("session", session_id)],
             args=[_mirror_value({"id": user_id, **row}), max(1, min(_mirror_ttl(), int(row["seconds_left"])))],

@@ -583,7 +583,7 @@ async def _publish_with_unread(
         await _apply_unread(stores, deltas)
         await publish_safely(stores, recipients, event)
         return
-    script = stores.redis.register_script(_APPLY_UNREAD_LUA)
+    script = stores.script(_APPLY_UNREAD_LUA)
     keys = [unread_key(stores, uid) for uid, _, _ in deltas]
     args = [item for _, cid, delta in deltas for item in (str(cid), delta)]
     try:
@@ -956,7 +956,7 @@ async def _apply_unread(stores: Stores, deltas: Iterable[tuple[uuid.UUID, uuid.U
     pairs = [(uid, cid, delta) for uid, cid, delta in deltas if delta]
     if not pairs:
         return
-    script = stores.redis.register_script(_APPLY_UNREAD_LUA)
+    script = stores.script(_APPLY_UNREAD_LUA)
     try:
         for start in range(0, len(pairs), 1000):
             chunk = pairs[start : start + 1000]
@@ -986,7 +986,7 @@ async def unread_counts(stores: Stores, user_id: uuid.UUID) -> dict[uuid.UUID, i
             if field != "_" and int(value) != 0
         }
     counts = await unread_counts_from_postgres(stores, user_id)
-    script = stores.redis.register_script(_REBUILD_UNREAD_LUA)
+    script = stores.script(_REBUILD_UNREAD_LUA)
     try:
         await script(
             keys=[key],

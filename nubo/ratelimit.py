@@ -21,7 +21,6 @@ from typing import Any
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from nubo.errors import RateLimited
@@ -32,8 +31,6 @@ from nubo.stores import Stores
 log = get_logger(__name__)
 
 _ATTR = "_nubo_rate_limiter"
-_SCRIPT_ATTR = "_nubo_rate_script"
-_GUARDED_ATTR = "_nubo_guarded_rate_script"
 _LEASES_ATTR = "_nubo_hit_leases"
 
 # The moving window on KEYS[n]: ARGV now, limit, expiry and (optional) how many hits to take at once.
@@ -141,14 +138,6 @@ def _window_template(prefix: str, name: str, amount: int, seconds: int) -> tuple
     return f"{prefix}:{head}", tail
 
 
-def _script(stores: Stores, attr: str, source: str) -> AsyncScript:
-    script: AsyncScript | None = getattr(stores, attr, None)
-    if script is None:
-        script = stores.redis.register_script(source)
-        setattr(stores, attr, script)
-    return script
-
-
 def _status(rate: RateLimit, now: float, taken: Any, count: Any, oldest: Any) -> RateStatus:
     return RateStatus(
         limit=rate.amount,
@@ -161,7 +150,7 @@ def _status(rate: RateLimit, now: float, taken: Any, count: Any, oldest: Any) ->
 
 async def hit(stores: Stores, name: str, key: str, rate: RateLimit) -> RateStatus | None:
     """Count one hit of `key` against limit `name`; None when Redis cannot be reached (fail open)."""
-    script = _script(stores, _SCRIPT_ATTR, _ACQUIRE_AND_MEASURE)
+    script = stores.script(_ACQUIRE_AND_MEASURE)
     now = time.time()
     try:
         allowed, count, oldest = await script(
@@ -184,7 +173,7 @@ async def guarded_hit(
     Redis errors propagate: the caller decides what a missing guard means (the session check falls back to
     PostgreSQL, then uses :func:`hit`).
     """
-    script = _script(stores, _GUARDED_ATTR, _GUARDED_HIT)
+    script = stores.script(_GUARDED_HIT)
     now = time.time()
     reply = await script(
         keys=[guard_key, window_key(stores, name, key, rate)],

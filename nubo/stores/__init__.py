@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from nubo.logs import get_logger
 from nubo.settings import Settings
@@ -38,6 +39,7 @@ class Stores:
     redis: Redis
     keys: Keys
     failures: dict[str, int] = field(default_factory=dict)
+    _scripts: dict[str, AsyncScript] = field(default_factory=dict)
 
     @property
     def mongo(self) -> AsyncDatabase[MongoDoc]:
@@ -75,6 +77,13 @@ class Stores:
         families += [f"cache:{entity.cache_collection}" for entity in ENTITIES.values() if entity.near]
         return NearCache(self.settings.redis_url, self.redis, self.keys, families,
                          max_entries=self.settings.near_cache_entries)
+
+    def script(self, source: str) -> AsyncScript:
+        """The Lua script `source` registered on this Redis client (hashed once per process, not per call)."""
+        found = self._scripts.get(source)
+        if found is None:
+            found = self._scripts[source] = self.redis.register_script(source)
+        return found
 
     def count_failure(self, store: str) -> None:
         """Count a projection write that failed after the PostgreSQL commit (repaired later)."""
