@@ -37,7 +37,7 @@ from nubo.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from nubo.ids import new_id, parse_id
 from nubo.logs import get_logger
 from nubo.pagination import Page, make_page
-from nubo.ratelimit import LEASE_SECONDS, RateStatus, guarded_hit, leases_for, raise_if_limited, rate_limit
+from nubo.ratelimit import RateStatus, guarded_hit, leases_for, raise_if_limited, rate_limit
 from nubo.realtime.bus import Channels
 from nubo.settings import RateLimit
 from nubo.stores import Stores
@@ -65,7 +65,6 @@ PROFILE_FIELDS = (
 )
 SETTINGS_FIELDS = ("privacy", "notifications", "language", "theme")
 MIRROR_TTL = 60  # seconds a live-session mirror is trusted before PostgreSQL is asked again (safety net)
-LEASE_WAITS = 8  # lease calls of other requests a request may wait for before making its own
 MIRROR_REFRESH_BELOW = MIRROR_TTL // 4  # an active session's mirror is re-checked in the background then
 _REFRESHING_ATTR = "_nubo_refreshing_mirrors"  # on Stores: the background re-checks in flight, by key
 MAX_SESSION_IPS = 10
@@ -508,18 +507,9 @@ async def authenticate_and_limit(
         held = await _mirror(stores, key)  # the session check alone: the lease pays the hit
     if held is not MISSING and held is not None:
         user = _principal_from_mirror(held, user_id, session_id)  # a revoked copy refuses at once
-        for _ in range(LEASE_WAITS):
-            status = leases.take(name, user_key, rate)
-            if status is not None:
-                return user, status
-            asking = leases.in_flight(name, user_key)
-            if asking is None:
-                break
-            try:
-                async with asyncio.timeout(LEASE_SECONDS):
-                    await asking.wait()
-            except TimeoutError:
-                break
+        status = await leases.take_or_wait(name, user_key, rate)
+        if status is not None:
+            return user, status
     # Leases only pay off while the session check needs no Redis call (near copies are live).
     want = leases.want(name, user_key, rate) if stores.near.live else 1
     try:

@@ -79,6 +79,7 @@ LEASE_FIRST = 4  # hits a process takes for a caller it holds no lease for (a ca
 LEASE_MAX = 32  # ...doubling up to this while each lease is used up in time...
 LEASE_SECONDS = 5.0  # ...and uses within this time, else they are dropped
 LEASE_MIN_LIMIT = 64  # smaller limits are never leased: each hit is one Redis call
+LEASE_WAITS = 8  # lease calls of other requests a request may wait for before making its own
 _LOG_EVERY = 10.0  # seconds between two "limiter down" log lines, so an outage does not flood the log
 _last_log = 0.0
 
@@ -148,13 +149,14 @@ def _status(rate: RateLimit, now: float, taken: Any, count: Any, oldest: Any) ->
     )
 
 
-async def hit(stores: Stores, name: str, key: str, rate: RateLimit) -> RateStatus | None:
-    """Count one hit of `key` against limit `name`; None when Redis cannot be reached (fail open)."""
+async def hit(stores: Stores, name: str, key: str, rate: RateLimit, want: int = 1) -> RateStatus | None:
+    """Count one hit of `key` against limit `name` (`want` hits for a lease, see :class:`HitLeases`); None
+    when Redis cannot be reached (fail open)."""
     script = stores.script(_ACQUIRE_AND_MEASURE)
     now = time.time()
     try:
         allowed, count, oldest = await script(
-            keys=[window_key(stores, name, key, rate)], args=[repr(now), rate.amount, rate.seconds]
+            keys=[window_key(stores, name, key, rate)], args=[repr(now), rate.amount, rate.seconds, want]
         )
     except (RedisError, OSError) as exc:
         _log_down(stores, name, exc)
@@ -242,6 +244,23 @@ class HitLeases:
             taken=0,
         )
 
+    async def take_or_wait(self, name: str, key: str, rate: RateLimit) -> RateStatus | None:
+        """A hit from a lease held for `key`, waiting (a bounded number of times) for the lease call of a
+        concurrent request of the same caller; None: the caller must call Redis (:meth:`want` hits)."""
+        for _ in range(LEASE_WAITS):
+            status = self.take(name, key, rate)
+            if status is not None:
+                return status
+            asking = self.in_flight(name, key)
+            if asking is None:
+                return None
+            try:
+                async with asyncio.timeout(LEASE_SECONDS):
+                    await asking.wait()
+            except TimeoutError:
+                return None
+        return None
+
     def want(self, name: str, key: str, rate: RateLimit) -> int:
         """How many hits to take in the next Redis call for `key`."""
         if rate.amount < LEASE_MIN_LIMIT:
@@ -320,9 +339,19 @@ async def rate_limit(stores: Stores, name: str, key: str, rate: RateLimit) -> Ra
     """Count a hit and raise :class:`RateLimited` (429, `Retry-After`, `X-RateLimit-*`) when over the limit.
 
     Reusable by any feature, e.g.
-    ``await rate_limit(stores, "messages", str(user.id), settings.rate_messages)``.
+    ``await rate_limit(stores, "messages", str(user.id), settings.rate_messages)``. Limits of at least
+    :data:`LEASE_MIN_LIMIT` are paid from this process's leases (:class:`HitLeases`): most hits of a busy
+    caller need no Redis call, and none passes the limit.
     """
-    status = await hit(stores, name, key, rate)
+    leases = leases_for(stores)
+    status = await leases.take_or_wait(name, key, rate)
+    if status is None:
+        want = leases.want(name, key, rate)
+        try:
+            status = leases.record(name, key, rate, await hit(stores, name, key, rate, want), want)
+        finally:
+            if want > 1:
+                leases.settle(name, key)  # whatever happened, wake the requests waiting for this lease
     raise_if_limited(status)
     return status
 

@@ -237,3 +237,43 @@ async def test_concurrent_requests_of_one_caller_wait_for_one_lease_call(db: Sto
     finally:
         tracking.cancel()
         await asyncio.gather(tracking, return_exceptions=True)
+
+
+async def test_rate_limit_pays_big_limits_from_leases_and_two_instances_never_pass_it(
+    db: Stores, settings: Settings
+) -> None:
+    """`rate_limit` (message sends, reports): a caller alternating between two instances gets exactly `limit`
+    hits, then 429s; most allowed hits needed no Redis call. Small limits stay one Redis call per hit."""
+    other = await open_stores(settings)
+    key, rate = uuid.uuid4().hex, RateLimit(100, 60)
+    calls = {"redis": 0}
+    real_hit = ratelimit.hit
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls["redis"] += 1
+        return await real_hit(*args, **kwargs)
+
+    allowed, refused, calls_while_allowed = 0, 0, 0
+    ratelimit.hit = counted  # type: ignore[assignment]  # counts calls, the real script runs
+    try:
+        for index in range(160):
+            try:
+                await ratelimit.rate_limit((db, other)[index % 2], "t_leased_rl", key, rate)
+            except RateLimited:
+                refused += 1
+                continue
+            allowed += 1
+            calls_while_allowed = calls["redis"]
+        small = RateLimit(ratelimit.LEASE_MIN_LIMIT - 1, 60)
+        before = calls["redis"]
+        for _ in range(3):
+            await ratelimit.rate_limit(db, "t_small_rl", key, small)
+        small_calls = calls["redis"] - before
+    finally:
+        ratelimit.hit = real_hit  # type: ignore[assignment]
+        await other.close()
+    assert (allowed, refused) == (100, 60)
+    print(f"100 allowed hits took {calls_while_allowed} Redis calls")
+    assert calls_while_allowed <= 40
+    assert small_calls == 3
+    assert await db.redis.llen(ratelimit.window_key(db, "t_small_rl", key, small)) == 3

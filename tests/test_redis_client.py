@@ -10,6 +10,7 @@ import time
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -27,6 +28,7 @@ async def test_concurrent_commands_share_round_trips_and_keep_their_own_replies(
         replies = await asyncio.gather(
             *(client.incr(count_key) for _ in range(200)),
             client.incr(text_key),  # an error for this command only
+            client.set(db.keys("client-test", "bad"), True),  # refused before sending: this command only
             return_exceptions=True,
         )
         return replies, await _connections_received(db.redis) - before
@@ -41,9 +43,10 @@ async def test_concurrent_commands_share_round_trips_and_keep_their_own_replies(
         await plain.aclose()
         await batching.aclose()
     assert plain_connections > 50 and batching_connections <= 3, (plain_connections, batching_connections)
-    counts, failure = replies[:200], replies[200]
+    counts, failure, refused = replies[:200], replies[200], replies[201]
     assert sorted(counts) == list(range(1, 201))  # type: ignore[type-var]
     assert isinstance(failure, ResponseError)
+    assert isinstance(refused, DataError), refused
     assert int(await db.redis.get(count_key) or 0) == 200
 
 
