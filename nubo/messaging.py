@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -548,8 +548,14 @@ async def send_message(
     conversation_id: uuid.UUID,
     content: object,
     client_id: object = None,
+    *,
+    committed: Callable[[SendResult], None] | None = None,
 ) -> SendResult:
-    """Store a message (idempotent per `client_id`), count it unread for the others, then publish it."""
+    """Store a message (idempotent per `client_id`), count it unread for the others, then publish it.
+
+    `committed` (e.g. the WebSocket ack) is called once the message is committed in PostgreSQL, before it is
+    published: the sender learns its id without waiting for the delivery to others, which adds no guarantee
+    (a failed publish is logged, never reported to the sender)."""
     text = _clean_content(content)
     cid = _clean_client_id(client_id)
     # Retries count against the limit too: a client stuck retrying is exactly what the limit is for.
@@ -558,16 +564,22 @@ async def send_message(
     if row is None:  # this client_id was used before: an idempotent retry
         existing = await _existing_send(stores, sender_id, cid or "")
         assert existing is not None
-        return _replayed(existing, conversation_id)
+        replayed = _replayed(existing, conversation_id)
+        if committed is not None:
+            committed(replayed)
+        return replayed
     recipients = [sender_id, *row.pop("recipients")]
     view = message_view(row)
+    result = SendResult(view, True)
+    if committed is not None:
+        committed(result)
     await _publish_with_unread(
         stores,
         recipients,
         {"type": "message.new", "conversation_id": conversation_id, "message": view},
         [(uid, conversation_id, 1) for uid in recipients[1:]],
     )
-    return SendResult(view, True)
+    return result
 
 
 async def _publish_with_unread(

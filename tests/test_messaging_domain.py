@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from nubo.errors import Forbidden, NotFound, RateLimited, ValidationFailed
 from nubo.ids import new_id
 from nubo.realtime.bus import bus_for
 from nubo.stores import Stores
-from nubo.stores.projection import projection_for
+from nubo.stores.projection import Projector, projection_for
 from tests.test_messaging_support import make_users
 
 
@@ -82,6 +83,38 @@ async def test_send_is_idempotent_and_counts_unread(db: Stores) -> None:
             )
         ).fetchone()
     assert row is not None and row["n"] == 2
+
+
+async def test_the_sender_learns_the_id_once_committed_and_before_the_publish(db: Stores) -> None:
+    """The WebSocket ack goes out from `committed`: after the commit (the row is in PostgreSQL), before the
+    delivery to others; an idempotent retry is acknowledged too, and published nothing."""
+    alice, bob = await make_users(db, "alice", "bob")
+    conv, _ = await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])
+    steps: list[tuple[str, object]] = []
+    real_publish = messaging._publish_with_unread
+
+    async def publish(*args: Any, **kwargs: Any) -> None:
+        steps.append(("published", None))
+        await real_publish(*args, **kwargs)
+
+    def committed(result: messaging.SendResult) -> None:
+        steps.append(("committed", (result.message["id"], result.created)))
+
+    messaging._publish_with_unread = publish  # type: ignore[assignment]  # records the order; the real one runs
+    try:
+        sent = await messaging.send_message(db, alice.id, conv["id"], "hi", "ack-1", committed=committed)
+        retry = await messaging.send_message(db, alice.id, conv["id"], "hi", "ack-1", committed=committed)
+    finally:
+        messaging._publish_with_unread = real_publish  # type: ignore[assignment]
+    message_id = sent.message["id"]
+    assert steps == [("committed", (message_id, True)), ("published", None), ("committed", (message_id, False))]
+    assert retry.message["id"] == message_id
+    async with db.pg.connection() as conn:
+        row = await (
+            await conn.execute("SELECT content FROM messaging.message_index WHERE id = %s", (message_id,))
+        ).fetchone()
+    assert row is not None and row["content"] == "hi"
+    assert await bus_for(db).current_seq(bob.id) == 1  # delivered once
 
 
 async def test_read_delete_and_unread_stay_in_step(db: Stores) -> None:
@@ -300,3 +333,21 @@ async def test_events_are_published_after_commit_to_members_only(db: Stores) -> 
     assert after[eve.id] == before[eve.id]
     history = await bus.history(bob.id, before[bob.id])
     assert len(history) == 1 and str(sent.message["id"]) in history[0][1]
+
+
+async def test_lazy_batches_of_instances_started_together_fall_due_at_different_times(db: Stores) -> None:
+    """Summary rows wait a random 60-100% of LAZY_SECONDS, so instances that start together do not flush them
+    to Mongo in step (each flush is a burst of replacements)."""
+    loop = asyncio.get_running_loop()
+    waits = []
+    for index in range(20):
+        projector = Projector(db, f"jitter-{index}")
+        started = loop.time()
+        projector.defer_rows({"conversations": []}, [], lazy=True)
+        assert projector.lazy_due is not None and projector.task is not None
+        waits.append(projector.lazy_due - started)
+        projector.task.cancel()
+        await asyncio.gather(projector.task, return_exceptions=True)
+    lazy = Projector.LAZY_SECONDS
+    assert all((1 - Projector.LAZY_JITTER) * lazy - 0.01 <= wait <= lazy + 0.01 for wait in waits), waits
+    assert max(waits) - min(waits) > 0.1 * lazy, waits

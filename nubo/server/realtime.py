@@ -14,8 +14,8 @@ Then the server sends ``hello`` (with the position it resumes from), replays wha
 
 Client -> server frames are JSON envelopes ``{"type": ...}``; a text frame whose first non-blank character is
 neither ``{`` nor ``[`` is a plain lobby message (the seed's broadcast, public). Types: ``message.send``
-{conversation_id, content, client_id} -> ``ack`` {client_id, message_id, duplicate} after the PostgreSQL
-commit; ``typing`` {conversation_id}; ``read`` {conversation_id, message_id?}; ``ping`` -> ``pong``;
+{conversation_id, content, client_id} -> ``ack`` {client_id, message_id, duplicate} right after the PostgreSQL
+commit (before the ``message.new`` events are published); ``typing`` {conversation_id}; ``read`` {conversation_id, message_id?}; ``ping`` -> ``pong``;
 ``resume`` {last_event_id} (first frame only, an alternative to the query parameter). Any bad frame — invalid
 JSON, not an object, unknown type, bad field, binary — gets an ``error`` event {code, error}; nothing closes
 the socket except a full send queue (close code 4008), the revocation of the token's session (4401: on every
@@ -234,17 +234,25 @@ class Session:
 
     async def on_send(self, envelope: dict[str, Any]) -> None:
         conversation_id = parse_id(envelope.get("conversation_id"), "conversation_id")
-        result = await messaging.send_message(
-            self.stores, self.user_id, conversation_id, envelope.get("content"), envelope.get("client_id")
-        )
-        self.conn.send_event(
-            {
-                "type": "ack",
-                "client_id": envelope.get("client_id"),
-                "message_id": result.message["id"],
-                "conversation_id": conversation_id,
-                "duplicate": not result.created,
-            }
+
+        def ack(result: messaging.SendResult) -> None:  # once committed, before the publish
+            self.conn.send_event(
+                {
+                    "type": "ack",
+                    "client_id": envelope.get("client_id"),
+                    "message_id": result.message["id"],
+                    "conversation_id": conversation_id,
+                    "duplicate": not result.created,
+                }
+            )
+
+        await messaging.send_message(
+            self.stores,
+            self.user_id,
+            conversation_id,
+            envelope.get("content"),
+            envelope.get("client_id"),
+            committed=ack,
         )
 
     async def on_typing(self, envelope: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -58,6 +59,9 @@ class Projector:
     CHUNK = 500
     COALESCE_SECONDS = 0.05  # how long a batch nobody waits for gathers more rows
     LAZY_SECONDS = OUTBOX_MIN_AGE_SECONDS / 2  # so the outbox worker does not redo our work
+    # Each lazy batch waits a random 60-100% of LAZY_SECONDS: instances started together (a deploy, a
+    # benchmark) would otherwise flush in step every interval, each burst landing on Mongo at the same time.
+    LAZY_JITTER = 0.4
 
     def __init__(self, stores: Stores, name: str) -> None:
         self.stores = stores
@@ -110,7 +114,7 @@ class Projector:
         if lazy:
             self.lazy_outbox_ids.extend(outbox_ids)
             if self.lazy_due is None:
-                self.lazy_due = loop.time() + self.LAZY_SECONDS
+                self.lazy_due = loop.time() + self.LAZY_SECONDS * (1 - self.LAZY_JITTER * random.random())
         else:
             self.outbox_ids.extend(outbox_ids)
         if self.next_batch is None:
