@@ -15,14 +15,13 @@ Then the server sends ``hello`` (with the position it resumes from), replays wha
 Client -> server frames are JSON envelopes ``{"type": ...}``; a text frame whose first non-blank character is
 neither ``{`` nor ``[`` is a plain lobby message (the seed's broadcast, public). Types: ``message.send``
 {conversation_id, content, client_id} -> ``ack`` {client_id, message_id, duplicate} right after the PostgreSQL
-commit (before the ``message.new`` events are published); ``typing`` {conversation_id}; ``read`` {conversation_id, message_id?}; ``ping`` -> ``pong``;
-``resume`` {last_event_id} (first frame only, an alternative to the query parameter). Any bad frame — invalid
-JSON, not an object, unknown type, bad field, binary — gets an ``error`` event {code, error}; nothing closes
-the socket except a full send queue (close code 4008), the revocation of the token's session (4401: on every
-instance at once through ``rt:revoked``, else at the next heartbeat), a frame over ``NUBO_WS_MAX_FRAME``
-(uvicorn closes with 1009 before the app sees it, since `nubo serve` sets its ``ws_max_size``; the check here
-answers an ``error`` event should the server limit ever be higher) or the client.
-"""
+commit (before the ``message.new`` events are published); ``typing`` {conversation_id}; ``read`` {conversation_id,
+message_id?}; ``ping`` -> ``pong``; ``resume`` {last_event_id} (first frame only, an alternative to the query
+parameter). Any bad frame — invalid JSON, not an object, unknown type, bad field, binary — gets an ``error`` event
+{code, error}; nothing closes the socket except a full send queue (close code 4008), the revocation of the token's
+session (4401: on every instance at once through ``rt:revoked``, else at the next heartbeat), a frame over
+``NUBO_WS_MAX_FRAME`` (uvicorn closes with 1009 before the app sees it, since `nubo serve` sets its ``ws_max_size``;
+the check here answers an ``error`` event should the server limit ever be higher) or the client. """
 
 from __future__ import annotations
 
