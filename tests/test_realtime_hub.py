@@ -17,7 +17,14 @@ from nubo import accounts
 from nubo.ids import new_id
 from nubo.realtime import bus as bus_module
 from nubo.realtime.bus import Bus
-from nubo.realtime.hub import CLOSE_QUEUE_OVERFLOW, CLOSE_SESSION_REVOKED, Connection, Durable, Hub
+from nubo.realtime.hub import (
+    ANNOUNCE_CONCURRENCY,
+    CLOSE_QUEUE_OVERFLOW,
+    CLOSE_SESSION_REVOKED,
+    Connection,
+    Durable,
+    Hub,
+)
 from nubo.realtime.presence import online_among
 from nubo.stores import Stores
 
@@ -212,3 +219,30 @@ async def test_revoked_sessions_are_closed_by_message_and_by_the_periodic_check(
     assert conns[kept].close_code is None and str(kept) in hub.by_session
     assert str(by_message) not in hub.by_session and str(missed) not in hub.by_session
     await _close(hub, conns[kept])
+
+
+async def test_a_burst_of_connecting_users_announces_presence_a_few_at_a_time(db: Stores) -> None:
+    """Each announcement asks PostgreSQL for the user's peers: 40 users connecting at once must not take more
+    than ANNOUNCE_CONCURRENCY pooled connections (sends and requests wait behind them), and all are announced."""
+    running, most, announced = 0, 0, []
+
+    async def on_presence(user_id: uuid.UUID, online: bool) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.02)  # a peers query
+        running -= 1
+        announced.append((user_id, online))
+
+    hub = Hub(db.settings, db.redis, db.keys, on_presence=on_presence)
+    await hub.start()
+    users = [new_id() for _ in range(40)]
+    try:
+        opened = await asyncio.gather(*(_open(hub, user) for user in users))
+        await _until(lambda: len(announced) == 40)
+        assert sorted(announced) == sorted((user, True) for user in users)
+        assert 1 < most <= ANNOUNCE_CONCURRENCY, most
+        for conn, _ in opened:
+            await _close(hub, conn)
+    finally:
+        await hub.stop()
