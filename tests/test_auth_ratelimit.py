@@ -154,8 +154,21 @@ async def test_a_lease_takes_several_hits_but_never_more_than_an_eighth_of_what_
     await stores.redis.delete(guard, window)
 
 
+def count_calls(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> dict[str, int]:
+    """Count the calls to `module.name` (the real function still runs: a Redis round trip each)."""
+    calls = {"redis": 0}
+    real = getattr(module, name)
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls["redis"] += 1
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
 async def test_leased_hits_spare_redis_calls_and_two_instances_never_pass_the_limit(
-    db: Stores, settings: Settings
+    db: Stores, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A busy caller alternating between two instances: exactly `limit` requests pass, the rest get 429, and
     most allowed requests were served from leases (no Redis call)."""
@@ -165,28 +178,18 @@ async def test_leased_hits_spare_redis_calls_and_two_instances_never_pass_the_li
         await wait_until(lambda: db.near.live and other.near.live)
         user_id, session_id = await user_with_session(db)
         rate = RateLimit(100, 60)
-        calls = {"redis": 0}
-        real_hit = ratelimit.guarded_hit
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            calls["redis"] += 1
-            return await real_hit(*args, **kwargs)
-
+        calls = count_calls(monkeypatch, accounts, "guarded_hit")
         allowed, refused, calls_while_allowed = 0, 0, 0
-        accounts.guarded_hit = counted  # type: ignore[attr-defined]  # counts calls, the real script runs
-        try:
-            for index in range(160):
-                instance = (db, other)[index % 2]
-                try:
-                    _, status = await accounts.authenticate_and_limit(instance, user_id, session_id, rate, "t_lease")
-                except RateLimited:
-                    refused += 1
-                    continue
-                allowed += 1
-                calls_while_allowed = calls["redis"]
-                assert status is not None and 0 <= status.remaining < rate.amount
-        finally:
-            accounts.guarded_hit = real_hit  # type: ignore[attr-defined]
+        for index in range(160):
+            instance = (db, other)[index % 2]
+            try:
+                _, status = await accounts.authenticate_and_limit(instance, user_id, session_id, rate, "t_lease")
+            except RateLimited:
+                refused += 1
+                continue
+            allowed += 1
+            calls_while_allowed = calls["redis"]
+            assert status is not None and 0 <= status.remaining < rate.amount
         assert (allowed, refused) == (100, 60)
         print(f"100 allowed requests took {calls_while_allowed} Redis calls")
         assert calls_while_allowed <= 40
@@ -206,7 +209,9 @@ async def test_small_limits_are_never_leased(db: Stores, settings: Settings) -> 
     assert await db.redis.llen(window) == 3  # one hit per request, none taken ahead
 
 
-async def test_concurrent_requests_of_one_caller_wait_for_one_lease_call(db: Stores) -> None:
+async def test_concurrent_requests_of_one_caller_wait_for_one_lease_call(
+    db: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """50 requests of one caller at once: they wait for the lease call in flight and share its hits, rather
     than each calling Redis; every one is counted in the window."""
     tracking = asyncio.create_task(db.near.run())
@@ -215,20 +220,10 @@ async def test_concurrent_requests_of_one_caller_wait_for_one_lease_call(db: Sto
         user_id, session_id = await user_with_session(db)
         rate = RateLimit(100_000, 60)
         await accounts.authenticate_and_limit(db, user_id, session_id, rate, "t_flight")  # session copy held
-        calls = {"redis": 0}
-        real_hit = ratelimit.guarded_hit
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            calls["redis"] += 1
-            return await real_hit(*args, **kwargs)
-
-        accounts.guarded_hit = counted  # type: ignore[attr-defined]  # counts calls, the real script runs
-        try:
-            results = await asyncio.gather(
-                *(accounts.authenticate_and_limit(db, user_id, session_id, rate, "t_flight") for _ in range(50))
-            )
-        finally:
-            accounts.guarded_hit = real_hit  # type: ignore[attr-defined]
+        calls = count_calls(monkeypatch, accounts, "guarded_hit")
+        results = await asyncio.gather(
+            *(accounts.authenticate_and_limit(db, user_id, session_id, rate, "t_flight") for _ in range(50))
+        )
         assert all(status is not None and status.allowed for _, status in results)
         print(f"50 concurrent requests took {calls['redis']} Redis calls")
         assert calls["redis"] <= 10
@@ -240,21 +235,14 @@ async def test_concurrent_requests_of_one_caller_wait_for_one_lease_call(db: Sto
 
 
 async def test_rate_limit_pays_big_limits_from_leases_and_two_instances_never_pass_it(
-    db: Stores, settings: Settings
+    db: Stores, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`rate_limit` (message sends, reports): a caller alternating between two instances gets exactly `limit`
     hits, then 429s; most allowed hits needed no Redis call. Small limits stay one Redis call per hit."""
     other = await open_stores(settings)
     key, rate = uuid.uuid4().hex, RateLimit(100, 60)
-    calls = {"redis": 0}
-    real_hit = ratelimit.hit
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        calls["redis"] += 1
-        return await real_hit(*args, **kwargs)
-
+    calls = count_calls(monkeypatch, ratelimit, "hit")
     allowed, refused, calls_while_allowed = 0, 0, 0
-    ratelimit.hit = counted  # type: ignore[assignment]  # counts calls, the real script runs
     try:
         for index in range(160):
             try:
@@ -270,7 +258,6 @@ async def test_rate_limit_pays_big_limits_from_leases_and_two_instances_never_pa
             await ratelimit.rate_limit(db, "t_small_rl", key, small)
         small_calls = calls["redis"] - before
     finally:
-        ratelimit.hit = real_hit  # type: ignore[assignment]
         await other.close()
     assert (allowed, refused) == (100, 60)
     print(f"100 allowed hits took {calls_while_allowed} Redis calls")
