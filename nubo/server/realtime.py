@@ -21,7 +21,8 @@ parameter). Any bad frame — invalid JSON, not an object, unknown type, bad fie
 {code, error}; nothing closes the socket except a full send queue (close code 4008), the revocation of the token's
 session (4401: on every instance at once through ``rt:revoked``, else at the next heartbeat), a frame over
 ``NUBO_WS_MAX_FRAME`` (uvicorn closes with 1009 before the app sees it, since `nubo serve` sets its ``ws_max_size``;
-the check here answers an ``error`` event should the server limit ever be higher) or the client. """
+the check here answers an ``error`` event should the server limit ever be higher) or the client.
+"""
 
 from __future__ import annotations
 
