@@ -575,7 +575,8 @@ async def _refresh_mirror(stores: Stores, user_id: uuid.UUID, session_id: uuid.U
     """Ask PostgreSQL again about a live mirror before it lapses: a revoked or expired session gets its
     marker, a live one a new mirror lifetime (never over a revocation marker written meanwhile)."""
     try:
-        row = await _session_from_postgres(stores, session_id)
+        async with stores.background_pg:
+            row = await _session_from_postgres(stores, session_id)
         if row is None or row["user_id"] != user_id:
             return
         if row["revoked"] or row["expired"] or row["state"] != STATE_ACTIVE:

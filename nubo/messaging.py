@@ -523,8 +523,9 @@ async def leave_conversation(stores: Stores, user_id: uuid.UUID, conversation_id
 async def conversation_peers(stores: Stores, user_id: uuid.UUID, limit: int = 5000) -> list[uuid.UUID]:
     """Users who see this user's presence: peers of direct conversations and of small groups. A group's size
     is counted up to the limit only: every socket that comes online asks, and a 1,000-member group's members
-    coming online together would otherwise each count all of its rows."""
-    async with stores.pg.connection() as conn:
+    coming online together would otherwise each count all of its rows. Asked in the background (presence
+    announcements), so through :attr:`Stores.background_pg <nubo.stores.Stores.background_pg>`."""
+    async with stores.background_pg, stores.pg.connection() as conn:
         rows = await (
             await conn.execute(
                 "SELECT DISTINCT o.user_id FROM messaging.conversation_members m "

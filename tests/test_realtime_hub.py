@@ -6,27 +6,23 @@ The sockets here are recording stand-ins for a WebSocket (the stores are all rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from nubo import accounts
+from nubo import accounts, messaging
 from nubo.ids import new_id
 from nubo.realtime import bus as bus_module
 from nubo.realtime.bus import Bus
-from nubo.realtime.hub import (
-    ANNOUNCE_CONCURRENCY,
-    CLOSE_QUEUE_OVERFLOW,
-    CLOSE_SESSION_REVOKED,
-    Connection,
-    Durable,
-    Hub,
-)
+from nubo.realtime.hub import CLOSE_QUEUE_OVERFLOW, CLOSE_SESSION_REVOKED, Connection, Durable, Hub
 from nubo.realtime.presence import online_among
-from nubo.stores import Stores
+from nubo.stores import BACKGROUND_PG_SLOTS, Stores
+from tests.harness import user_with_session
 
 
 class RecordingSocket:
@@ -221,28 +217,37 @@ async def test_revoked_sessions_are_closed_by_message_and_by_the_periodic_check(
     await _close(hub, conns[kept])
 
 
-async def test_a_burst_of_connecting_users_announces_presence_a_few_at_a_time(db: Stores) -> None:
-    """Each announcement asks PostgreSQL for the user's peers: 40 users connecting at once must not take more
-    than ANNOUNCE_CONCURRENCY pooled connections (sends and requests wait behind them), and all are announced."""
-    running, most, announced = 0, 0, []
 
-    async def on_presence(user_id: uuid.UUID, online: bool) -> None:
-        nonlocal running, most
-        running += 1
-        most = max(most, running)
-        await asyncio.sleep(0.02)  # a peers query
-        running -= 1
-        announced.append((user_id, online))
+async def test_a_burst_of_connecting_sockets_leaves_most_postgres_connections_free(
+    db: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What sockets connecting together start in the background, each one a PostgreSQL query (the user's
+    presence peers, a refresh of a session mirror close to its end), holds at most BACKGROUND_PG_SLOTS pooled
+    connections at once, so sends and requests find one; all of it still gets done."""
+    sessions = [await user_with_session(db) for _ in range(20)]
+    held, most = 0, 0
+    real_connection = db.pg.connection
 
-    hub = Hub(db.settings, db.redis, db.keys, on_presence=on_presence)
-    await hub.start()
-    users = [new_id() for _ in range(40)]
-    try:
-        opened = await asyncio.gather(*(_open(hub, user) for user in users))
-        await _until(lambda: len(announced) == 40)
-        assert sorted(announced) == sorted((user, True) for user in users)
-        assert 1 < most <= ANNOUNCE_CONCURRENCY, most
-        for conn, _ in opened:
-            await _close(hub, conn)
-    finally:
-        await hub.stop()
+    @contextlib.asynccontextmanager
+    async def counted_connection(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        nonlocal held, most
+        async with real_connection(*args, **kwargs) as conn:
+            held += 1
+            most = max(most, held)
+            try:
+                await asyncio.sleep(0.01)  # a busy server: each query holds its connection a while
+                yield conn
+            finally:
+                held -= 1
+
+    monkeypatch.setattr(db.pg, "connection", counted_connection)
+    for _, session_id in sessions:  # mirrors about to lapse: each will be refreshed
+        await db.redis.expire(db.keys("session", session_id), 5)
+    results = await asyncio.gather(
+        *(messaging.conversation_peers(db, user_id) for user_id, _ in sessions),
+        *(accounts._refresh_mirror(db, user_id, session_id) for user_id, session_id in sessions),
+    )
+    assert results[:20] == [[] for _ in range(20)]
+    assert 1 < most <= BACKGROUND_PG_SLOTS, most
+    for _, session_id in sessions:
+        assert await db.redis.ttl(db.keys("session", session_id)) > 5  # every mirror was refreshed

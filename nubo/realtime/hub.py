@@ -47,10 +47,6 @@ CLOSE_QUEUE_OVERFLOW = 4008
 CLOSE_SESSION_REVOKED = 4401  # 4xxx: application codes (RFC 6455 §7.4.2); 401 as in HTTP
 CLOSE_REASONS = {CLOSE_QUEUE_OVERFLOW: "send queue full", CLOSE_SESSION_REVOKED: "session revoked"}
 CLOSE_TIMEOUT_SECONDS = 5.0
-# Presence announcements running at once: each asks PostgreSQL for the user's peers, and a burst of sockets
-# connecting (a deploy, a reconnect storm, 1,000 members at once) must not take every pooled connection from the
-# requests and sends queued behind them (measured: a send waited 350 ms for a connection after 500 sockets).
-ANNOUNCE_CONCURRENCY = 4
 
 
 class Socket(Protocol):
@@ -271,7 +267,6 @@ class Hub:
         self._sub_redis: Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
-        self._announcing = asyncio.Semaphore(ANNOUNCE_CONCURRENCY)
         self.subscribed = asyncio.Event()
         self.stats = {"routed": 0, "overflow_closes": 0, "resubscribes": 0}
 
@@ -366,8 +361,7 @@ class Hub:
         if self.on_presence is None:
             return
         try:
-            async with self._announcing:
-                await self.on_presence(user_id, online)
+            await self.on_presence(user_id, online)
         except Exception as exc:  # presence is best effort: never break a connection for it
             log.warning("presence_announce_failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
 

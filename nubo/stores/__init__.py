@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+BACKGROUND_PG_SLOTS = 4  # pooled PostgreSQL connections that background work may hold at once (of 20)
+
 
 @dataclass
 class Stores:
@@ -44,6 +46,13 @@ class Stores:
     @property
     def mongo(self) -> AsyncDatabase[MongoDoc]:
         return self.mongo_client[self.settings.mongo_db]
+
+    @cached_property
+    def background_pg(self) -> asyncio.Semaphore:
+        """Held around PostgreSQL work nobody waits for (session mirror refreshes, presence peers): it takes at
+        most :data:`BACKGROUND_PG_SLOTS` pooled connections at once. A burst of sockets connecting started one
+        such query per socket, took every connection, and a message send waited 350 ms for one."""
+        return asyncio.Semaphore(BACKGROUND_PG_SLOTS)
 
     @cached_property
     def cache(self) -> RedisCache:
