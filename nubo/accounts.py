@@ -19,7 +19,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
@@ -66,7 +66,8 @@ PROFILE_FIELDS = (
 SETTINGS_FIELDS = ("privacy", "notifications", "language", "theme")
 MIRROR_TTL = 60  # seconds a live-session mirror is trusted before PostgreSQL is asked again (safety net)
 MIRROR_REFRESH_BELOW = MIRROR_TTL // 4  # an active session's mirror is re-checked in the background then
-_REFRESHING_ATTR = "_nubo_refreshing_mirrors"  # on Stores: the background re-checks in flight, by key
+_REFRESH_ATTR = "_nubo_mirror_refresh"  # on Stores: its MirrorRefresh
+REFRESH_BATCH = 500  # sessions re-checked by one PostgreSQL query
 MAX_SESSION_IPS = 10
 INVALID_CREDENTIALS = "Invalid username, email or password"
 
@@ -553,40 +554,69 @@ async def _guarded_hit(
 ) -> tuple[str | bytes | None, RateStatus | None]:
     """:func:`nubo.ratelimit.guarded_hit` on the session mirror `key`, keeping the mirror as a near copy.
     A mirror close to its end is checked again against PostgreSQL in the background (see
-    :func:`_refresh_mirror`), so an active session never waits for that check."""
+    :class:`MirrorRefresh`), so an active session never waits for that check."""
     with stores.near.reading([key]) as keep:
         raw, status, ttl_ms = await guarded_hit(stores, key, name, str(user_id), rate, want=want)
         keep([raw])
     if ttl_ms is not None and 0 <= ttl_ms < MIRROR_REFRESH_BELOW * 1000:
-        _refresh_soon(stores, key, user_id, session_id)
+        _refresh_soon(stores, user_id, session_id)
     return raw, status
 
 
-def _refresh_soon(stores: Stores, key: str, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
-    refreshing: dict[str, asyncio.Task[None]] = stores.__dict__.setdefault(_REFRESHING_ATTR, {})
-    if key in refreshing:
+@dataclass
+class MirrorRefresh:
+    """Session mirrors close to their end, re-checked against PostgreSQL in the background, in batches: the
+    requests or sockets of many users arriving together (a reconnect storm) cost one query per batch, not
+    one each (500 sockets opening at once used to take every pooled connection: a send waited 350 ms)."""
+
+    due: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)  # session id -> user id, not yet asked
+    asking: set[uuid.UUID] = field(default_factory=set)  # sessions of the batch in flight
+    task: asyncio.Task[None] | None = None
+
+
+def _refresh_soon(stores: Stores, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
+    refresh: MirrorRefresh = stores.__dict__.setdefault(_REFRESH_ATTR, MirrorRefresh())
+    if session_id in refresh.asking:
         return
-    task = asyncio.create_task(_refresh_mirror(stores, user_id, session_id))
-    refreshing[key] = task
-    task.add_done_callback(lambda _: refreshing.pop(key, None))
+    refresh.due[session_id] = user_id
+    if refresh.task is None or refresh.task.done():
+        refresh.task = asyncio.create_task(_refresh_due(stores, refresh))
 
 
-async def _refresh_mirror(stores: Stores, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
-    """Ask PostgreSQL again about a live mirror before it lapses: a revoked or expired session gets its
-    marker, a live one a new mirror lifetime (never over a revocation marker written meanwhile)."""
+async def _refresh_due(stores: Stores, refresh: MirrorRefresh) -> None:
+    await asyncio.sleep(0)  # the other requests of this turn of the loop join the batch
+    while refresh.due:
+        batch = dict(list(refresh.due.items())[:REFRESH_BATCH])
+        for session_id in batch:
+            del refresh.due[session_id]
+        refresh.asking = set(batch)
+        try:
+            await refresh_mirrors(stores, batch)
+        finally:
+            refresh.asking = set()
+
+
+async def refresh_mirrors(stores: Stores, sessions: Mapping[uuid.UUID, uuid.UUID]) -> None:
+    """Ask PostgreSQL again about live mirrors (`{session id: user id}`) before they lapse, in one query: a
+    revoked or expired session gets its marker, a live one a new mirror lifetime (never over a revocation
+    marker written meanwhile). Background work: through :attr:`Stores.background_pg`."""
     try:
-        async with stores.background_pg:
-            row = await _session_from_postgres(stores, session_id)
-        if row is None or row["user_id"] != user_id:
-            return
-        if row["revoked"] or row["expired"] or row["state"] != STATE_ACTIVE:
-            await mark_revoked(stores, [session_id])
-            return
+        async with stores.background_pg, stores.pg.connection() as conn:
+            rows = await (await conn.execute(_SESSIONS_SQL + "WHERE s.id = ANY(%s)", (list(sessions),))).fetchall()
+        rows = [row for row in rows if sessions.get(row["session_id"]) == row["user_id"]]
+        live = [row for row in rows if not row["revoked"] and not row["expired"] and row["state"] == STATE_ACTIVE]
+        live_ids = {row["session_id"] for row in live}
+        gone = [row["session_id"] for row in rows if row["session_id"] not in live_ids]
+        if gone:
+            await mark_revoked(stores, gone)
         script = stores.script(_EXTEND_UNLESS_REVOKED)
-        await script(
-            keys=[stores.keys("session", session_id)],
-            args=[_mirror_value({"id": user_id, **row}), max(1, min(_mirror_ttl(), int(row["seconds_left"])))],
-        )
+        await asyncio.gather(*(
+            script(
+                keys=[stores.keys("session", row["session_id"])],
+                args=[_mirror_value({**row, "id": row["user_id"]}), min(_mirror_ttl(), int(row["seconds_left"]))],
+            )
+            for row in live
+        ))
     except (RedisError, OSError, psycopg.Error) as exc:
         stores.count_failure("redis_session")
         log.warning("session_mirror_refresh_failed", extra={"error": type(exc).__name__})
@@ -609,17 +639,17 @@ def _principal_from_mirror(raw: str | bytes, user_id: uuid.UUID, session_id: uui
     return AuthUser(id=user_id, session_id=session_id, username=data["username"], grade=int(data["grade"]))
 
 
+_SESSIONS_SQL = (
+    "SELECT s.id AS session_id, s.user_id, s.revoked, s.expires_at <= now() AS expired, "
+    "GREATEST(1, EXTRACT(EPOCH FROM s.expires_at - now()))::int AS seconds_left, "
+    "u.username, u.grade, u.state "
+    "FROM auth.sessions s JOIN auth.users u ON u.id = s.user_id "
+)
+
+
 async def _session_from_postgres(stores: Stores, session_id: uuid.UUID) -> Row | None:
     async with stores.pg.connection() as conn:
-        row = await (
-            await conn.execute(
-                "SELECT s.user_id, s.revoked, s.expires_at <= now() AS expired, "
-                "GREATEST(1, EXTRACT(EPOCH FROM s.expires_at - now()))::int AS seconds_left, "
-                "u.username, u.grade, u.state "
-                "FROM auth.sessions s JOIN auth.users u ON u.id = s.user_id WHERE s.id = %s",
-                (session_id,),
-            )
-        ).fetchone()
+        row = await (await conn.execute(_SESSIONS_SQL + "WHERE s.id = %s", (session_id,))).fetchone()
     return dict(row) if row else None
 
 

@@ -218,21 +218,23 @@ async def test_revoked_sessions_are_closed_by_message_and_by_the_periodic_check(
 
 
 
+
 async def test_a_burst_of_connecting_sockets_leaves_most_postgres_connections_free(
     db: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What sockets connecting together start in the background, each one a PostgreSQL query (the user's
-    presence peers, a refresh of a session mirror close to its end), holds at most BACKGROUND_PG_SLOTS pooled
-    connections at once, so sends and requests find one; all of it still gets done."""
+    """What sockets connecting together start in the background, each needing PostgreSQL (the user's presence
+    peers; a refresh of a session mirror close to its end), holds at most BACKGROUND_PG_SLOTS pooled
+    connections at once, so sends and requests find one; the mirror refreshes go in one query; all of it
+    still gets done."""
     sessions = [await user_with_session(db) for _ in range(20)]
-    held, most = 0, 0
+    held, most, checkouts = 0, 0, 0
     real_connection = db.pg.connection
 
     @contextlib.asynccontextmanager
     async def counted_connection(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        nonlocal held, most
+        nonlocal held, most, checkouts
         async with real_connection(*args, **kwargs) as conn:
-            held += 1
+            held, checkouts = held + 1, checkouts + 1
             most = max(most, held)
             try:
                 await asyncio.sleep(0.01)  # a busy server: each query holds its connection a while
@@ -240,14 +242,17 @@ async def test_a_burst_of_connecting_sockets_leaves_most_postgres_connections_fr
             finally:
                 held -= 1
 
-    monkeypatch.setattr(db.pg, "connection", counted_connection)
     for _, session_id in sessions:  # mirrors about to lapse: each will be refreshed
         await db.redis.expire(db.keys("session", session_id), 5)
-    results = await asyncio.gather(
-        *(messaging.conversation_peers(db, user_id) for user_id, _ in sessions),
-        *(accounts._refresh_mirror(db, user_id, session_id) for user_id, session_id in sessions),
-    )
-    assert results[:20] == [[] for _ in range(20)]
+    monkeypatch.setattr(db.pg, "connection", counted_connection)
+    for user_id, session_id in sessions:  # what each handshake's session check does for such a mirror
+        accounts._refresh_soon(db, user_id, session_id)
+    refresh: accounts.MirrorRefresh = db.__dict__[accounts._REFRESH_ATTR]
+    assert refresh.task is not None
+    await refresh.task
+    assert checkouts == 1  # 20 mirrors, one query
+    peers = await asyncio.gather(*(messaging.conversation_peers(db, user_id) for user_id, _ in sessions))
+    assert peers == [[] for _ in range(20)]
     assert 1 < most <= BACKGROUND_PG_SLOTS, most
     for _, session_id in sessions:
         assert await db.redis.ttl(db.keys("session", session_id)) > 5  # every mirror was refreshed
