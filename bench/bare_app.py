@@ -17,8 +17,17 @@ app = Litestar(route_handlers=[ping], debug=False)
 
 
 def main(port: int) -> None:
-    uvicorn.run("bench.bare_app:app", host="127.0.0.1", port=port, workers=1, access_log=False,
-                log_config=None, timeout_graceful_shutdown=10, server_header=False, proxy_headers=False)
+    uvicorn.run(
+        "bench.bare_app:app",
+        host="127.0.0.1",
+        port=port,
+        workers=1,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+        proxy_headers=False,
+    )
 
 
 if __name__ == "__main__":

@@ -156,9 +156,7 @@ def _ping_and_me_rounds(url: str, pid: int, me: Path, options: BenchOptions) -> 
 def summarize(runs: dict[str, list[WrkResult]], login: WrkResult) -> BenchOutput:
     ping, me = runs["ping"], runs["me"]
     ratios = [m.requests_per_s / p.requests_per_s for m, p in zip(me, ping, strict=True)]
-    cpu = {
-        name: median([r.server_cpu_us_per_request or 0.0 for r in results]) for name, results in runs.items()
-    }
+    cpu = {name: median([r.server_cpu_us_per_request or 0.0 for r in results]) for name, results in runs.items()}
     errors = sum(r.errors for r in ping + me) + login.errors
     metrics = [
         Metric("/ping", median([r.requests_per_s for r in ping]), "req/s"),

@@ -53,17 +53,24 @@ BASE = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def message(index: int, conversations: list[uuid.UUID], senders: list[uuid.UUID]) -> dict[str, Any]:
-    return {"id": uuid.UUID(int=(1 << 100) + index),
-            "conversation_id": conversations[index // PER_CONVERSATION],
-            "sender_id": senders[index % len(senders)], "message_type": index % 3, "state": 0,
-            "content": f"message number {index} " + "lorem ipsum " * 4, "attachments": {},
-            "client_id": None, "created_at": BASE + timedelta(seconds=index), "edited_at": None}
+    return {
+        "id": uuid.UUID(int=(1 << 100) + index),
+        "conversation_id": conversations[index // PER_CONVERSATION],
+        "sender_id": senders[index % len(senders)],
+        "message_type": index % 3,
+        "state": 0,
+        "content": f"message number {index} " + "lorem ipsum " * 4,
+        "attachments": {},
+        "client_id": None,
+        "created_at": BASE + timedelta(seconds=index),
+        "edited_at": None,
+    }
 
 
 async def measure_sets(coll: CacheCollection, docs: list[dict[str, Any]], single: int) -> dict[str, float]:
     started = time.perf_counter()
     for start in range(0, len(docs), 1000):
-        await coll.set_many(docs[start:start + 1000])
+        await coll.set_many(docs[start : start + 1000])
     batched = len(docs) / (time.perf_counter() - started)
     started = time.perf_counter()
     for doc in docs[:single]:
@@ -71,8 +78,7 @@ async def measure_sets(coll: CacheCollection, docs: list[dict[str, Any]], single
     return {"set_many": batched, "set": single / (time.perf_counter() - started)}
 
 
-async def measure_gets(coll: CacheCollection, conversations: list[uuid.UUID], queries: int,
-                       clients: int) -> float:
+async def measure_gets(coll: CacheCollection, conversations: list[uuid.UUID], queries: int, clients: int) -> float:
     picks = [random.choice(conversations) for _ in range(queries)]
     assert len(await coll.get({"conversation_id": picks[0]})) == PER_CONVERSATION
 
@@ -85,8 +91,9 @@ async def measure_gets(coll: CacheCollection, conversations: list[uuid.UUID], qu
     return queries / (time.perf_counter() - started)
 
 
-def _get_worker(url: str, prefix: str, conversations: list[str], queries: int, clients: int,
-                barrier: Any, rates: Any) -> None:
+def _get_worker(
+    url: str, prefix: str, conversations: list[str], queries: int, clients: int, barrier: Any, rates: Any
+) -> None:
     """One client process: waits for the others, runs `queries` gets with `clients` coroutines."""
 
     async def work() -> float:
@@ -101,8 +108,9 @@ def _get_worker(url: str, prefix: str, conversations: list[str], queries: int, c
     rates.put(run_loop(work()))
 
 
-def measure_gets_processes(url: str, prefix: str, conversations: list[uuid.UUID], processes: int,
-                           queries: int, clients: int) -> float:
+def measure_gets_processes(
+    url: str, prefix: str, conversations: list[uuid.UUID], processes: int, queries: int, clients: int
+) -> float:
     """Aggregate queries/s of `processes` client processes started together."""
     context = multiprocessing.get_context("spawn")
     barrier, rates = context.Barrier(processes), context.Queue()
@@ -129,9 +137,19 @@ def run_loop(coroutine: Any) -> Any:
 async def measure_scan(cache: RedisCache, rounds: int = 7) -> dict[str, float]:
     comments = cache.collection("comments")
     post = uuid.uuid4()
-    await comments.set_many([{"id": uuid.UUID(int=(1 << 90) + i), "post_id": post, "user_id": uuid.uuid4(),
-                              "content": f"comment {i}", "created_at": BASE + timedelta(minutes=i),
-                              "updated_at": BASE} for i in range(SCAN_ELEMENTS)])
+    await comments.set_many(
+        [
+            {
+                "id": uuid.UUID(int=(1 << 90) + i),
+                "post_id": post,
+                "user_id": uuid.uuid4(),
+                "content": f"comment {i}",
+                "created_at": BASE + timedelta(minutes=i),
+                "updated_at": BASE,
+            }
+            for i in range(SCAN_ELEMENTS)
+        ]
+    )
     cutoff = BASE + timedelta(minutes=SCAN_ELEMENTS * 0.9)
     filter = {"created_at": {"$gte": cutoff}, "content": {"$ne": "x"}}  # no index narrows either condition
     times, found = [], 0
@@ -149,8 +167,18 @@ def redis_benchmark_get(url: str) -> float | None:
     if binary is None:
         return None
     parts = urlsplit(url)
-    cmd = [binary, "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379), "-t", "get",
-           "-n", "100000", "-q"]
+    cmd = [
+        binary,
+        "-h",
+        parts.hostname or "127.0.0.1",
+        "-p",
+        str(parts.port or 6379),
+        "-t",
+        "get",
+        "-n",
+        "100000",
+        "-q",
+    ]
     if parts.password:
         cmd += ["-a", parts.password]
     output = subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout
@@ -167,15 +195,14 @@ async def run(elements: int) -> tuple[list[Metric], dict[str, Any]]:
     conversations = [uuid.uuid4() for _ in range(elements // PER_CONVERSATION + 1)]
     senders = [uuid.uuid4() for _ in range(1000)]
     docs = [message(i, conversations, senders) for i in range(elements)]
-    conversations = conversations[:elements // PER_CONVERSATION]
+    conversations = conversations[: elements // PER_CONVERSATION]
     try:
         before = await used_memory(redis)
         sets = await measure_sets(coll, docs, single=min(5000, elements))
         bytes_per_element = (await used_memory(redis) - before) / elements
         get_one = await measure_gets(coll, conversations, 5000, clients=1)
         get_many = await measure_gets(coll, conversations, 20000, clients=16)
-        get_processes = await asyncio.to_thread(measure_gets_processes, url, keys.prefix, conversations,
-                                                2, 10000, 16)
+        get_processes = await asyncio.to_thread(measure_gets_processes, url, keys.prefix, conversations, 2, 10000, 16)
         scan = await measure_scan(cache)
     finally:
         deleted = await delete_prefix(redis, keys)
@@ -191,8 +218,13 @@ async def run(elements: int) -> tuple[list[Metric], dict[str, Any]]:
         Metric("redis-benchmark GET (same run)", raw_get or 0.0, "requests/s"),
         Metric("Redis memory per element (hash + indexes)", bytes_per_element, "bytes"),
     ]
-    details = {"elements": elements, "results_per_get": PER_CONVERSATION, "scan_matches": scan["matches"],
-               "keys_deleted_after": deleted, "redis_benchmark_available": raw_get is not None}
+    details = {
+        "elements": elements,
+        "results_per_get": PER_CONVERSATION,
+        "scan_matches": scan["matches"],
+        "keys_deleted_after": deleted,
+        "redis_benchmark_available": raw_get is not None,
+    }
     return metrics, details
 
 
@@ -213,18 +245,32 @@ def print_table(metrics: list[Metric], elements: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bench_cache", description=__doc__.splitlines()[0])
     parser.add_argument("--elements", type=int, default=100_000, help="elements in the collection")
-    parser.add_argument("--json", "--out", dest="json", type=Path, default=RESULTS_DIR / "cache.json",
-                        help="where to write the JSON result")
+    parser.add_argument(
+        "--json",
+        "--out",
+        dest="json",
+        type=Path,
+        default=RESULTS_DIR / "cache.json",
+        help="where to write the JSON result",
+    )
     add_load_arguments(parser)  # accepted (and unused) so `bench/run cache` can pass its common flags
     args = parser.parse_args()
     started = now_iso()
     metrics, details = run_loop(run(args.elements))
     print_table(metrics, args.elements)
-    write_json(args.json, {
-        "name": "cache", "title": "Redis cache engine", "started_at": started, "finished_at": now_iso(),
-        "options": {"elements": args.elements}, "machine": machine_info(),
-        "metrics": [metric.as_json() for metric in metrics], "details": details,
-    })
+    write_json(
+        args.json,
+        {
+            "name": "cache",
+            "title": "Redis cache engine",
+            "started_at": started,
+            "finished_at": now_iso(),
+            "options": {"elements": args.elements},
+            "machine": machine_info(),
+            "metrics": [metric.as_json() for metric in metrics],
+            "details": details,
+        },
+    )
     print(f"results: {args.json}")
 
 

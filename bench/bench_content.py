@@ -52,11 +52,20 @@ PASSWORD = "bench password, long enough 42"
 
 # ---- setup -------------------------------------------------------------------------------------------------
 
+
 def member(http: httpx.Client, name: str) -> tuple[str, dict[str, str]]:
     """Sign up and log in; returns (user id, auth headers)."""
     username = f"{name}{uuid.uuid4().hex[:8]}"
-    signup = http.post("/signup", json={"username": username, "email": f"{username}@example.com",
-                                         "password": PASSWORD, "first_name": "B", "last_name": "M"})
+    signup = http.post(
+        "/signup",
+        json={
+            "username": username,
+            "email": f"{username}@example.com",
+            "password": PASSWORD,
+            "first_name": "B",
+            "last_name": "M",
+        },
+    )
     signup.raise_for_status()
     login = http.post("/login", json={"username": username, "password": PASSWORD})
     login.raise_for_status()
@@ -83,8 +92,10 @@ def seed_feed(http: httpx.Client) -> list[dict[str, str]]:
 
 # ---- GET /posts/{id} vs /ping ------------------------------------------------------------------------------
 
-def read_rounds(url: str, post_id: str, headers: dict[str, str], options: BenchOptions,
-                pid: int) -> dict[str, list[WrkResult]]:
+
+def read_rounds(
+    url: str, post_id: str, headers: dict[str, str], options: BenchOptions, pid: int
+) -> dict[str, list[WrkResult]]:
     targets = {"ping": (url + "/ping", {}), "post": (f"{url}/posts/{post_id}", headers)}
     for path, hdrs in targets.values():
         run_wrk(path, options, duration=options.warmup, headers=hdrs)
@@ -98,6 +109,7 @@ def read_rounds(url: str, post_id: str, headers: dict[str, str], options: BenchO
 
 
 # ---- POST /posts -------------------------------------------------------------------------------------------
+
 
 def write_run(url: str, headers: dict[str, str], options: BenchOptions, pid: int) -> WrkResult:
     body = json.dumps({"content": "benchmark post with a #tag and some text"})
@@ -127,14 +139,19 @@ def check_three_stores(env: dict[str, str], author_id: str, timeout: float = 60.
         in_redis = 0
         for start in range(0, len(ids), 1000):
             pipe = redis.pipeline(transaction=False)
-            for post_id in ids[start:start + 1000]:
+            for post_id in ids[start : start + 1000]:
                 pipe.exists(f"{prefix}cache:posts:{post_id}")
             in_redis += sum(pipe.execute())
-    return {"postgres": row[0] if row else 0, "mongo": in_mongo, "redis": in_redis,
-            "outbox_left": pending[0] if pending else -1}
+    return {
+        "postgres": row[0] if row else 0,
+        "mongo": in_mongo,
+        "redis": in_redis,
+        "outbox_left": pending[0] if pending else -1,
+    }
 
 
 # ---- GET /feed at a constant rate --------------------------------------------------------------------------
+
 
 async def constant_rate(url: str, readers: list[dict[str, str]], rate: int, seconds: float) -> dict[str, Any]:
     """Open-loop load: request i is due at start + i/rate; latency counts from that due time."""
@@ -167,11 +184,18 @@ async def constant_rate(url: str, readers: list[dict[str, str]], rate: int, seco
         await asyncio.gather(*tasks)
         achieved = total / (time.perf_counter() - start)
     ordered = sorted(latencies)
-    return {"p50_ms": ordered[len(ordered) // 2], "p99_ms": ordered[int(len(ordered) * 0.99) - 1],
-            "max_ms": ordered[-1], "requests": total, "errors": errors, "achieved_rate": achieved}
+    return {
+        "p50_ms": ordered[len(ordered) // 2],
+        "p99_ms": ordered[int(len(ordered) * 0.99) - 1],
+        "max_ms": ordered[-1],
+        "requests": total,
+        "errors": errors,
+        "achieved_rate": achieved,
+    }
 
 
 # ---- the run -----------------------------------------------------------------------------------------------
+
 
 def feed_run(url: str, readers: list[dict[str, str]], options: BenchOptions, pid: int) -> dict[str, Any]:
     """One constant-rate feed run, with the server's CPU per request."""
@@ -214,8 +238,7 @@ def measure(options: BenchOptions) -> BenchOutput:
     metrics = [
         Metric("/ping", ping_rps, "req/s"),
         Metric("GET /posts/{id} (Redis)", post_rps, "req/s"),
-        Metric("GET /posts/{id} / ping (median of rounds)", median(ratios), "ratio",
-               (">=", READ_RATIO_TARGET)),
+        Metric("GET /posts/{id} / ping (median of rounds)", median(ratios), "ratio", (">=", READ_RATIO_TARGET)),
         Metric("GET /posts/{id} p99", median([r.p99_ms for r in reads["post"]]), "ms"),
         Metric("/ping server CPU per request", cpu_per_request(reads["ping"]), "us"),
         Metric("GET /posts/{id} server CPU per request", cpu_per_request(reads["post"]), "us"),
@@ -225,14 +248,23 @@ def measure(options: BenchOptions) -> BenchOutput:
         Metric("posts in all three stores", 1.0 if all_written else 0.0, "bool", (">=", 1.0)),
         Metric("GET /feed p99 @200 req/s", feed_p99, "ms", ("<", FEED_P99_TARGET_MS)),
         Metric("GET /feed p50 @200 req/s", median([run["p50_ms"] for run in feed_runs]), "ms"),
-        Metric("GET /feed server CPU per request", median([run["server_cpu_us_per_request"]
-                                                           for run in feed_runs]), "us"),
-        Metric("errors (non-2xx, socket)", sum(r.errors for rs in reads.values() for r in rs) + writes.errors
-               + sum(run["errors"] for run in feed_runs), "count", ("<=", 0)),
+        Metric(
+            "GET /feed server CPU per request", median([run["server_cpu_us_per_request"] for run in feed_runs]), "us"
+        ),
+        Metric(
+            "errors (non-2xx, socket)",
+            sum(r.errors for rs in reads.values() for r in rs)
+            + writes.errors
+            + sum(run["errors"] for run in feed_runs),
+            "count",
+            ("<=", 0),
+        ),
     ]
     details = {
         "reads": {name: [r.summary() for r in runs] for name, runs in reads.items()},
-        "read_ratios": ratios, "writes": writes.summary(), "stores_after_writes": stores,
+        "read_ratios": ratios,
+        "writes": writes.summary(),
+        "stores_after_writes": stores,
         "feed_runs": feed_runs,
         "feed_load": "asyncio+httpx open loop at a fixed rate (Debian wrk has no -R)",
     }
@@ -240,5 +272,4 @@ def measure(options: BenchOptions) -> BenchOutput:
 
 
 if __name__ == "__main__":
-    bench_main("content", "Posts and feed: Redis-served reads vs /ping, writes to three stores, feed p99",
-               measure)
+    bench_main("content", "Posts and feed: Redis-served reads vs /ping, writes to three stores, feed p99", measure)

@@ -74,8 +74,9 @@ def summarize(runs: dict[str, list[WrkResult]]) -> BenchOutput:
         Metric("bare Litestar CPU per request", cpu_per_request(bare), "us"),
         # CPU per request decides req/s on a saturated core, and it stays steady when other processes load
         # the machine (req/s does not): the same 0.9 target, measured the robust way.
-        Metric("bare / nubo CPU per request", cpu_per_request(bare) / cpu_per_request(nubo), "ratio",
-               (">=", TARGET_RATIO)),
+        Metric(
+            "bare / nubo CPU per request", cpu_per_request(bare) / cpu_per_request(nubo), "ratio", (">=", TARGET_RATIO)
+        ),
         Metric("errors (non-2xx, socket)", errors, "count", ("<=", 0)),
     ]
     details: dict[str, Any] = {

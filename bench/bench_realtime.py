@@ -297,9 +297,7 @@ async def fan_out(sender: Socket, members: list[Socket], conversation: str) -> d
     }
 
 
-async def cross_instance(
-    sender: Socket, local: Socket, remote: Socket, conversation: str
-) -> dict[str, float]:
+async def cross_instance(sender: Socket, local: Socket, remote: Socket, conversation: str) -> dict[str, float]:
     """Same message, two receivers: one on the sender's instance, one on the other."""
     same, other = [], []
     for i in range(CROSS_MESSAGES):
@@ -436,9 +434,7 @@ def measure(options: BenchOptions) -> BenchOutput:
         Metric("delivery p50, same instance", cross["same_instance_p50_ms"], "ms"),
         Metric("delivery p50, other instance", cross["other_instance_p50_ms"], "ms"),
         Metric("cross-instance added latency p50", cross["added_p50_ms"], "ms", ("<", 5.0)),
-        Metric(
-            f"RSS, {idle['connections']:,} idle sockets, no deflate", idle["rss_after_mb"], "MB", ("<", 300.0)
-        ),
+        Metric(f"RSS, {idle['connections']:,} idle sockets, no deflate", idle["rss_after_mb"], "MB", ("<", 300.0)),
         Metric("RSS per idle socket, no deflate", idle["per_connection_kb"], "KB"),
         Metric(
             f"RSS, {deflate['connections']:,} idle sockets, deflate",
@@ -457,6 +453,4 @@ def measure(options: BenchOptions) -> BenchOutput:
 
 
 if __name__ == "__main__":
-    bench_main(
-        "realtime", "Realtime: send->ack, 1,000-member fan-out, cross-instance cost, idle sockets", measure
-    )
+    bench_main("realtime", "Realtime: send->ack, 1,000-member fan-out, cross-instance cost, idle sockets", measure)

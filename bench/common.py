@@ -57,6 +57,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 
 # --- results ------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Metric:
     """One measured number; with a target (``(">=", 0.9)``) it also says whether the target is met."""
@@ -98,8 +99,12 @@ class BenchOptions:
 
 
 def machine_info() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "wrk": WRK if Path(WRK).exists() else None}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "wrk": WRK if Path(WRK).exists() else None,
+    }
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:
@@ -113,6 +118,7 @@ def now_iso() -> str:
 
 
 # --- wrk ----------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class WrkResult:
@@ -149,16 +155,20 @@ def parse_wrk(output: str) -> WrkResult:
     if not (rps and p50 and p99 and total):
         raise ValueError(f"unexpected wrk output:\n{output}")
     non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", output)
-    socket_errors = re.search(r"Socket errors:\s*connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                              output)
+    socket_errors = re.search(r"Socket errors:\s*connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     errors = int(non2xx.group(1)) if non2xx else 0
     errors += sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
-    return WrkResult(float(rps.group(1)), _latency_ms(p50.group(1)), _latency_ms(p99.group(1)),
-                     int(total.group(1)), errors, raw=output)
+    return WrkResult(
+        float(rps.group(1)),
+        _latency_ms(p50.group(1)),
+        _latency_ms(p99.group(1)),
+        int(total.group(1)),
+        errors,
+        raw=output,
+    )
 
 
-def wrk_script(method: str = "GET", body: str | None = None,
-               headers: Mapping[str, str] | None = None) -> Path:
+def wrk_script(method: str = "GET", body: str | None = None, headers: Mapping[str, str] | None = None) -> Path:
     """A Lua script setting wrk's method, body and headers (the caller deletes it, or lets tmp do it)."""
     lines = [f"wrk.method = {json.dumps(method)}"]
     if body is not None:
@@ -176,8 +186,15 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_wrk(url: str, options: BenchOptions, *, duration: int | None = None, script: Path | None = None,
-            headers: Mapping[str, str] | None = None, cpu_of: int | None = None) -> WrkResult:
+def run_wrk(
+    url: str,
+    options: BenchOptions,
+    *,
+    duration: int | None = None,
+    script: Path | None = None,
+    headers: Mapping[str, str] | None = None,
+    cpu_of: int | None = None,
+) -> WrkResult:
     """Load `url` with wrk (threads/connections/duration from `options`) and parse the report.
 
     With `cpu_of` (the server's pid), also measure the server's CPU time per request: unlike requests/s,
@@ -191,8 +208,9 @@ def run_wrk(url: str, options: BenchOptions, *, duration: int | None = None, scr
     if script is not None:
         cmd += ["-s", str(script)]
     cpu_before = process_cpu_seconds(cpu_of) if cpu_of else 0.0
-    done = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60,
-                          preexec_fn=_pin_to_load_cpus)
+    done = subprocess.run(
+        [*cmd, url], capture_output=True, text=True, timeout=seconds + 60, preexec_fn=_pin_to_load_cpus
+    )
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
     result = parse_wrk(done.stdout)
@@ -202,6 +220,7 @@ def run_wrk(url: str, options: BenchOptions, *, duration: int | None = None, scr
 
 
 # --- CPU placement ------------------------------------------------------------------------------------------
+
 
 def _cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
@@ -224,6 +243,7 @@ def _pin_to_load_cpus() -> None:
 
 # --- environments and servers -------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def isolated_env(overrides: Mapping[str, str] | None = None) -> Iterator[dict[str, str]]:
     """Subprocess env on a fresh PostgreSQL database, Mongo database and Redis prefix, dropped after."""
@@ -236,15 +256,20 @@ def isolated_env(overrides: Mapping[str, str] | None = None) -> Iterator[dict[st
     with psycopg.connect(base["NUBO_POSTGRES_URL"], autocommit=True, connect_timeout=5) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUBO_") and k != "JWT_SECRET"}
-    env.update({
-        "NUBO_POSTGRES_URL": with_database(base["NUBO_POSTGRES_URL"], name),
-        "NUBO_MONGO_URL": base["NUBO_MONGO_URL"], "NUBO_MONGO_DB": name,
-        "NUBO_REDIS_URL": base["NUBO_REDIS_URL"], "NUBO_REDIS_PREFIX": f"{name}:",
-        # Measure what ships: production mode, default log level.
-        "NUBO_ENV": "prod", "JWT_SECRET": secrets.token_urlsafe(48),
-        "PYTHONPATH": str(ROOT),
-        **(overrides or {}),
-    })
+    env.update(
+        {
+            "NUBO_POSTGRES_URL": with_database(base["NUBO_POSTGRES_URL"], name),
+            "NUBO_MONGO_URL": base["NUBO_MONGO_URL"],
+            "NUBO_MONGO_DB": name,
+            "NUBO_REDIS_URL": base["NUBO_REDIS_URL"],
+            "NUBO_REDIS_PREFIX": f"{name}:",
+            # Measure what ships: production mode, default log level.
+            "NUBO_ENV": "prod",
+            "JWT_SECRET": secrets.token_urlsafe(48),
+            "PYTHONPATH": str(ROOT),
+            **(overrides or {}),
+        }
+    )
     try:
         yield env
     finally:
@@ -255,7 +280,7 @@ def isolated_env(overrides: Mapping[str, str] | None = None) -> Iterator[dict[st
         with Redis.from_url(base["NUBO_REDIS_URL"]) as redis:
             keys = list(redis.scan_iter(match=f"{name}:*", count=1000))
             for start in range(0, len(keys), 500):
-                redis.unlink(*keys[start:start + 500])
+                redis.unlink(*keys[start : start + 500])
 
 
 def init_db(env: Mapping[str, str]) -> None:
@@ -266,8 +291,7 @@ def init_db(env: Mapping[str, str]) -> None:
 
 
 @contextlib.contextmanager
-def nubo_server(env: Mapping[str, str], args: Sequence[str] = (), *,
-                pin: bool = True) -> Iterator[ServerProcess]:
+def nubo_server(env: Mapping[str, str], args: Sequence[str] = (), *, pin: bool = True) -> Iterator[ServerProcess]:
     """A real `nubo serve` (1 worker unless `args` says otherwise), ready on /readyz; SIGTERM at exit."""
     server = ServerProcess(env=dict(env))
     try:
@@ -288,13 +312,15 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def python_server(args: Sequence[str], env: Mapping[str, str], ready_path: str, *, pin: bool = True,
-                  timeout: float = 30.0) -> Iterator[RunningServer]:
+def python_server(
+    args: Sequence[str], env: Mapping[str, str], ready_path: str, *, pin: bool = True, timeout: float = 30.0
+) -> Iterator[RunningServer]:
     """Run ``python <args...> <port>`` (e.g. a bare uvicorn app); yield it once `ready_path` answers 200."""
     port = free_port()
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen([sys.executable, *args, str(port)], env=dict(env), cwd=ROOT, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, *args, str(port)], env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_http(url + ready_path, process, log, timeout)
@@ -331,6 +357,7 @@ def median(values: Sequence[float]) -> float:
 
 # --- one benchmark's entry point ----------------------------------------------------------------------------
 
+
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = BenchOptions()
     parser.add_argument("--duration", type=int, default=defaults.duration, help="seconds of load per wrk run")
@@ -341,8 +368,13 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from(args: argparse.Namespace) -> BenchOptions:
-    return BenchOptions(duration=args.duration, threads=args.threads, connections=args.connections,
-                        rounds=args.rounds, warmup=args.warmup)
+    return BenchOptions(
+        duration=args.duration,
+        threads=args.threads,
+        connections=args.connections,
+        rounds=args.rounds,
+        warmup=args.warmup,
+    )
 
 
 def bench_main(name: str, title: str, measure: Callable[[BenchOptions], BenchOutput]) -> None:
@@ -354,14 +386,23 @@ def bench_main(name: str, title: str, measure: Callable[[BenchOptions], BenchOut
     options = options_from(args)
     started = now_iso()
     output = measure(options)
-    write_json(args.out, {
-        "name": name, "title": title, "started_at": started, "finished_at": now_iso(),
-        "options": asdict(options), "machine": machine_info(),
-        "metrics": [metric.as_json() for metric in output.metrics], "details": output.details,
-    })
+    write_json(
+        args.out,
+        {
+            "name": name,
+            "title": title,
+            "started_at": started,
+            "finished_at": now_iso(),
+            "options": asdict(options),
+            "machine": machine_info(),
+            "metrics": [metric.as_json() for metric in output.metrics],
+            "details": output.details,
+        },
+    )
 
 
 # --- the runner (`bench/run`) -------------------------------------------------------------------------------
+
 
 def available() -> dict[str, Path]:
     return {path.stem.removeprefix("bench_"): path for path in sorted(BENCH_DIR.glob("bench_*.py"))}
@@ -385,16 +426,28 @@ def print_table(results: Sequence[Mapping[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title="nubo benchmarks")
-    for column, justify in (("bench", "left"), ("metric", "left"), ("value", "right"), ("unit", "left"),
-                            ("target", "left"), ("", "center")):
+    for column, justify in (
+        ("bench", "left"),
+        ("metric", "left"),
+        ("value", "right"),
+        ("unit", "left"),
+        ("target", "left"),
+        ("", "center"),
+    ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     marks = {True: "[green]ok[/]", False: "[red]MISSED[/]", None: ""}
     for result in results:
         if "error" in result:
             table.add_row(result["name"], "[red]failed[/]", "", "", "", result["error"])
         for metric in result["metrics"]:
-            table.add_row(result["name"], metric["name"], f"{metric['value']:,.2f}", metric["unit"],
-                          metric["target"] or "", marks[metric["ok"]])
+            table.add_row(
+                result["name"],
+                metric["name"],
+                f"{metric['value']:,.2f}",
+                metric["unit"],
+                metric["target"] or "",
+                marks[metric["ok"]],
+            )
     Console().print(table)
 
 
@@ -402,8 +455,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`bench/run [NAME ...]`: run benchmarks, write bench/results/latest.json, print a table."""
     names = available()
     parser = argparse.ArgumentParser(prog="bench/run", description="Run nubo's benchmarks, print one table.")
-    parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"benchmarks to run (default: all of {', '.join(names)})")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {', '.join(names)})"
+    )
     add_load_arguments(parser)
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
@@ -413,8 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not shutil.which(WRK):
         parser.error(f"wrk not found at {WRK} (apt-get install wrk, or set NUBO_WRK)")
     results = [run_one(name, args) for name in (args.names or list(names))]
-    latest = write_json(RESULTS_DIR / "latest.json", {"generated_at": now_iso(), "machine": machine_info(),
-                                                      "benches": {r["name"]: r for r in results}})
+    latest = write_json(
+        RESULTS_DIR / "latest.json",
+        {"generated_at": now_iso(), "machine": machine_info(), "benches": {r["name"]: r for r in results}},
+    )
     print_table(results)
     print(f"results: {latest.relative_to(ROOT)}")
     missed = any(metric["ok"] is False for r in results for metric in r["metrics"])

@@ -48,9 +48,7 @@ log = get_logger(__name__)
 
 STATE_DEACTIVATED, STATE_ACTIVE, STATE_BANNED = 0, 1, 2
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.]{3,30}$")
-EMAIL_RE = re.compile(
-    r"^[^@\s\x00-\x1f]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$"
-)
+EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$")
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
 PROFILE_FIELDS = (
     "first_name",
@@ -224,9 +222,7 @@ async def _user_for_login(stores: Stores, identifier: str) -> Row | None:
     column = "email" if "@" in identifier else "username"
     async with stores.pg.connection() as conn:
         row = await (
-            await conn.execute(
-                f"SELECT * FROM auth.users WHERE lower({column}) = lower(%s)", (identifier.strip(),)
-            )
+            await conn.execute(f"SELECT * FROM auth.users WHERE lower({column}) = lower(%s)", (identifier.strip(),))
         ).fetchone()
     return normalize_row(row) if row else None
 
@@ -319,9 +315,7 @@ async def refresh(stores: Stores, refresh_token: str, client: ClientInfo) -> Iss
             "refresh_token_reused",
             extra={"session_id": str(session["id"]), "user_id": str(session["user_id"]), "ip": client.ip},
         )
-        raise Unauthorized(
-            "This refresh token was already used; the session is revoked", code="refresh_token_reused"
-        )
+        raise Unauthorized("This refresh token was already used; the session is revoked", code="refresh_token_reused")
     if outcome != "rotated" or session is None:
         code = "expired_token" if outcome == "expired" else "invalid_token"
         raise Unauthorized(f"The refresh token is {outcome}", code=code)
@@ -390,9 +384,7 @@ REVOKED_MARKER = '{"revoked":true}'  # the session mirror of a revoked session
 _MIRROR = msgspec.json.Decoder(dict[str, Any])  # the mirror is read on every request: msgspec is quicker
 
 
-async def _mirror_live(
-    stores: Stores, session_id: uuid.UUID, user_row: Mapping[str, Any], seconds: int
-) -> None:
+async def _mirror_live(stores: Stores, session_id: uuid.UUID, user_row: Mapping[str, Any], seconds: int) -> None:
     """Mirror a live session (NX: never overwrites a revocation marker). A failure only costs PG reads."""
     try:
         await stores.redis.set(
@@ -436,9 +428,7 @@ async def mark_revoked(stores: Stores, session_ids: Sequence[uuid.UUID]) -> None
     except (RedisError, OSError) as exc:
         # PostgreSQL already says revoked; a live mirror (if any) lapses within MIRROR_TTL seconds.
         stores.count_failure("redis_session")
-        log.warning(
-            "session_revoke_mirror_failed", extra={"sessions": len(session_ids), "error": type(exc).__name__}
-        )
+        log.warning("session_revoke_mirror_failed", extra={"sessions": len(session_ids), "error": type(exc).__name__})
     finally:
         stores.near.drop([stores.keys("session", sid) for sid in session_ids])
 
@@ -472,13 +462,7 @@ async def authenticate_session(
     if raw is not None:
         return _principal_from_mirror(raw, user_id, session_id)
     row = await _session_from_postgres(stores, session_id)
-    if (
-        row is None
-        or row["user_id"] != user_id
-        or row["revoked"]
-        or row["expired"]
-        or row["state"] != STATE_ACTIVE
-    ):
+    if row is None or row["user_id"] != user_id or row["revoked"] or row["expired"] or row["state"] != STATE_ACTIVE:
         if redis_up and row is not None and row["user_id"] == user_id:
             await mark_revoked(stores, [session_id])
         raise Unauthorized("The session of this token is revoked or expired", code="invalid_token")
@@ -610,13 +594,15 @@ async def refresh_mirrors(stores: Stores, sessions: Mapping[uuid.UUID, uuid.UUID
         if gone:
             await mark_revoked(stores, gone)
         script = stores.script(_EXTEND_UNLESS_REVOKED)
-        await asyncio.gather(*(
-            script(
-                keys=[stores.keys("session", row["session_id"])],
-                args=[_mirror_value({**row, "id": row["user_id"]}), min(_mirror_ttl(), int(row["seconds_left"]))],
+        await asyncio.gather(
+            *(
+                script(
+                    keys=[stores.keys("session", row["session_id"])],
+                    args=[_mirror_value({**row, "id": row["user_id"]}), min(_mirror_ttl(), int(row["seconds_left"]))],
+                )
+                for row in live
             )
-            for row in live
-        ))
+        )
     except (RedisError, OSError, psycopg.Error) as exc:
         stores.count_failure("redis_session")
         log.warning("session_mirror_refresh_failed", extra={"error": type(exc).__name__})
@@ -685,9 +671,7 @@ async def list_sessions(
     return Page(items=[_session_view(r, current) for r in page.items], next=page.next)
 
 
-async def revoke_session(
-    stores: Stores, user_id: uuid.UUID, session_id: uuid.UUID, reason: str = "logout"
-) -> None:
+async def revoke_session(stores: Stores, user_id: uuid.UUID, session_id: uuid.UUID, reason: str = "logout") -> None:
     """Revoke one of the caller's own sessions; 404 for another user's, an unknown or a revoked one."""
     async with stores.pg.connection() as conn:
         row = await (
@@ -700,9 +684,7 @@ async def revoke_session(
     if row is None:
         raise NotFound("No such session", code="session_not_found")
     await mark_revoked(stores, [session_id])
-    log.info(
-        "session_revoked", extra={"user_id": str(user_id), "session_id": str(session_id), "reason": reason}
-    )
+    log.info("session_revoked", extra={"user_id": str(user_id), "session_id": str(session_id), "reason": reason})
 
 
 async def revoke_user_sessions(
@@ -741,8 +723,7 @@ async def update_profile(stores: Stores, user_id: uuid.UUID, changes: Mapping[st
     if problems:
         raise ValidationFailed("Some fields are invalid", fields=problems)
     values = {
-        k: (v.strip() if k in ("first_name", "last_name") and isinstance(v, str) else v)
-        for k, v in changes.items()
+        k: (v.strip() if k in ("first_name", "last_name") and isinstance(v, str) else v) for k, v in changes.items()
     }
     async with stores.tiered.transaction() as tx:
         row = await tx.update("users", user_id, values)
@@ -756,9 +737,7 @@ def _settings_view(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def _settings_row(conn: AsyncConnection[DictRow], user_id: uuid.UUID) -> Row | None:
-    row = await (
-        await conn.execute("SELECT * FROM auth.user_settings WHERE user_id = %s", (user_id,))
-    ).fetchone()
+    row = await (await conn.execute("SELECT * FROM auth.user_settings WHERE user_id = %s", (user_id,))).fetchone()
     return dict(row) if row else None
 
 
@@ -805,9 +784,7 @@ async def find_user(stores: Stores, ref: str) -> Row | None:
             row = await (await conn.execute("SELECT * FROM auth.users WHERE id = %s", (user_id,))).fetchone()
         else:
             row = await (
-                await conn.execute(
-                    "SELECT * FROM auth.users WHERE lower(username) = lower(%s)", (ref.strip(),)
-                )
+                await conn.execute("SELECT * FROM auth.users WHERE lower(username) = lower(%s)", (ref.strip(),))
             ).fetchone()
     return normalize_row(row) if row else None
 
@@ -818,7 +795,5 @@ async def issue_operator_token(stores: Stores, ref: str, ttl: int) -> IssuedToke
     if row is None:
         raise NotFound(f"No user with id or username {ref!r}", code="user_not_found")
     if row.get("state") != STATE_ACTIVE:
-        raise Conflict(
-            f"User {row['username']} is not active (state {row.get('state')})", code="user_inactive"
-        )
+        raise Conflict(f"User {row['username']} is not active (state {row.get('state')})", code="user_inactive")
     return await open_session(stores, row, ClientInfo(user_agent="nubo token"), lifetime=ttl, access_ttl=ttl)

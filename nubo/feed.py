@@ -186,11 +186,14 @@ async def fan_out(stores: Stores, posts: Sequence[tuple[uuid.UUID, uuid.UUID]]) 
     try:
         authors = list({author for _, author in posts})
         async with pg_read(stores) as conn:
-            rows = await (await conn.execute(
-                "SELECT a AS author, f.follower_id FROM unnest(%(a)s::uuid[]) AS a "
-                "CROSS JOIN LATERAL (SELECT follower_id FROM auth.follows "
-                "WHERE followed_id = a AND state = 1 LIMIT %(n)s) f",
-                {"a": authors, "n": FANOUT_MAX_FOLLOWERS + 1})).fetchall()
+            rows = await (
+                await conn.execute(
+                    "SELECT a AS author, f.follower_id FROM unnest(%(a)s::uuid[]) AS a "
+                    "CROSS JOIN LATERAL (SELECT follower_id FROM auth.follows "
+                    "WHERE followed_id = a AND state = 1 LIMIT %(n)s) f",
+                    {"a": authors, "n": FANOUT_MAX_FOLLOWERS + 1},
+                )
+            ).fetchall()
         followers: dict[uuid.UUID, list[uuid.UUID]] = {a: [a] for a in authors}
         for row in rows:
             followers[row["author"]].append(row["follower_id"])
@@ -206,16 +209,18 @@ async def fan_out(stores: Stores, posts: Sequence[tuple[uuid.UUID, uuid.UUID]]) 
         # Only users with a document (recently active). One `$in` query finds them: on FerretDB's SQLite
         # backend an update by an absent UUID `_id` scans the collection, so misses are filtered out first.
         active = {doc["_id"] async for doc in collection.find({"_id": {"$in": list(targets)}}, {"_id": 1})}
-        ops = [UpdateOne({"_id": user}, {"$addToSet": {"items": {"$each": items}}})
-               for user, items in targets.items() if user in active]
+        ops = [
+            UpdateOne({"_id": user}, {"$addToSet": {"items": {"$each": items}}})
+            for user, items in targets.items()
+            if user in active
+        ]
         if not ops:
             return 0
         result = await collection.bulk_write(ops, ordered=False)
         await _hot_add(stores, {user: items for user, items in targets.items() if user in active})
         return result.modified_count
     except Exception as exc:  # the read-time catch-up repairs it; a fan-out must never crash anything
-        log.warning("feed_fan_out_failed", extra={"posts": len(posts),
-                                                  "error": f"{type(exc).__name__}: {exc}"[:200]})
+        log.warning("feed_fan_out_failed", extra={"posts": len(posts), "error": f"{type(exc).__name__}: {exc}"[:200]})
         return 0
 
 
@@ -337,6 +342,7 @@ async def _update(stores: Stores, viewer: uuid.UUID, update: dict[str, Any]) -> 
 # `{p}feed:{user}:items` (a set: SADD is as idempotent as `$addToSet`) and `{p}feed:{user}:meta` (a hash of
 # the other fields). A copy without its meta hash is ignored and replaced from Mongo on the next read.
 
+
 def _hot_keys(stores: Stores, viewer: uuid.UUID) -> tuple[str, str]:
     return stores.keys("feed", viewer, "items"), stores.keys("feed", viewer, "meta")
 
@@ -359,23 +365,31 @@ async def _hot_load(stores: Stores, viewer: uuid.UUID) -> dict[str, Any] | None:
         return None
     if not meta or "checked_at" not in meta:
         return None
-    return {"_id": viewer, "items": list(items), "authors": meta.get("authors"),
-            "big": [uuid.UUID(b) for b in meta.get("big", "").split(",") if b],
-            "checked_id": _id_or_none(meta.get("checked_id")), "checked_at": float(meta["checked_at"]),
-            "floor": _id_or_none(meta.get("floor"))}
+    return {
+        "_id": viewer,
+        "items": list(items),
+        "authors": meta.get("authors"),
+        "big": [uuid.UUID(b) for b in meta.get("big", "").split(",") if b],
+        "checked_id": _id_or_none(meta.get("checked_id")),
+        "checked_at": float(meta["checked_at"]),
+        "floor": _id_or_none(meta.get("floor")),
+    }
 
 
-async def _hot_store(stores: Stores, doc: dict[str, Any], *, replace: bool,
-                     new_items: Sequence[str] = (), dropped: Sequence[str] = ()) -> None:
+async def _hot_store(
+    stores: Stores, doc: dict[str, Any], *, replace: bool, new_items: Sequence[str] = (), dropped: Sequence[str] = ()
+) -> None:
     """Write the Redis copy: all of it (`replace`), or the items added/dropped and the meta fields."""
     if not stores.tiered.health.available("redis"):
         return
     items_key, meta_key = _hot_keys(stores, doc["_id"])
     meta: dict[str, str] = {
-            "authors": doc.get("authors") or "", "big": ",".join(b.hex for b in doc.get("big", [])),
-            "checked_id": doc["checked_id"].hex if doc.get("checked_id") else "",
-            "checked_at": repr(float(doc.get("checked_at", 0))),
-            "floor": doc["floor"].hex if doc.get("floor") else ""}
+        "authors": doc.get("authors") or "",
+        "big": ",".join(b.hex for b in doc.get("big", [])),
+        "checked_id": doc["checked_id"].hex if doc.get("checked_id") else "",
+        "checked_at": repr(float(doc.get("checked_at", 0))),
+        "floor": doc["floor"].hex if doc.get("floor") else "",
+    }
     try:
         async with stores.redis.pipeline(transaction=True) as pipe:
             if replace:
@@ -441,8 +455,7 @@ async def _candidates(
     return ordered[:want], len(ordered) > want
 
 
-def _newest_items(items: list[str], authors: set[uuid.UUID], before: uuid.UUID | None,
-                  count: int) -> list[str]:
+def _newest_items(items: list[str], authors: set[uuid.UUID], before: uuid.UUID | None, count: int) -> list[str]:
     """The `count` newest items by `authors` older than `before`, compared as hex strings (hex of UUIDv7 sorts
     like the ids; building UUIDs for the whole document was most of a feed read's CPU)."""
     wanted = {a.hex for a in authors}
@@ -456,9 +469,7 @@ def _newest_items(items: list[str], authors: set[uuid.UUID], before: uuid.UUID |
     return chosen
 
 
-async def feed_page(
-    stores: Stores, viewer: uuid.UUID, *, limit: int, before: uuid.UUID | None
-) -> Page[dict[str, Any]]:
+async def feed_page(stores: Stores, viewer: uuid.UUID, *, limit: int, before: uuid.UUID | None) -> Page[dict[str, Any]]:
     """One page of the viewer's feed (newest first); the cursor is the last post id of the page."""
     authors = await followed_authors(stores, viewer) | {viewer}
     candidates, more = await _candidates(stores, viewer, authors, before, limit + PAGE_SLACK)
@@ -473,7 +484,7 @@ async def feed_page(
         if post_id not in fetched:
             # Rows are read only as far as the page needs: the slack is for rows deleted since they were
             # listed, and decoding cached rows is a good part of a feed read's CPU.
-            wanted = [i for i, _ in candidates[index:index + limit - len(visible)]]
+            wanted = [i for i, _ in candidates[index : index + limit - len(visible)]]
             fetched.update(wanted)
             rows.update((row["id"], row) for row in await stores.tiered.get_many("posts", wanted))
         last_seen = post_id

@@ -194,9 +194,7 @@ def conversation_view(row: Row) -> dict[str, Any]:
 # ---- reads shared by writes ------------------------------------------------------------------------------
 
 
-async def _lock_conversation(
-    conn: AsyncConnection[DictRow], conversation_id: uuid.UUID, user_id: uuid.UUID
-) -> Row:
+async def _lock_conversation(conn: AsyncConnection[DictRow], conversation_id: uuid.UUID, user_id: uuid.UUID) -> Row:
     """Lock the conversation row and return it with the caller's role; 404 unless the caller is a member."""
     row = await (
         await conn.execute(
@@ -288,9 +286,7 @@ async def create_conversation(
     return await _create_group(stores, creator_id, others, clean_title), True
 
 
-async def _create_direct(
-    stores: Stores, creator_id: uuid.UUID, other_id: uuid.UUID
-) -> tuple[dict[str, Any], bool]:
+async def _create_direct(stores: Stores, creator_id: uuid.UUID, other_id: uuid.UUID) -> tuple[dict[str, Any], bool]:
     low, high = sorted((str(creator_id), str(other_id)))
     direct_key = f"{low}:{high}"
     async with _write(stores) as tx:
@@ -308,26 +304,20 @@ async def _create_direct(
     if conv is None:  # it already existed (maybe created by the other user at the same moment)
         async with stores.pg.connection() as conn:
             row = await (
-                await conn.execute(
-                    "SELECT id FROM messaging.conversations_meta WHERE direct_key = %s", (direct_key,)
-                )
+                await conn.execute("SELECT id FROM messaging.conversations_meta WHERE direct_key = %s", (direct_key,))
             ).fetchone()
         assert row is not None
         return await get_conversation(stores, creator_id, row["id"]), False
     return await get_conversation(stores, creator_id, conv["id"]), True
 
 
-async def _check_can_meet(
-    conn: AsyncConnection[DictRow], user_id: uuid.UUID, others: Sequence[uuid.UUID]
-) -> None:
+async def _check_can_meet(conn: AsyncConnection[DictRow], user_id: uuid.UUID, others: Sequence[uuid.UUID]) -> None:
     """Others must be active and not blocked either way with `user_id` (else they look absent: 404)."""
     active = await _active_users(conn, others)
     blocked = {a if b == user_id else b for a, b in await _blocked_pairs(conn, [user_id], others)}
     missing = [uid for uid in others if uid not in active or uid in blocked]
     if missing:
-        raise NotFound(
-            "No such user", code="user_not_found", fields={"user_ids": ",".join(map(str, missing))}
-        )
+        raise NotFound("No such user", code="user_not_found", fields={"user_ids": ",".join(map(str, missing))})
 
 
 async def _check_no_blocks(
@@ -357,18 +347,14 @@ async def _insert_members(
     return result
 
 
-async def _create_group(
-    stores: Stores, creator_id: uuid.UUID, others: list[uuid.UUID], title: str
-) -> dict[str, Any]:
+async def _create_group(stores: Stores, creator_id: uuid.UUID, others: list[uuid.UUID], title: str) -> dict[str, Any]:
     async with _write(stores) as tx:
         await _check_can_meet(tx.conn, creator_id, others)
         await _check_no_blocks(tx.conn, others, others)
         conv = await tx.insert(
             "conversations", {"id": new_id(), "type": GROUP, "title": title, "created_by": creator_id}
         )
-        await _insert_members(
-            tx, conv["id"], [(creator_id, ROLE_CREATOR)] + [(uid, ROLE_MEMBER) for uid in others]
-        )
+        await _insert_members(tx, conv["id"], [(creator_id, ROLE_CREATOR)] + [(uid, ROLE_MEMBER) for uid in others])
     return await get_conversation(stores, creator_id, conv["id"])
 
 
@@ -446,9 +432,7 @@ async def add_members(
         present = await _member_ids(tx.conn, conversation_id)
         newcomers = [uid for uid in wanted if uid not in set(present)]
         if len(present) + len(newcomers) > MAX_MEMBERS:
-            raise ValidationFailed(
-                f"a group has at most {MAX_MEMBERS} members", fields={"user_ids": "too many"}
-            )
+            raise ValidationFailed(f"a group has at most {MAX_MEMBERS} members", fields={"user_ids": "too many"})
         await _check_can_meet(tx.conn, actor_id, newcomers)
         await _check_no_blocks(tx.conn, newcomers, [*present, *newcomers])
         await _insert_members(tx, conversation_id, [(uid, ROLE_MEMBER) for uid in newcomers])
@@ -457,16 +441,12 @@ async def add_members(
 
 def _require_group_admin(conv: Row) -> None:
     if conv["type"] != GROUP:
-        raise ValidationFailed(
-            "members of a direct conversation cannot change", fields={"conversation_id": "direct"}
-        )
+        raise ValidationFailed("members of a direct conversation cannot change", fields={"conversation_id": "direct"})
     if conv["role"] < ROLE_ADMIN:
         raise Forbidden("Only admins can change the members", code="not_admin")
 
 
-async def remove_member(
-    stores: Stores, actor_id: uuid.UUID, conversation_id: uuid.UUID, user_id: uuid.UUID
-) -> None:
+async def remove_member(stores: Stores, actor_id: uuid.UUID, conversation_id: uuid.UUID, user_id: uuid.UUID) -> None:
     """Admins remove members; only the creator removes admins; nobody removes the creator."""
     if user_id == actor_id:
         await leave_conversation(stores, actor_id, conversation_id)
@@ -501,9 +481,7 @@ async def leave_conversation(stores: Stores, user_id: uuid.UUID, conversation_id
     async with _write(stores) as tx:
         conv = await _lock_conversation(tx.conn, conversation_id, user_id)
         if conv["type"] != GROUP:
-            raise ValidationFailed(
-                "you cannot leave a direct conversation", fields={"conversation_id": "direct"}
-            )
+            raise ValidationFailed("you cannot leave a direct conversation", fields={"conversation_id": "direct"})
         removed = await _delete_member(tx, conversation_id, user_id)
         if conv["role"] == ROLE_CREATOR:
             heir = await (
@@ -709,9 +687,7 @@ async def _existing_send(stores: Stores, sender_id: uuid.UUID, client_id: str) -
 
 def _replayed(existing: Row, conversation_id: uuid.UUID) -> SendResult:
     if existing["conversation_id"] != conversation_id:
-        raise Conflict(
-            "client_id was already used for a message in another conversation", code="client_id_reused"
-        )
+        raise Conflict("client_id was already used for a message in another conversation", code="client_id_reused")
     return SendResult(message_view(existing), False)
 
 
@@ -753,9 +729,7 @@ async def _messages_by_id(stores: Stores, ids: list[uuid.UUID]) -> list[Row]:
 async def _lock_message(tx: Transaction, user_id: uuid.UUID, message_id: uuid.UUID) -> tuple[Row, Row]:
     """Lock the message's conversation (then the message) for its sender; 404 for non-members, 403 others."""
     found = await (
-        await tx.conn.execute(
-            "SELECT conversation_id FROM messaging.message_index WHERE id = %s", (message_id,)
-        )
+        await tx.conn.execute("SELECT conversation_id FROM messaging.message_index WHERE id = %s", (message_id,))
     ).fetchone()
     if found is None:
         raise NotFound("No such message", code="message_not_found")
@@ -773,9 +747,7 @@ async def _lock_message(tx: Transaction, user_id: uuid.UUID, message_id: uuid.UU
     return conv, message
 
 
-async def edit_message(
-    stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, content: object
-) -> dict[str, Any]:
+async def edit_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, content: object) -> dict[str, Any]:
     text = _clean_content(content)
     async with _write(stores) as tx:
         conv, message = await _lock_message(tx, user_id, message_id)
@@ -795,9 +767,7 @@ async def edit_message(
             await _set_preview(tx, conv["id"], text[:PREVIEW_CHARS])
         members = await _member_ids(tx.conn, conv["id"])
     view = message_view(row)
-    await publish_safely(
-        stores, members, {"type": "message.edited", "conversation_id": conv["id"], "message": view}
-    )
+    await publish_safely(stores, members, {"type": "message.edited", "conversation_id": conv["id"], "message": view})
     return view
 
 
@@ -849,9 +819,7 @@ async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UU
     return message_view(message)
 
 
-async def like_message(
-    stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, liked: bool
-) -> dict[str, Any]:
+async def like_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, liked: bool) -> dict[str, Any]:
     """Like (or unlike) a message of a conversation the caller is in; returns the like count.
 
     Likes of every kind share one implementation (`nubo.posts.like`, membership checked there)."""
@@ -884,8 +852,7 @@ async def mark_read(
         # Lock first, count in a later statement: its snapshot then includes every send that held this row.
         member = await (
             await tx.conn.execute(
-                "SELECT * FROM messaging.conversation_members "
-                "WHERE conversation_id = %s AND user_id = %s FOR UPDATE",
+                "SELECT * FROM messaging.conversation_members WHERE conversation_id = %s AND user_id = %s FOR UPDATE",
                 (conversation_id, user_id),
             )
         ).fetchone()
@@ -924,9 +891,7 @@ async def mark_read(
     }
 
 
-async def _require_member_in(
-    conn: AsyncConnection[DictRow], conversation_id: uuid.UUID, user_id: uuid.UUID
-) -> Row:
+async def _require_member_in(conn: AsyncConnection[DictRow], conversation_id: uuid.UUID, user_id: uuid.UUID) -> Row:
     row = await (
         await conn.execute(
             "SELECT c.* FROM messaging.conversations_meta c JOIN messaging.conversation_members m "
@@ -993,11 +958,7 @@ async def unread_counts(stores: Stores, user_id: uuid.UUID) -> dict[uuid.UUID, i
     except (RedisError, OSError):
         raw = {}
     if raw:
-        return {
-            uuid.UUID(str(field)): int(value)
-            for field, value in raw.items()
-            if field != "_" and int(value) != 0
-        }
+        return {uuid.UUID(str(field)): int(value) for field, value in raw.items() if field != "_" and int(value) != 0}
     counts = await unread_counts_from_postgres(stores, user_id)
     script = stores.script(_REBUILD_UNREAD_LUA)
     try:
@@ -1021,9 +982,7 @@ async def unread_counts_from_postgres(stores: Stores, user_id: uuid.UUID) -> dic
     return {row["conversation_id"]: int(row["unread_count"]) for row in rows}
 
 
-async def typing_recipients(
-    stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID
-) -> list[uuid.UUID]:
+async def typing_recipients(stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID) -> list[uuid.UUID]:
     """Members other than the typist; 404 when the typist is not a member."""
     members = await member_ids(stores, conversation_id)
     if user_id not in members:

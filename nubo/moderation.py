@@ -34,6 +34,7 @@ MAX_REASON_LENGTH = 1000
 
 # ---- reporting -------------------------------------------------------------------------------------------
 
+
 def _absent(target_type: str) -> NotFound:
     return NotFound(f"No such {target_type}", code=f"{target_type}_not_found")
 
@@ -42,14 +43,17 @@ async def _check_user_target(stores: Stores, reporter_id: uuid.UUID, user_id: uu
     """A user may be reported when active and not blocking the reporter; the reporter's own block is
     allowed on purpose (block-and-report is the usual way to deal with harassment)."""
     if user_id == reporter_id:
-        raise ValidationFailed("You cannot report yourself", code="cannot_report_self",
-                               fields={"target_id": "is the caller"})
+        raise ValidationFailed(
+            "You cannot report yourself", code="cannot_report_self", fields={"target_id": "is the caller"}
+        )
     row = await stores.tiered.get("users", user_id)
     if row is None or row.get("state") != social.USER_ACTIVE:
         raise _absent("user")
     async with stores.pg.connection() as conn:
-        blocked_by = await (await conn.execute(
-            "SELECT 1 FROM auth.blocks WHERE blocker_id = %s AND blocked_id = %s", (user_id, reporter_id))
+        blocked_by = await (
+            await conn.execute(
+                "SELECT 1 FROM auth.blocks WHERE blocker_id = %s AND blocked_id = %s", (user_id, reporter_id)
+            )
         ).fetchone()
     if blocked_by is not None:
         raise _absent("user")
@@ -76,62 +80,90 @@ async def _check_message_target(stores: Stores, reporter_id: uuid.UUID, message_
     if message is None or message.get("state") == MESSAGE_DELETED:
         raise _absent("message")
     async with stores.pg.connection() as conn:
-        member = await (await conn.execute(
-            "SELECT 1 FROM messaging.conversation_members WHERE conversation_id = %s AND user_id = %s",
-            (message["conversation_id"], reporter_id))).fetchone()
+        member = await (
+            await conn.execute(
+                "SELECT 1 FROM messaging.conversation_members WHERE conversation_id = %s AND user_id = %s",
+                (message["conversation_id"], reporter_id),
+            )
+        ).fetchone()
     if member is None:
         raise _absent("message")
 
 
-_TARGET_CHECKS = {"user": _check_user_target, "post": _check_post_target, "comment": _check_comment_target,
-                  "message": _check_message_target}
+_TARGET_CHECKS = {
+    "user": _check_user_target,
+    "post": _check_post_target,
+    "comment": _check_comment_target,
+    "message": _check_message_target,
+}
 
 
 def _clean_reason(reason: str) -> str:
     text = reason.strip()
     if not text or len(text) > MAX_REASON_LENGTH or "\x00" in text:
-        raise ValidationFailed(f"reason must be 1 to {MAX_REASON_LENGTH} characters",
-                               fields={"reason": f"1..{MAX_REASON_LENGTH} characters"})
+        raise ValidationFailed(
+            f"reason must be 1 to {MAX_REASON_LENGTH} characters",
+            fields={"reason": f"1..{MAX_REASON_LENGTH} characters"},
+        )
     return text
 
 
 def report_view(row: Row, *, admin: bool = False) -> dict[str, Any]:
     """A report as the API shows it (type and state by name); moderators also see who and how it ended."""
-    view = {"id": row["id"], "target_type": TARGET_NAMES[row["target_type"]], "target_id": row["target_id"],
-            "reason": row["reason"], "state": STATE_NAMES[row["state"]], "created_at": row["created_at"]}
+    view = {
+        "id": row["id"],
+        "target_type": TARGET_NAMES[row["target_type"]],
+        "target_id": row["target_id"],
+        "reason": row["reason"],
+        "state": STATE_NAMES[row["state"]],
+        "created_at": row["created_at"],
+    }
     if admin:
-        view |= {"actor_id": row["actor_id"], "resolved_by": row["resolved_by"],
-                 "resolved_at": row["resolved_at"], "resolution": row["resolution"]}
+        view |= {
+            "actor_id": row["actor_id"],
+            "resolved_by": row["resolved_by"],
+            "resolved_at": row["resolved_at"],
+            "resolution": row["resolution"],
+        }
     return view
 
 
-async def create_report(stores: Stores, reporter_id: uuid.UUID, target_type: str, target_id: uuid.UUID,
-                        reason: str) -> Row:
+async def create_report(
+    stores: Stores, reporter_id: uuid.UUID, target_type: str, target_id: uuid.UUID, reason: str
+) -> Row:
     """File a report on something the reporter can see (404 otherwise); one pending report per target."""
     if target_type not in TARGET_TYPES:
-        raise ValidationFailed("unknown target_type",
-                               fields={"target_type": f"one of {', '.join(TARGET_TYPES)}"})
+        raise ValidationFailed("unknown target_type", fields={"target_type": f"one of {', '.join(TARGET_TYPES)}"})
     text = _clean_reason(reason)
     await _TARGET_CHECKS[target_type](stores, reporter_id, target_id)
     kind = TARGET_TYPES[target_type]
     async with stores.pg.connection() as conn, conn.transaction():
         # Serialize on (reporter, target) so two concurrent reports cannot both pass the duplicate check.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                           (f"report:{reporter_id}:{target_id}",))
-        duplicate = await (await conn.execute(
-            "SELECT id FROM moderation.reports WHERE actor_id = %s AND target_type = %s AND target_id = %s "
-            "AND state <> 2", (reporter_id, kind, target_id))).fetchone()
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"report:{reporter_id}:{target_id}",)
+        )
+        duplicate = await (
+            await conn.execute(
+                "SELECT id FROM moderation.reports WHERE actor_id = %s AND target_type = %s AND target_id = %s "
+                "AND state <> 2",
+                (reporter_id, kind, target_id),
+            )
+        ).fetchone()
         if duplicate is not None:
             raise Conflict("You already reported this; it is being reviewed", code="already_reported")
-        row = await (await conn.execute(
-            "INSERT INTO moderation.reports (id, actor_id, target_type, target_id, reason) "
-            "VALUES (%s, %s, %s, %s, %s) RETURNING *",
-            (new_id(), reporter_id, kind, target_id, text))).fetchone()
+        row = await (
+            await conn.execute(
+                "INSERT INTO moderation.reports (id, actor_id, target_type, target_id, reason) "
+                "VALUES (%s, %s, %s, %s, %s) RETURNING *",
+                (new_id(), reporter_id, kind, target_id, text),
+            )
+        ).fetchone()
     assert row is not None
     return dict(row)
 
 
 # ---- moderators ------------------------------------------------------------------------------------------
+
 
 async def require_moderator(stores: Stores, user_id: uuid.UUID) -> Row:
     """The caller's current user row when their grade reaches `settings.moderator_grade`, else 403.
@@ -155,14 +187,16 @@ def parse_state(raw: str | None) -> int | None:
     return REPORT_STATES[raw]
 
 
-async def list_reports(stores: Stores, *, state: int | None, limit: int,
-                       before: uuid.UUID | None) -> Page[Row]:
+async def list_reports(stores: Stores, *, state: int | None, limit: int, before: uuid.UUID | None) -> Page[Row]:
     """Reports newest first, optionally of one state; cursor is the report id."""
     async with stores.pg.connection() as conn:
-        rows = await (await conn.execute(
-            "SELECT * FROM moderation.reports WHERE (%(state)s::smallint IS NULL OR state = %(state)s) "
-            "AND (%(before)s::uuid IS NULL OR id < %(before)s) ORDER BY id DESC LIMIT %(n)s",
-            {"state": state, "before": before, "n": limit + 1})).fetchall()
+        rows = await (
+            await conn.execute(
+                "SELECT * FROM moderation.reports WHERE (%(state)s::smallint IS NULL OR state = %(state)s) "
+                "AND (%(before)s::uuid IS NULL OR id < %(before)s) ORDER BY id DESC LIMIT %(n)s",
+                {"state": state, "before": before, "n": limit + 1},
+            )
+        ).fetchall()
     return make_page([dict(row) for row in rows], limit)
 
 
@@ -178,17 +212,22 @@ async def _target_author(tx: Transaction, target_type: str, target_id: uuid.UUID
     """Who is responsible for a reported target: the user itself, or the author of the content."""
     if target_type == "user":
         return target_id
-    query = {"post": "SELECT user_id AS author FROM content.posts WHERE id = %s",
-             "comment": "SELECT user_id AS author FROM content.comments WHERE id = %s",
-             "message": "SELECT sender_id AS author FROM messaging.message_index WHERE id = %s"}[target_type]
+    query = {
+        "post": "SELECT user_id AS author FROM content.posts WHERE id = %s",
+        "comment": "SELECT user_id AS author FROM content.comments WHERE id = %s",
+        "message": "SELECT sender_id AS author FROM messaging.message_index WHERE id = %s",
+    }[target_type]
     row = await (await tx.conn.execute(query, (target_id,))).fetchone()
     return row["author"] if row else None
 
 
 async def _remove_content(tx: Transaction, target_type: str, target_id: uuid.UUID) -> dict[str, Any]:
     if target_type == "user":
-        raise ValidationFailed("a user report cannot remove content; use ban_user",
-                               code="invalid_action", fields={"action": "not for user reports"})
+        raise ValidationFailed(
+            "a user report cannot remove content; use ban_user",
+            code="invalid_action",
+            fields={"action": "not for user reports"},
+        )
     if target_type == "message":  # messages are soft-deleted: the conversation keeps its ordering
         changed = await tx.update("messages", target_id, {"state": MESSAGE_DELETED, "content": None})
         return {"removed": changed is not None}
@@ -196,8 +235,9 @@ async def _remove_content(tx: Transaction, target_type: str, target_id: uuid.UUI
     return {"removed": removed is not None}
 
 
-async def _ban_user(stores: Stores, tx: Transaction, moderator_id: uuid.UUID,
-                    user_id: uuid.UUID | None) -> dict[str, Any]:
+async def _ban_user(
+    stores: Stores, tx: Transaction, moderator_id: uuid.UUID, user_id: uuid.UUID | None
+) -> dict[str, Any]:
     if user_id is None:
         return {"banned": None}
     if user_id == moderator_id:
@@ -208,8 +248,15 @@ async def _ban_user(stores: Stores, tx: Transaction, moderator_id: uuid.UUID,
     return {"banned": user_id if changed is not None else None, "revoked_sessions": revoked}
 
 
-async def resolve_report(stores: Stores, moderator_id: uuid.UUID, report_id: uuid.UUID, *, action: str,
-                         resolution: str, ip: str | None = None) -> Row:
+async def resolve_report(
+    stores: Stores,
+    moderator_id: uuid.UUID,
+    report_id: uuid.UUID,
+    *,
+    action: str,
+    resolution: str,
+    ip: str | None = None,
+) -> Row:
     """Resolve a report with `action`, writing admin_actions and audit_logs in the same transaction.
 
     404 for an unknown report, 409 `already_resolved` when it was resolved before (also under a race: the
@@ -219,9 +266,13 @@ async def resolve_report(stores: Stores, moderator_id: uuid.UUID, report_id: uui
         raise ValidationFailed("unknown action", fields={"action": f"one of {', '.join(ACTIONS)}"})
     text = _clean_reason(resolution)
     async with stores.tiered.transaction() as tx:
-        report = await (await tx.conn.execute(
-            "UPDATE moderation.reports SET state = 2, resolved_by = %s, resolved_at = now(), resolution = %s "
-            "WHERE id = %s AND state <> 2 RETURNING *", (moderator_id, text, report_id))).fetchone()
+        report = await (
+            await tx.conn.execute(
+                "UPDATE moderation.reports SET state = 2, resolved_by = %s, resolved_at = now(), resolution = %s "
+                "WHERE id = %s AND state <> 2 RETURNING *",
+                (moderator_id, text, report_id),
+            )
+        ).fetchone()
         if report is None:
             await _raise_unresolvable(tx, report_id)
         assert report is not None
@@ -232,15 +283,15 @@ async def resolve_report(stores: Stores, moderator_id: uuid.UUID, report_id: uui
 
 
 async def _raise_unresolvable(tx: Transaction, report_id: uuid.UUID) -> None:
-    exists = await (await tx.conn.execute(
-        "SELECT 1 FROM moderation.reports WHERE id = %s", (report_id,))).fetchone()
+    exists = await (await tx.conn.execute("SELECT 1 FROM moderation.reports WHERE id = %s", (report_id,))).fetchone()
     if exists is None:
         raise NotFound("No such report", code="report_not_found")
     raise Conflict("This report is already resolved", code="already_resolved")
 
 
-async def _apply_action(stores: Stores, tx: Transaction, moderator_id: uuid.UUID, report: Row,
-                        action: str) -> dict[str, Any]:
+async def _apply_action(
+    stores: Stores, tx: Transaction, moderator_id: uuid.UUID, report: Row, action: str
+) -> dict[str, Any]:
     target_type = TARGET_NAMES[report["target_type"]]
     if action == "remove_content":
         return await _remove_content(tx, target_type, report["target_id"])
@@ -250,8 +301,9 @@ async def _apply_action(stores: Stores, tx: Transaction, moderator_id: uuid.UUID
     return {}
 
 
-async def _write_trail(tx: Transaction, moderator_id: uuid.UUID, report: Row, action: str,
-                       details: dict[str, Any], ip: str | None) -> None:
+async def _write_trail(
+    tx: Transaction, moderator_id: uuid.UUID, report: Row, action: str, details: dict[str, Any], ip: str | None
+) -> None:
     # UUIDs (also inside lists) become strings for the JSONB columns.
     trail = {"action": action, "resolution": report["resolution"], **details}
     data = json.loads(json.dumps(trail, default=str))
@@ -259,9 +311,10 @@ async def _write_trail(tx: Transaction, moderator_id: uuid.UUID, report: Row, ac
         "INSERT INTO moderation.admin_actions "
         "(id, admin_id, action, target_type, target_id, report_id, details) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (new_id(), moderator_id, action, report["target_type"], report["target_id"], report["id"],
-         Jsonb(data)))
+        (new_id(), moderator_id, action, report["target_type"], report["target_id"], report["id"], Jsonb(data)),
+    )
     await tx.conn.execute(
         "INSERT INTO moderation.audit_logs (id, actor_id, action, entity, entity_id, data, ip) "
         "VALUES (%s, %s, 'report.resolve', 'report', %s, %s, %s)",
-        (new_id(), moderator_id, report["id"], Jsonb(data), ip))
+        (new_id(), moderator_id, report["id"], Jsonb(data), ip),
+    )

@@ -96,9 +96,7 @@ async def list_notifications(
     try:
         docs = await stores.mongo[COLLECTION].find(query).sort("_id", -1).limit(limit + 1).to_list(None)
     except PyMongoError as exc:
-        raise Unavailable(
-            "Notifications are unavailable right now", code="notifications_unavailable"
-        ) from exc
+        raise Unavailable("Notifications are unavailable right now", code="notifications_unavailable") from exc
     return make_page([notification_view(doc) for doc in docs], limit)
 
 
@@ -112,9 +110,7 @@ async def mark_read(stores: Stores, user_id: uuid.UUID, up_to: uuid.UUID | None 
             query, {"$set": {"read": True, "last_use": datetime.now(UTC)}}
         )
     except PyMongoError as exc:
-        raise Unavailable(
-            "Notifications are unavailable right now", code="notifications_unavailable"
-        ) from exc
+        raise Unavailable("Notifications are unavailable right now", code="notifications_unavailable") from exc
     return int(result.modified_count)
 
 

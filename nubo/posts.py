@@ -85,15 +85,12 @@ async def build_meta(conn: AsyncConnection[DictRow], content: str | None) -> dic
     if parsed["mentions"]:
         rows = await (
             await conn.execute(
-                "SELECT id, lower(username) AS name FROM auth.users "
-                "WHERE lower(username) = ANY(%s) AND state = 1",
+                "SELECT id, lower(username) AS name FROM auth.users WHERE lower(username) = ANY(%s) AND state = 1",
                 (parsed["mentions"],),
             )
         ).fetchall()
         ids = {row["name"]: row["id"] for row in rows}
-        mentions = [
-            {"username": name, "user_id": str(ids[name])} for name in parsed["mentions"] if name in ids
-        ]
+        mentions = [{"username": name, "user_id": str(ids[name])} for name in parsed["mentions"] if name in ids]
     return {"mentions": mentions, "hashtags": parsed["hashtags"]}
 
 
@@ -123,9 +120,7 @@ def parse_visibility(value: object) -> int:
         return VISIBILITIES[value]
     if isinstance(value, int) and not isinstance(value, bool) and value in VISIBILITIES.values():
         return value
-    raise ValidationFailed(
-        "visibility must be 'public' or 'followers'", fields={"visibility": "public|followers"}
-    )
+    raise ValidationFailed("visibility must be 'public' or 'followers'", fields={"visibility": "public|followers"})
 
 
 def _media_list(value: object) -> list[uuid.UUID]:
@@ -147,9 +142,7 @@ def _media_list(value: object) -> list[uuid.UUID]:
     return ids
 
 
-async def _check_media_owner(
-    conn: AsyncConnection[DictRow], owner: uuid.UUID, media_ids: list[uuid.UUID]
-) -> None:
+async def _check_media_owner(conn: AsyncConnection[DictRow], owner: uuid.UUID, media_ids: list[uuid.UUID]) -> None:
     """Every id must be media owned by `owner` (read in the write's transaction, from PostgreSQL)."""
     if not media_ids:
         return
@@ -216,17 +209,13 @@ async def visible_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) ->
 
 
 @lru_cache(maxsize=8192)
-def _context_name_and_tags(
-    viewer: uuid.UUID, author: uuid.UUID, post_id: uuid.UUID
-) -> tuple[str, tuple[str, ...]]:
+def _context_name_and_tags(viewer: uuid.UUID, author: uuid.UUID, post_id: uuid.UUID) -> tuple[str, tuple[str, ...]]:
     """The derived-cache name of a post's context for a viewer, and what it depends on (built once per hot
     pair: the strings cost more than the lookup)."""
     return f"post-context:{viewer}:{post_id}", (user_tag(viewer), user_tag(author), post_tag(post_id))
 
 
-def post_view(
-    post: Row, *, like_count: int = 0, liked: bool = False, comment_count: int = 0
-) -> dict[str, Any]:
+def post_view(post: Row, *, like_count: int = 0, liked: bool = False, comment_count: int = 0) -> dict[str, Any]:
     """The API shape of a post."""
     return {
         "id": post["id"],
@@ -347,16 +336,12 @@ async def create_post(
 
 async def get_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) -> dict[str, Any]:
     post, ctx = await visible_post(stores, viewer, post_id)
-    return post_view(
-        post, like_count=ctx["like_count"], liked=ctx["liked"], comment_count=ctx["comment_count"]
-    )
+    return post_view(post, like_count=ctx["like_count"], liked=ctx["liked"], comment_count=ctx["comment_count"])
 
 
 async def _lock_own_post(tx: Transaction, viewer: uuid.UUID, post_id: uuid.UUID) -> Row:
     """The post row locked for update in `tx`; 404 when gone, 403 when the viewer is not its author."""
-    row = await (
-        await tx.conn.execute("SELECT * FROM content.posts WHERE id = %s FOR UPDATE", (post_id,))
-    ).fetchone()
+    row = await (await tx.conn.execute("SELECT * FROM content.posts WHERE id = %s FOR UPDATE", (post_id,))).fetchone()
     if row is None:
         raise NotFound("No such post", code="post_not_found")
     if row["user_id"] != viewer:
@@ -383,9 +368,7 @@ async def update_post(
         current = await _lock_own_post(tx, viewer, post_id)
         merged = {**current, **values}
         if not ((merged.get("content") or "").strip() or merged.get("media_ids")):
-            raise ValidationFailed(
-                "a post needs content or media", code="empty_post", fields={"content": "empty"}
-            )
+            raise ValidationFailed("a post needs content or media", code="empty_post", fields={"content": "empty"})
         if "media_ids" in values:
             await _check_media_owner(tx.conn, viewer, values["media_ids"])
         if "content" in values:
@@ -439,15 +422,11 @@ async def list_posts(
 # ---- comments ----------------------------------------------------------------------------------------------
 
 
-async def add_comment(
-    stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, content: object
-) -> dict[str, Any]:
+async def add_comment(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, content: object) -> dict[str, Any]:
     text = _text(content, "content", MAX_COMMENT_CHARS, required=True)
     await visible_post(stores, viewer, post_id)
     async with stores.tiered.transaction() as tx:
-        row = await tx.insert(
-            "comments", {"id": new_id(), "post_id": post_id, "user_id": viewer, "content": text}
-        )
+        row = await tx.insert("comments", {"id": new_id(), "post_id": post_id, "user_id": viewer, "content": text})
     return comment_view(row)
 
 
@@ -532,9 +511,7 @@ async def check_target(stores: Stores, viewer: uuid.UUID, target_type: int, targ
         raise ValidationFailed("unknown like target", fields={"target_type": "0, 1 or 2"})
 
 
-async def _like_state(
-    stores: Stores, viewer: uuid.UUID, target_type: int, target_id: uuid.UUID
-) -> dict[str, Any]:
+async def _like_state(stores: Stores, viewer: uuid.UUID, target_type: int, target_id: uuid.UUID) -> dict[str, Any]:
     count, liked = (await like_counts(stores, viewer, target_type, [target_id])).get(target_id, (0, False))
     return {"target_id": target_id, "liked": liked, "like_count": count}
 
@@ -599,9 +576,7 @@ def _optional_side(value: object, field: str) -> int | None:
     return value
 
 
-def validate_media(
-    storage_path: object, mime: object, size: object, width: object, height: object
-) -> dict[str, Any]:
+def validate_media(storage_path: object, mime: object, size: object, width: object, height: object) -> dict[str, Any]:
     """The columns of a media row from client input (owner and id are added by the caller)."""
     path = _text(storage_path, "storage_path", MAX_STORAGE_PATH_CHARS, required=True)
     assert path is not None
@@ -611,9 +586,7 @@ def validate_media(
             fields={"storage_path": "invalid"},
         )
     if not isinstance(mime, str) or not MIME_RE.fullmatch(mime.lower()):
-        raise ValidationFailed(
-            "mime must be a media type such as image/jpeg", fields={"mime": "type/subtype"}
-        )
+        raise ValidationFailed("mime must be a media type such as image/jpeg", fields={"mime": "type/subtype"})
     if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_MEDIA_BYTES:
         raise ValidationFailed(
             f"size must be an integer between 0 and {MAX_MEDIA_BYTES}",
@@ -662,8 +635,6 @@ async def create_media(stores: Stores, owner: uuid.UUID, **fields: object) -> di
 async def get_media(stores: Stores, viewer: uuid.UUID, media_id: uuid.UUID) -> dict[str, Any]:
     """A media's metadata; 404 when absent or when its owner is hidden from the viewer."""
     row = await stores.tiered.get("media", media_id)
-    if row is None or (
-        row["owner_id"] != viewer and await social.hidden_authors(stores, viewer, [row["owner_id"]])
-    ):
+    if row is None or (row["owner_id"] != viewer and await social.hidden_authors(stores, viewer, [row["owner_id"]])):
         raise NotFound("No such media", code="media_not_found")
     return media_view(row)

@@ -279,8 +279,7 @@ class HitLeases:
             return max(LEASE_FIRST, lease.size // 2)
         return min(LEASE_MAX, lease.size * 2)
 
-    def record(self, name: str, key: str, rate: RateLimit, status: RateStatus | None, want: int
-               ) -> RateStatus | None:
+    def record(self, name: str, key: str, rate: RateLimit, status: RateStatus | None, want: int) -> RateStatus | None:
         """Keep the hits a Redis call took beyond the one its own request uses; the status as that request
         sees it (the kept hits are not used yet)."""
         if status is None or rate.amount < LEASE_MIN_LIMIT:

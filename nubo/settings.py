@@ -94,15 +94,28 @@ def parse_size(variable: str, raw: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
 
 
-_PERIODS = {"s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "minute": 60, "minutes": 60,
-            "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400}
+_PERIODS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "seconds": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "minutes": 60,
+    "h": 3600,
+    "hour": 3600,
+    "hours": 3600,
+    "d": 86400,
+    "day": 86400,
+    "days": 86400,
+}
 
 
 def parse_rate(variable: str, raw: str) -> RateLimit:
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*", raw.lower())
     # A zero window ("10/0m") would divide by zero in the limiter: rejected like a zero amount.
-    if (not match or match.group(3) not in _PERIODS or int(match.group(1)) < 1
-            or int(match.group(2) or 1) < 1):
+    if not match or match.group(3) not in _PERIODS or int(match.group(1)) < 1 or int(match.group(2) or 1) < 1:
         raise SettingsError(variable, f"expected a rate such as 10/5minutes or 300/minute, got {raw!r}")
     count = int(match.group(2) or 1)
     return RateLimit(int(match.group(1)), count * _PERIODS[match.group(3)])
@@ -181,14 +194,20 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         kwargs["port"] = _int("PORT", raw, 0, 65535)
     if (raw := get("NUBO_HOST")) is not None:
         kwargs["host"] = raw
-    int_settings = {"NUBO_RETENTION_DAYS": ("retention_days", 1), "NUBO_WS_QUEUE_SIZE": ("ws_queue_size", 1),
-                    "NUBO_MODERATOR_GRADE": ("moderator_grade", 0),
-                    "NUBO_NEAR_CACHE_ENTRIES": ("near_cache_entries", 0)}
+    int_settings = {
+        "NUBO_RETENTION_DAYS": ("retention_days", 1),
+        "NUBO_WS_QUEUE_SIZE": ("ws_queue_size", 1),
+        "NUBO_MODERATOR_GRADE": ("moderator_grade", 0),
+        "NUBO_NEAR_CACHE_ENTRIES": ("near_cache_entries", 0),
+    }
     for name, (attr, minimum) in int_settings.items():
         if (raw := get(name)) is not None:
             kwargs[attr] = _int(name, raw, minimum)
-    size_settings = {"NUBO_REDIS_MEMORY_BUDGET": "redis_memory_budget", "NUBO_MAX_BODY": "max_body_bytes",
-                     "NUBO_WS_MAX_FRAME": "ws_max_frame_bytes"}
+    size_settings = {
+        "NUBO_REDIS_MEMORY_BUDGET": "redis_memory_budget",
+        "NUBO_MAX_BODY": "max_body_bytes",
+        "NUBO_WS_MAX_FRAME": "ws_max_frame_bytes",
+    }
     for name, attr in size_settings.items():
         if (raw := get(name)) is not None:
             kwargs[attr] = parse_size(name, raw)
@@ -202,8 +221,12 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
     for name, attr in duration_settings.items():
         if (raw := get(name)) is not None:
             kwargs[attr] = parse_duration(name, raw)
-    rate_settings = {"NUBO_RATE_LOGIN": "rate_login", "NUBO_RATE_SIGNUP": "rate_signup",
-                     "NUBO_RATE_DEFAULT": "rate_default", "NUBO_RATE_MESSAGES": "rate_messages"}
+    rate_settings = {
+        "NUBO_RATE_LOGIN": "rate_login",
+        "NUBO_RATE_SIGNUP": "rate_signup",
+        "NUBO_RATE_DEFAULT": "rate_default",
+        "NUBO_RATE_MESSAGES": "rate_messages",
+    }
     for name, attr in rate_settings.items():
         if (raw := get(name)) is not None:
             kwargs[attr] = parse_rate(name, raw)

@@ -31,9 +31,11 @@ USER_ACTIVE = 1
 FOLLOW_ACTIVE = 1
 MAX_RELATIONSHIP_IDS = 50
 # SQL: user `u.id` and `%(viewer)s` block each other in either direction.
-BLOCKED_EITHER_WAY = ("EXISTS (SELECT 1 FROM auth.blocks b "
-                      "WHERE (b.blocker_id = u.id AND b.blocked_id = %(viewer)s) "
-                      "OR (b.blocker_id = %(viewer)s AND b.blocked_id = u.id))")
+BLOCKED_EITHER_WAY = (
+    "EXISTS (SELECT 1 FROM auth.blocks b "
+    "WHERE (b.blocker_id = u.id AND b.blocked_id = %(viewer)s) "
+    "OR (b.blocker_id = %(viewer)s AND b.blocked_id = u.id))"
+)
 
 
 @dataclass(frozen=True)
@@ -49,11 +51,15 @@ class Relationship:
 
 # ---- checks used by every read path ------------------------------------------------------------------------
 
+
 async def is_following(stores: Stores, follower_id: uuid.UUID, followed_id: uuid.UUID) -> bool:
     async with pg_read(stores) as conn:
-        row = await (await conn.execute(
-            "SELECT 1 FROM auth.follows WHERE follower_id = %s AND followed_id = %s AND state = 1",
-            (follower_id, followed_id))).fetchone()
+        row = await (
+            await conn.execute(
+                "SELECT 1 FROM auth.follows WHERE follower_id = %s AND followed_id = %s AND state = 1",
+                (follower_id, followed_id),
+            )
+        ).fetchone()
     return row is not None
 
 
@@ -62,35 +68,42 @@ async def blocked_between(stores: Stores, a: uuid.UUID, b: uuid.UUID) -> bool:
     if a == b:
         return False
     async with pg_read(stores) as conn:
-        row = await (await conn.execute(
-            "SELECT 1 FROM auth.blocks WHERE (blocker_id = %s AND blocked_id = %s) "
-            "OR (blocker_id = %s AND blocked_id = %s) LIMIT 1", (a, b, b, a))).fetchone()
+        row = await (
+            await conn.execute(
+                "SELECT 1 FROM auth.blocks WHERE (blocker_id = %s AND blocked_id = %s) "
+                "OR (blocker_id = %s AND blocked_id = %s) LIMIT 1",
+                (a, b, b, a),
+            )
+        ).fetchone()
     return row is not None
 
 
-async def hidden_authors(stores: Stores, viewer_id: uuid.UUID,
-                         author_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+async def hidden_authors(stores: Stores, viewer_id: uuid.UUID, author_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     """Which of `author_ids` the viewer may not see: blocked either way, or deactivated/banned."""
     if not author_ids:
         return set()
     async with pg_read(stores) as conn:
-        rows = await (await conn.execute(
-            "SELECT u.id FROM auth.users u WHERE u.id = ANY(%(ids)s) AND u.id <> %(viewer)s "
-            f"AND (u.state <> 1 OR {BLOCKED_EITHER_WAY})",
-            {"ids": list(set(author_ids)), "viewer": viewer_id})).fetchall()
+        rows = await (
+            await conn.execute(
+                "SELECT u.id FROM auth.users u WHERE u.id = ANY(%(ids)s) AND u.id <> %(viewer)s "
+                f"AND (u.state <> 1 OR {BLOCKED_EITHER_WAY})",
+                {"ids": list(set(author_ids)), "viewer": viewer_id},
+            )
+        ).fetchall()
     return {row["id"] for row in rows}
 
 
-async def followed_among(stores: Stores, viewer_id: uuid.UUID,
-                         author_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+async def followed_among(stores: Stores, viewer_id: uuid.UUID, author_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     """Which of `author_ids` the viewer follows (for followers-only visibility on lists)."""
     if not author_ids:
         return set()
     async with pg_read(stores) as conn:
-        rows = await (await conn.execute(
-            "SELECT followed_id FROM auth.follows "
-            "WHERE follower_id = %s AND followed_id = ANY(%s) AND state = 1",
-            (viewer_id, list(set(author_ids))))).fetchall()
+        rows = await (
+            await conn.execute(
+                "SELECT followed_id FROM auth.follows WHERE follower_id = %s AND followed_id = ANY(%s) AND state = 1",
+                (viewer_id, list(set(author_ids))),
+            )
+        ).fetchall()
     return {row["followed_id"] for row in rows}
 
 
@@ -125,10 +138,12 @@ async def visible_user(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID)
 
 # ---- follows ---------------------------------------------------------------------------------------------
 
+
 def _not_self(viewer_id: uuid.UUID, target_id: uuid.UUID, action: str) -> None:
     if viewer_id == target_id:
-        raise ValidationFailed(f"You cannot {action} yourself", code=f"cannot_{action}_self",
-                               fields={"id": "is the caller"})
+        raise ValidationFailed(
+            f"You cannot {action} yourself", code=f"cannot_{action}_self", fields={"id": "is the caller"}
+        )
 
 
 async def _lock_pair(tx: Transaction, a: uuid.UUID, b: uuid.UUID) -> None:
@@ -147,20 +162,25 @@ async def follow(stores: Stores, follower_id: uuid.UUID, followed_id: uuid.UUID)
     async with stores.tiered.transaction() as tx:
         await _lock_pair(tx, follower_id, followed_id)
         # Re-checked under the pair lock: a block committed since the check above wins.
-        row = await (await tx.conn.execute(
-            "INSERT INTO auth.follows (id, follower_id, followed_id, state) SELECT %(id)s, %(a)s, %(b)s, 1 "
-            "WHERE EXISTS (SELECT 1 FROM auth.users WHERE id = %(b)s AND state = 1) "
-            "AND NOT EXISTS (SELECT 1 FROM auth.blocks WHERE (blocker_id = %(a)s AND blocked_id = %(b)s) "
-            "OR (blocker_id = %(b)s AND blocked_id = %(a)s)) "
-            "ON CONFLICT (follower_id, followed_id) DO NOTHING RETURNING *",
-            {"id": new_id(), "a": follower_id, "b": followed_id})).fetchone()
+        row = await (
+            await tx.conn.execute(
+                "INSERT INTO auth.follows (id, follower_id, followed_id, state) SELECT %(id)s, %(a)s, %(b)s, 1 "
+                "WHERE EXISTS (SELECT 1 FROM auth.users WHERE id = %(b)s AND state = 1) "
+                "AND NOT EXISTS (SELECT 1 FROM auth.blocks WHERE (blocker_id = %(a)s AND blocked_id = %(b)s) "
+                "OR (blocker_id = %(b)s AND blocked_id = %(a)s)) "
+                "ON CONFLICT (follower_id, followed_id) DO NOTHING RETURNING *",
+                {"id": new_id(), "a": follower_id, "b": followed_id},
+            )
+        ).fetchone()
         if row is not None:
             created = normalize_row(row)
             tx.touch("follows", created["id"], created)
             return created, True
-        existing = await (await tx.conn.execute(
-            "SELECT * FROM auth.follows WHERE follower_id = %s AND followed_id = %s",
-            (follower_id, followed_id))).fetchone()
+        existing = await (
+            await tx.conn.execute(
+                "SELECT * FROM auth.follows WHERE follower_id = %s AND followed_id = %s", (follower_id, followed_id)
+            )
+        ).fetchone()
     if existing is None:
         raise NotFound("No such user", code="user_not_found")
     return normalize_row(existing), False
@@ -171,13 +191,15 @@ async def unfollow(stores: Stores, follower_id: uuid.UUID, followed_id: uuid.UUI
     _not_self(follower_id, followed_id, "unfollow")
     await visible_user(stores, follower_id, followed_id)
     async with stores.tiered.transaction() as tx:
-        rows = await tx.delete_where("follows", sql.SQL("follower_id = %s AND followed_id = %s"),
-                                     (follower_id, followed_id))
+        rows = await tx.delete_where(
+            "follows", sql.SQL("follower_id = %s AND followed_id = %s"), (follower_id, followed_id)
+        )
     return rows[0] if rows else None
 
 
-async def follow_page(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID, *, direction: str,
-                      limit: int, before: uuid.UUID | None) -> Page[tuple[Row, Row]]:
+async def follow_page(
+    stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID, *, direction: str, limit: int, before: uuid.UUID | None
+) -> Page[tuple[Row, Row]]:
     """Followers (`direction="followers"`) or followed users (`"following"`) of a visible user.
 
     Newest follow first; the cursor is the follow row id. Users hidden from the viewer are left out.
@@ -192,19 +214,23 @@ async def follow_page(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID, 
         "WHERE f.{mine} = %(user)s AND f.state = 1 AND u.state = 1 "
         "AND (%(before)s::uuid IS NULL OR f.id < %(before)s) "
         f"AND NOT {BLOCKED_EITHER_WAY} "
-        "ORDER BY f.id DESC LIMIT %(n)s").format(mine=sql.Identifier(mine), other=sql.Identifier(other))
+        "ORDER BY f.id DESC LIMIT %(n)s"
+    ).format(mine=sql.Identifier(mine), other=sql.Identifier(other))
     async with pg_read(stores) as conn:
-        follows = await (await conn.execute(
-            query, {"user": user_id, "before": before, "viewer": viewer_id, "n": limit + 1})).fetchall()
+        follows = await (
+            await conn.execute(query, {"user": user_id, "before": before, "viewer": viewer_id, "n": limit + 1})
+        ).fetchall()
     page = make_page([dict(f) for f in follows], limit)
     users = {u["id"]: u for u in await stores.tiered.get_many("users", [f[other] for f in page.items])}
     # A user deactivated between the two reads is dropped; the cursor still moves past it.
-    items = [(f, users[f[other]]) for f in page.items
-             if f[other] in users and users[f[other]].get("state") == USER_ACTIVE]
+    items = [
+        (f, users[f[other]]) for f in page.items if f[other] in users and users[f[other]].get("state") == USER_ACTIVE
+    ]
     return Page(items=items, next=page.next)
 
 
 # ---- blocks ----------------------------------------------------------------------------------------------
+
 
 async def _user_exists_active(stores: Stores, user_id: uuid.UUID) -> None:
     row = await stores.tiered.get("users", user_id)
@@ -222,22 +248,29 @@ async def block(stores: Stores, blocker_id: uuid.UUID, blocked_id: uuid.UUID) ->
     await _user_exists_active(stores, blocked_id)
     async with stores.tiered.transaction() as tx:
         await _lock_pair(tx, blocker_id, blocked_id)
-        blocked_by = await (await tx.conn.execute(
-            "SELECT 1 FROM auth.blocks WHERE blocker_id = %s AND blocked_id = %s", (blocked_id, blocker_id))
+        blocked_by = await (
+            await tx.conn.execute(
+                "SELECT 1 FROM auth.blocks WHERE blocker_id = %s AND blocked_id = %s", (blocked_id, blocker_id)
+            )
         ).fetchone()
         if blocked_by is not None:
             raise NotFound("No such user", code="user_not_found")
         await tx.conn.execute(
             "INSERT INTO auth.blocks (id, blocker_id, blocked_id) VALUES (%s, %s, %s) "
-            "ON CONFLICT (blocker_id, blocked_id) DO NOTHING", (new_id(), blocker_id, blocked_id))
+            "ON CONFLICT (blocker_id, blocked_id) DO NOTHING",
+            (new_id(), blocker_id, blocked_id),
+        )
         tx.tag(user_tag(blocker_id), user_tag(blocked_id))
-        row = await (await tx.conn.execute(
-            "SELECT * FROM auth.blocks WHERE blocker_id = %s AND blocked_id = %s", (blocker_id, blocked_id))
+        row = await (
+            await tx.conn.execute(
+                "SELECT * FROM auth.blocks WHERE blocker_id = %s AND blocked_id = %s", (blocker_id, blocked_id)
+            )
         ).fetchone()
         removed = await tx.delete_where(
-            "follows", sql.SQL("(follower_id = %s AND followed_id = %s) "
-                               "OR (follower_id = %s AND followed_id = %s)"),
-            (blocker_id, blocked_id, blocked_id, blocker_id))
+            "follows",
+            sql.SQL("(follower_id = %s AND followed_id = %s) OR (follower_id = %s AND followed_id = %s)"),
+            (blocker_id, blocked_id, blocked_id, blocker_id),
+        )
     assert row is not None
     return normalize_row(row), removed
 
@@ -247,8 +280,9 @@ async def unblock(stores: Stores, blocker_id: uuid.UUID, blocked_id: uuid.UUID) 
     _not_self(blocker_id, blocked_id, "unblock")
     await _user_exists_active(stores, blocked_id)
     async with pg_read(stores) as conn:
-        cur = await conn.execute("DELETE FROM auth.blocks WHERE blocker_id = %s AND blocked_id = %s",
-                                 (blocker_id, blocked_id))
+        cur = await conn.execute(
+            "DELETE FROM auth.blocks WHERE blocker_id = %s AND blocked_id = %s", (blocker_id, blocked_id)
+        )
     if cur.rowcount:
         await stores.derived.invalidate([user_tag(blocker_id), user_tag(blocked_id)])
     return cur.rowcount > 0
@@ -256,8 +290,8 @@ async def unblock(stores: Stores, blocker_id: uuid.UUID, blocked_id: uuid.UUID) 
 
 # ---- relationships ---------------------------------------------------------------------------------------
 
-def parse_id_list(raw: str | None, *, field: str = "ids",
-                  maximum: int = MAX_RELATIONSHIP_IDS) -> list[uuid.UUID]:
+
+def parse_id_list(raw: str | None, *, field: str = "ids", maximum: int = MAX_RELATIONSHIP_IDS) -> list[uuid.UUID]:
     """`a,b,c` into distinct UUIDs (order kept); empty, malformed or more than `maximum` is a 422."""
     parts = [p.strip() for p in (raw or "").split(",") if p.strip()]
     if not parts:
@@ -271,26 +305,28 @@ def parse_id_list(raw: str | None, *, field: str = "ids",
             raise ValidationFailed(message, fields={field: "not a UUID"}) from None
     ids = list(dict.fromkeys(ids))
     if len(ids) > maximum:
-        raise ValidationFailed(f"at most {maximum} ids", code="too_many_ids",
-                               fields={field: f"max {maximum}"})
+        raise ValidationFailed(f"at most {maximum} ids", code="too_many_ids", fields={field: f"max {maximum}"})
     return ids
 
 
 async def relationships(stores: Stores, viewer_id: uuid.UUID, ids: Sequence[uuid.UUID]) -> list[Relationship]:
     """The viewer's relationship with each existing, active user of `ids` (others are left out), in order."""
     async with pg_read(stores) as conn:
-        rows = await (await conn.execute(
-            "SELECT u.id, "
-            "EXISTS (SELECT 1 FROM auth.follows f WHERE f.follower_id = %(v)s AND f.followed_id = u.id "
-            "        AND f.state = 1) AS following, "
-            "EXISTS (SELECT 1 FROM auth.follows f WHERE f.follower_id = u.id AND f.followed_id = %(v)s "
-            "        AND f.state = 1) AS followed_by, "
-            "EXISTS (SELECT 1 FROM auth.blocks b WHERE b.blocker_id = %(v)s AND b.blocked_id = u.id) "
-            "        AS blocking, "
-            "EXISTS (SELECT 1 FROM auth.blocks b WHERE b.blocker_id = u.id AND b.blocked_id = %(v)s) "
-            "        AS blocked_by "
-            "FROM auth.users u WHERE u.id = ANY(%(ids)s) AND (u.state = 1 OR u.id = %(v)s)",
-            {"v": viewer_id, "ids": list(ids)})).fetchall()
+        rows = await (
+            await conn.execute(
+                "SELECT u.id, "
+                "EXISTS (SELECT 1 FROM auth.follows f WHERE f.follower_id = %(v)s AND f.followed_id = u.id "
+                "        AND f.state = 1) AS following, "
+                "EXISTS (SELECT 1 FROM auth.follows f WHERE f.follower_id = u.id AND f.followed_id = %(v)s "
+                "        AND f.state = 1) AS followed_by, "
+                "EXISTS (SELECT 1 FROM auth.blocks b WHERE b.blocker_id = %(v)s AND b.blocked_id = u.id) "
+                "        AS blocking, "
+                "EXISTS (SELECT 1 FROM auth.blocks b WHERE b.blocker_id = u.id AND b.blocked_id = %(v)s) "
+                "        AS blocked_by "
+                "FROM auth.users u WHERE u.id = ANY(%(ids)s) AND (u.state = 1 OR u.id = %(v)s)",
+                {"v": viewer_id, "ids": list(ids)},
+            )
+        ).fetchall()
     found: dict[uuid.UUID, dict[str, Any]] = {row["id"]: row for row in rows}
     return [Relationship(**found[i]) for i in ids if i in found]
 

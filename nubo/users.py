@@ -16,8 +16,19 @@ from nubo.stores import Stores
 from nubo.stores.tiered import Row
 
 # What anyone may see of a user; never email, phone, password hash, birthdate, grade or state.
-PUBLIC_FIELDS = ("id", "username", "first_name", "last_name", "bio", "profile_picture_id", "location",
-                 "school", "works", "badges", "created_at")
+PUBLIC_FIELDS = (
+    "id",
+    "username",
+    "first_name",
+    "last_name",
+    "bio",
+    "profile_picture_id",
+    "location",
+    "school",
+    "works",
+    "badges",
+    "created_at",
+)
 MAX_QUERY_LENGTH = 64
 
 
@@ -30,43 +41,54 @@ async def get_profile(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID) 
     """A visible user's public fields plus follower/following counts; 404 when hidden."""
     row = await social.visible_user(stores, viewer_id, user_id)
     async with stores.pg.connection() as conn:
-        counts = await (await conn.execute(
-            "SELECT (SELECT count(*) FROM auth.follows f JOIN auth.users u ON u.id = f.follower_id "
-            "        WHERE f.followed_id = %(id)s AND f.state = 1 AND u.state = 1) AS followers_count, "
-            "       (SELECT count(*) FROM auth.follows f JOIN auth.users u ON u.id = f.followed_id "
-            "        WHERE f.follower_id = %(id)s AND f.state = 1 AND u.state = 1) AS following_count",
-            {"id": user_id})).fetchone()
+        counts = await (
+            await conn.execute(
+                "SELECT (SELECT count(*) FROM auth.follows f JOIN auth.users u ON u.id = f.follower_id "
+                "        WHERE f.followed_id = %(id)s AND f.state = 1 AND u.state = 1) AS followers_count, "
+                "       (SELECT count(*) FROM auth.follows f JOIN auth.users u ON u.id = f.followed_id "
+                "        WHERE f.follower_id = %(id)s AND f.state = 1 AND u.state = 1) AS following_count",
+                {"id": user_id},
+            )
+        ).fetchone()
     assert counts is not None
-    return {**public_user(row), "followers_count": counts["followers_count"],
-            "following_count": counts["following_count"]}
+    return {
+        **public_user(row),
+        "followers_count": counts["followers_count"],
+        "following_count": counts["following_count"],
+    }
 
 
 def normalize_query(raw: str | None) -> str:
     """The search prefix: trimmed, lower-cased, 1..64 characters; LIKE wildcards escaped."""
     query = (raw or "").strip().lower()
     if not query or len(query) > MAX_QUERY_LENGTH:
-        raise ValidationFailed(f"q must be 1 to {MAX_QUERY_LENGTH} characters",
-                               fields={"q": f"1..{MAX_QUERY_LENGTH} characters"})
+        raise ValidationFailed(
+            f"q must be 1 to {MAX_QUERY_LENGTH} characters", fields={"q": f"1..{MAX_QUERY_LENGTH} characters"}
+        )
     if "\x00" in query:
         raise ValidationFailed("q must not contain NUL", fields={"q": "contains NUL"})
     return query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-async def search(stores: Stores, viewer_id: uuid.UUID, raw_query: str | None, *, limit: int,
-                 before: uuid.UUID | None) -> Page[dict[str, Any]]:
+async def search(
+    stores: Stores, viewer_id: uuid.UUID, raw_query: str | None, *, limit: int, before: uuid.UUID | None
+) -> Page[dict[str, Any]]:
     """Active users whose username, first or last name starts with `q` (case-insensitive), newest first.
 
     Users hidden from the viewer are left out; the viewer finds themself. The cursor is the user id.
     """
     prefix = normalize_query(raw_query) + "%"
     async with stores.pg.connection() as conn:
-        rows = await (await conn.execute(
-            "SELECT u.id, u.username, u.first_name, u.last_name, u.bio, u.profile_picture_id, u.location, "
-            "u.school, u.works, u.badges, u.created_at FROM auth.users u "
-            "WHERE u.state = 1 AND (%(before)s::uuid IS NULL OR u.id < %(before)s) "
-            "AND (lower(u.username) LIKE %(p)s OR lower(u.first_name) LIKE %(p)s "
-            "     OR lower(u.last_name) LIKE %(p)s) "
-            f"AND NOT {social.BLOCKED_EITHER_WAY} ORDER BY u.id DESC LIMIT %(n)s",
-            {"p": prefix, "before": before, "viewer": viewer_id, "n": limit + 1})).fetchall()
+        rows = await (
+            await conn.execute(
+                "SELECT u.id, u.username, u.first_name, u.last_name, u.bio, u.profile_picture_id, u.location, "
+                "u.school, u.works, u.badges, u.created_at FROM auth.users u "
+                "WHERE u.state = 1 AND (%(before)s::uuid IS NULL OR u.id < %(before)s) "
+                "AND (lower(u.username) LIKE %(p)s OR lower(u.first_name) LIKE %(p)s "
+                "     OR lower(u.last_name) LIKE %(p)s) "
+                f"AND NOT {social.BLOCKED_EITHER_WAY} ORDER BY u.id DESC LIMIT %(n)s",
+                {"p": prefix, "before": before, "viewer": viewer_id, "n": limit + 1},
+            )
+        ).fetchall()
     page = make_page([dict(row) for row in rows], limit)
     return Page(items=[public_user(row) for row in page.items], next=page.next)

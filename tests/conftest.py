@@ -81,7 +81,7 @@ def settings_env(run_id: str) -> Iterator[dict[str, str]]:
     with Redis.from_url(base["NUBO_REDIS_URL"]) as redis:
         keys = list(redis.scan_iter(match=f"nubo_{run_id}:*", count=1000))
         for start in range(0, len(keys), 500):
-            redis.unlink(*keys[start:start + 500])
+            redis.unlink(*keys[start : start + 500])
 
 
 @pytest.fixture(scope="session")
@@ -110,8 +110,9 @@ def start_server(process_env: dict[str, str]) -> Iterator[Callable[..., ServerPr
     """Start real `nubo serve` processes; all are stopped (SIGTERM) at the end of the run."""
     started: list[ServerProcess] = []
 
-    def start(env_overrides: dict[str, str] | None = None, *, wait_ready: bool = True,
-              args: tuple[str, ...] = ()) -> ServerProcess:
+    def start(
+        env_overrides: dict[str, str] | None = None, *, wait_ready: bool = True, args: tuple[str, ...] = ()
+    ) -> ServerProcess:
         server = ServerProcess(env={**process_env, **(env_overrides or {})})
         started.append(server)
         return server.start(wait_ready=wait_ready, args=args)

@@ -31,8 +31,9 @@ def service_env() -> dict[str, str]:
     """URLs of the running services: from the environment, else from `scripts/services --env` (which starts them)."""
     if all(os.environ.get(name) for name in SERVICE_VARS):
         return {name: os.environ[name] for name in (*SERVICE_VARS, "NUBO_MONGO_SERVER") if os.environ.get(name)}
-    out = subprocess.run([str(ROOT / "scripts" / "services"), "--env"], check=True, capture_output=True,
-                         text=True, timeout=900).stdout
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "services"), "--env"], check=True, capture_output=True, text=True, timeout=900
+    ).stdout
     env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     missing = [name for name in SERVICE_VARS if name not in env]
     if missing:
@@ -74,8 +75,7 @@ class ServerProcess:
         self.log_path = log_dir / f"serve-{self.port}.log"
         cmd = [sys.executable, "-m", "nubo", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
         with self.log_path.open("wb") as log_file:
-            self.process = subprocess.Popen(cmd, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
-                                            cwd=ROOT)
+            self.process = subprocess.Popen(cmd, env=self.env, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
         self.wait("/readyz" if wait_ready else "/healthz", timeout)
         return self
 
@@ -112,11 +112,19 @@ class ServerProcess:
             raise
 
 
-def run_nubo(args: list[str], env: Mapping[str, str], timeout: float = 120.0,
-             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_nubo(
+    args: list[str], env: Mapping[str, str], timeout: float = 120.0, input_text: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real `nubo` command (as `python -m nubo`) and capture its output."""
-    return subprocess.run([sys.executable, "-m", "nubo", *args], env=dict(env), capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, input=input_text)
+    return subprocess.run(
+        [sys.executable, "-m", "nubo", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        input=input_text,
+    )
 
 
 def new_run_id() -> str:
@@ -169,8 +177,19 @@ class DedicatedRedis(DedicatedServer):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
-        return [self.binary, "--save", "", "--appendonly", "no", "--port", str(self.port), "--daemonize", "no",
-                "--bind", "127.0.0.1"]
+        return [
+            self.binary,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--port",
+            str(self.port),
+            "--daemonize",
+            "no",
+            "--bind",
+            "127.0.0.1",
+        ]
 
 
 class DedicatedFerret(DedicatedServer):
@@ -190,9 +209,16 @@ class DedicatedFerret(DedicatedServer):
         return f"mongodb://127.0.0.1:{self.port}/"
 
     def command(self) -> list[str]:
-        return [self.binary, "--handler=sqlite", f"--sqlite-url=file:{self.data_dir}/",
-                f"--listen-addr=127.0.0.1:{self.port}", f"--debug-addr=127.0.0.1:{self.debug_port}",
-                f"--state-dir={self.data_dir}", "--telemetry=disable", "--log-level=ERROR"]
+        return [
+            self.binary,
+            "--handler=sqlite",
+            f"--sqlite-url=file:{self.data_dir}/",
+            f"--listen-addr=127.0.0.1:{self.port}",
+            f"--debug-addr=127.0.0.1:{self.debug_port}",
+            f"--state-dir={self.data_dir}",
+            "--telemetry=disable",
+            "--log-level=ERROR",
+        ]
 
 
 async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> float:

@@ -17,9 +17,7 @@ async def test_token_by_username_and_by_id(client: Client, process_env: dict[str
         result = run_nubo(["token", "--sub", ref, "--json"], process_env)
         assert result.returncode == 0, result.stderr
         out = json.loads(result.stdout)
-        assert (
-            out["user_id"] == str(account.id) and out["token_type"] == "bearer" and out["expires_in"] == 3600
-        )
+        assert out["user_id"] == str(account.id) and out["token_type"] == "bearer" and out["expires_in"] == 3600
         claims = claims_of(out["access_token"])
         assert claims["exp"] - claims["iat"] == 3600 and claims["sid"] == out["session_id"]
         me = await client.get("/me", headers={"Authorization": f"Bearer {out['access_token']}"})

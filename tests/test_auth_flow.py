@@ -67,9 +67,7 @@ async def test_signup_login_me_refresh_reuse_revokes_then_login_again(client: Cl
     reuse = await client.post("/token/refresh", json={"refresh_token": first.refresh_token})
     assert_error(reuse, 401, "refresh_token_reused")
     for token in (first.access_token, new_tokens["access_token"]):  # the whole session is gone
-        assert_error(
-            await client.get("/me", headers={"Authorization": f"Bearer {token}"}), 401, "invalid_token"
-        )
+        assert_error(await client.get("/me", headers={"Authorization": f"Bearer {token}"}), 401, "invalid_token")
     assert_error(
         await client.post("/token/refresh", json={"refresh_token": new_tokens["refresh_token"]}),
         401,
@@ -118,9 +116,7 @@ async def test_signup_creates_default_settings(client: Client, account: Account,
 
 async def test_stored_password_is_argon2id_with_owasp_parameters(account: Account, db: Stores) -> None:
     async with db.pg.connection() as conn:
-        row = await (
-            await conn.execute("SELECT password_hash FROM auth.users WHERE id = %s", (account.id,))
-        ).fetchone()
+        row = await (await conn.execute("SELECT password_hash FROM auth.users WHERE id = %s", (account.id,))).fetchone()
     assert row is not None
     stored = row["password_hash"]
     params = security.argon2_parameters(stored)
@@ -147,9 +143,7 @@ async def test_unknown_user_and_wrong_password_look_the_same(client: Client, acc
     assert unknown_median > 0.005
 
 
-async def test_two_concurrent_refreshes_with_one_token_cannot_both_succeed(
-    client: Client, account: Account
-) -> None:
+async def test_two_concurrent_refreshes_with_one_token_cannot_both_succeed(client: Client, account: Account) -> None:
     responses = await asyncio.gather(
         *(client.post("/token/refresh", json={"refresh_token": account.refresh_token}) for _ in range(4))
     )
@@ -161,9 +155,7 @@ async def test_two_concurrent_refreshes_with_one_token_cannot_both_succeed(
             assert response.json()["code"] in ("refresh_token_reused", "invalid_token")
 
 
-async def test_rotation_is_one_row_and_records_the_old_hash(
-    client: Client, account: Account, db: Stores
-) -> None:
+async def test_rotation_is_one_row_and_records_the_old_hash(client: Client, account: Account, db: Stores) -> None:
     response = await client.post("/token/refresh", json={"refresh_token": account.refresh_token})
     assert response.status_code == 200
     new_refresh = response.json()["refresh_token"]
@@ -172,9 +164,7 @@ async def test_rotation_is_one_row_and_records_the_old_hash(
             await conn.execute("SELECT * FROM auth.sessions WHERE id = %s", (account.session_id,))
         ).fetchone()
         used = await (
-            await conn.execute(
-                "SELECT * FROM auth.used_refresh_tokens WHERE session_id = %s", (account.session_id,)
-            )
+            await conn.execute("SELECT * FROM auth.used_refresh_tokens WHERE session_id = %s", (account.session_id,))
         ).fetchall()
     assert session is not None and not session["revoked"]
     assert session["refresh_token_hash"] == security.hash_refresh_token(new_refresh)
@@ -203,9 +193,7 @@ async def test_sessions_list_logout_and_delete_own_only(client: Client, account:
         404,
         "session_not_found",
     )
-    assert_error(
-        await client.delete("/sessions/not-a-uuid", headers=stranger.headers), 422, "validation_error"
-    )
+    assert_error(await client.delete("/sessions/not-a-uuid", headers=stranger.headers), 422, "validation_error")
     assert (await client.get("/me", headers=second.headers)).status_code == 200
 
     assert (await client.delete(f"/sessions/{second.session_id}", headers=account.headers)).status_code == 204
@@ -262,14 +250,10 @@ async def test_patch_me_changes_profile_fields_only(client: Client, account: Acc
     cleared = await client.patch("/me", headers=account.headers, json={"bio": None})
     assert cleared.json()["bio"] is None and cleared.json()["location"] == "London"
     for forbidden in ({"grade": 9}, {"email": "x@example.com"}, {"username": "newname"}, {"state": 1}):
-        assert_error(
-            await client.patch("/me", headers=account.headers, json=forbidden), 422, "validation_error"
-        )
+        assert_error(await client.patch("/me", headers=account.headers, json=forbidden), 422, "validation_error")
     assert_error(await client.patch("/me", headers=account.headers, json={}), 422, "validation_error")
     async with db.pg.connection() as conn:
-        row = await (
-            await conn.execute("SELECT grade, bio FROM auth.users WHERE id = %s", (account.id,))
-        ).fetchone()
+        row = await (await conn.execute("SELECT grade, bio FROM auth.users WHERE id = %s", (account.id,))).fetchone()
     assert row is not None and row["grade"] == 1 and row["bio"] is None
     # The cached copy (Redis tier) follows the write: GET /me answers the new values.
     assert (await client.get("/me", headers=account.headers)).json()["location"] == "London"
@@ -287,15 +271,11 @@ async def test_settings_put_and_get(client: Client, account: Account) -> None:
     assert response.json() == wanted
     assert (await client.get("/me/settings", headers=account.headers)).json() == wanted
     partial = {"language": "de"}
-    assert_error(
-        await client.put("/me/settings", headers=account.headers, json=partial), 422, "validation_error"
-    )
+    assert_error(await client.put("/me/settings", headers=account.headers, json=partial), 422, "validation_error")
     bad = {**wanted, "language": "not a language!"}
     assert_error(await client.put("/me/settings", headers=account.headers, json=bad), 422, "validation_error")
     too_many = {**wanted, "privacy": {f"k{i}": True for i in range(65)}}
-    assert_error(
-        await client.put("/me/settings", headers=account.headers, json=too_many), 422, "validation_error"
-    )
+    assert_error(await client.put("/me/settings", headers=account.headers, json=too_many), 422, "validation_error")
 
 
 async def test_delete_me_deactivates(client: Client, account: Account, db: Stores) -> None:
@@ -312,9 +292,7 @@ async def test_delete_me_deactivates(client: Client, account: Account, db: Store
     wrong = await client.post("/login", json={"username": account.username, "password": "not-the-password"})
     assert refused.status_code == wrong.status_code == 401 and refused.json() == wrong.json()
     async with db.pg.connection() as conn:
-        user = await (
-            await conn.execute("SELECT state FROM auth.users WHERE id = %s", (account.id,))
-        ).fetchone()
+        user = await (await conn.execute("SELECT state FROM auth.users WHERE id = %s", (account.id,))).fetchone()
         live = await (
             await conn.execute(
                 "SELECT count(*) AS n FROM auth.sessions WHERE user_id = %s AND NOT revoked", (account.id,)
@@ -324,9 +302,7 @@ async def test_delete_me_deactivates(client: Client, account: Account, db: Store
     assert live is not None and live["n"] == 0
 
 
-async def test_session_check_falls_back_to_postgres_and_remirrors(
-    client: Client, account: Account, db: Stores
-) -> None:
+async def test_session_check_falls_back_to_postgres_and_remirrors(client: Client, account: Account, db: Stores) -> None:
     key = db.keys("session", account.session_id)
     assert await db.redis.get(key) is not None  # mirrored at login
     await db.redis.delete(key)

@@ -100,9 +100,7 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     """The response is our error shape with `status` (and `code` when given)."""
     assert response.status_code == status, (response.status_code, response.text)
     body = response.json()
-    assert (
-        isinstance(body, dict) and isinstance(body.get("error"), str) and isinstance(body.get("code"), str)
-    ), body
+    assert isinstance(body, dict) and isinstance(body.get("error"), str) and isinstance(body.get("code"), str), body
     if code is not None:
         assert body["code"] == code, body
     return body
@@ -112,9 +110,7 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def craft_jwt(
-    header: dict[str, Any], claims: dict[str, Any], secret: str | None, digest: Any = hashlib.sha256
-) -> str:
+def craft_jwt(header: dict[str, Any], claims: dict[str, Any], secret: str | None, digest: Any = hashlib.sha256) -> str:
     """A JWT built by hand, so tests can forge what PyJWT would refuse to produce (alg none, mismatches)."""
     signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
     if secret is None:

@@ -191,9 +191,7 @@ async def test_bad_passwords(client: Client, account: Account, password: str) ->
 
 async def test_unknown_fields_are_refused(client: Client, account: Account) -> None:
     body = {**signup_body(unique()), "grade": 9}
-    fields = assert_error(await send(client, BODY_ROUTES["POST /signup"], account, body=body), 422).get(
-        "fields"
-    )
+    fields = assert_error(await send(client, BODY_ROUTES["POST /signup"], account, body=body), 422).get("fields")
     assert fields == {"grade": "Object contains unknown field `grade`"}, fields
 
 
@@ -206,9 +204,7 @@ async def test_bad_path_and_query_parameters(client: Client, account: Account) -
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
     max_leaves=12,
 )
 

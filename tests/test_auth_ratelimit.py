@@ -32,17 +32,13 @@ async def test_two_processes_worth_of_clients_share_one_window(stores: Stores, s
     other = await open_stores(settings)
     try:
         key, rate = uuid.uuid4().hex, RateLimit(7, 60)
-        results = await asyncio.gather(
-            *(ratelimit.hit(s, "t_shared", key, rate) for s in [stores, other] * 10)
-        )
+        results = await asyncio.gather(*(ratelimit.hit(s, "t_shared", key, rate) for s in [stores, other] * 10))
         assert sum(1 for r in results if r is not None and r.allowed) == 7
     finally:
         await other.close()
 
 
-async def test_rate_limit_raises_with_headers_and_keys_stay_under_prefix(
-    stores: Stores, settings: Settings
-) -> None:
+async def test_rate_limit_raises_with_headers_and_keys_stay_under_prefix(stores: Stores, settings: Settings) -> None:
     key, rate = uuid.uuid4().hex, RateLimit(2, 30)
     first = await ratelimit.rate_limit(stores, "t_raise", key, rate)
     assert first is not None and first.headers() == {
@@ -123,9 +119,7 @@ async def test_guarded_hit_counts_only_behind_a_live_guard(stores: Stores) -> No
     assert status is None and b"revoked" in (raw if isinstance(raw, bytes) else raw.encode())
     assert await stores.redis.llen(window) == 0
     await stores.redis.set(guard, '{"uid":"u","username":"x","grade":1}', ex=60)
-    results = await asyncio.gather(
-        *(ratelimit.guarded_hit(stores, guard, "t_guarded", key, rate) for _ in range(20))
-    )
+    results = await asyncio.gather(*(ratelimit.guarded_hit(stores, guard, "t_guarded", key, rate) for _ in range(20)))
     statuses = [s for _, s, _ in results]
     assert all(s is not None for s in statuses)
     assert sum(1 for s in statuses if s is not None and s.allowed) == 5

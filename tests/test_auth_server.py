@@ -84,15 +84,11 @@ async def test_flow_across_two_servers_and_nothing_secret_leaks(
     again = await login(a, body["username"])
     responses.append(await b.get("/sessions", headers=again.headers))
     assert responses[-1].status_code == 200 and len(responses[-1].json()["items"]) == 1
-    responses.append(
-        await b.post("/login", json={"username": body["username"], "password": "wrong-password"})
-    )
+    responses.append(await b.post("/login", json={"username": body["username"], "password": "wrong-password"}))
 
     async with db.pg.connection() as conn:
         row = await (
-            await conn.execute(
-                "SELECT password_hash FROM auth.users WHERE username = %s", (body["username"],)
-            )
+            await conn.execute("SELECT password_hash FROM auth.users WHERE username = %s", (body["username"],))
         ).fetchone()
     assert row is not None and row["password_hash"].startswith("$argon2id$")
     secrets = [
@@ -126,9 +122,7 @@ async def test_eleventh_failed_login_from_one_ip_across_two_servers_is_429(
         refused = await client.post("/login", json={"username": "whoever", "password": "wrong-password"})
         assert_error(refused, 429, "rate_limited")
         assert 1 <= int(refused.headers["retry-after"]) <= 300
-        assert (
-            refused.headers["x-ratelimit-limit"] == "10" and refused.headers["x-ratelimit-remaining"] == "0"
-        )
+        assert refused.headers["x-ratelimit-limit"] == "10" and refused.headers["x-ratelimit-remaining"] == "0"
         assert 1 <= int(refused.headers["x-ratelimit-reset"]) <= 300
     # Another client address is not affected.
     async with httpx.AsyncClient(base_url=pair[1].url, headers={"X-Forwarded-For": new_ip()}) as other:
@@ -144,9 +138,7 @@ async def test_eleventh_failed_login_on_one_account_from_many_ips_is_429(
         assert (await setup.post("/signup", json=body)).status_code == 201
         holder = await login(setup, body["username"])  # an existing session (this attempt counts too)
     for attempt in range(9):
-        async with httpx.AsyncClient(
-            base_url=pair[attempt % 2].url, headers={"X-Forwarded-For": new_ip()}
-        ) as client:
+        async with httpx.AsyncClient(base_url=pair[attempt % 2].url, headers={"X-Forwarded-For": new_ip()}) as client:
             wrong = {"username": body["username"], "password": "nope-nope"}
             assert_error(await client.post("/login", json=wrong), 401, "invalid_credentials")
     async with httpx.AsyncClient(base_url=pair[1].url, headers={"X-Forwarded-For": new_ip()}) as client:
@@ -196,9 +188,7 @@ async def test_two_mib_bodies_on_a_real_server(
         ("PATCH", "/me", account.headers),
         ("PUT", "/me/settings", account.headers),
     ):
-        response = await a.request(
-            method, path, content=big, headers={**headers, "content-type": "application/json"}
-        )
+        response = await a.request(method, path, content=big, headers={**headers, "content-type": "application/json"})
         assert_error(response, 413, "payload_too_large")
     # Without a token the guard answers first, before any body is read.
     assert_error(
@@ -248,10 +238,7 @@ async def test_concurrent_refreshes_on_two_servers(
     account: Account = await new_account(a)
     for _ in range(3):
         results = await asyncio.gather(
-            *(
-                client.post("/token/refresh", json={"refresh_token": account.refresh_token})
-                for client in (a, b, a, b)
-            )
+            *(client.post("/token/refresh", json={"refresh_token": account.refresh_token}) for client in (a, b, a, b))
         )
         assert [r.status_code for r in results].count(200) <= 1, [r.text for r in results]
         account = await login(b, account.username)

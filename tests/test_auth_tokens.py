@@ -75,9 +75,7 @@ def forgeries(settings: Settings, account: Account) -> dict[str, str]:
         "missing_exp": craft_jwt(HS256, good_claims(settings, account, exp=None), secret),
         "missing_jti": craft_jwt(HS256, good_claims(settings, account, jti=None), secret),
         "wrong_aud": craft_jwt(HS256, good_claims(settings, account, aud="another-api"), secret),
-        "aud_list": craft_jwt(
-            HS256, good_claims(settings, account, aud=[settings.jwt_audience, "x"]), secret
-        ),
+        "aud_list": craft_jwt(HS256, good_claims(settings, account, aud=[settings.jwt_audience, "x"]), secret),
         "wrong_iss": craft_jwt(HS256, good_claims(settings, account, iss="someone-else"), secret),
         "sub_not_uuid": craft_jwt(HS256, good_claims(settings, account, sub="admin"), secret),
         "unknown_session": craft_jwt(HS256, good_claims(settings, account, sid=str(uuid.uuid4())), secret),
@@ -93,9 +91,7 @@ FORGERY_NAMES = list(forgeries(Settings(), Account("u", "e", uuid.uuid4(), "", "
 
 
 @pytest.mark.parametrize("name", FORGERY_NAMES)
-async def test_forged_tokens_are_invalid(
-    client: Client, account: Account, settings: Settings, name: str
-) -> None:
+async def test_forged_tokens_are_invalid(client: Client, account: Account, settings: Settings, name: str) -> None:
     token = forgeries(settings, account)[name]
     body = assert_error(await me_with(client, token), 401, "invalid_token")
     assert token not in body["error"]
@@ -103,9 +99,7 @@ async def test_forged_tokens_are_invalid(
 
 async def test_expired_token(client: Client, account: Account, settings: Settings) -> None:
     now = int(time.time())
-    token = craft_jwt(
-        HS256, good_claims(settings, account, iat=now - 1000, exp=now - 100), settings.jwt_secret
-    )
+    token = craft_jwt(HS256, good_claims(settings, account, iat=now - 1000, exp=now - 100), settings.jwt_secret)
     assert_error(await me_with(client, token), 401, "expired_token")
 
 

@@ -21,9 +21,22 @@ from tests.harness import run_nubo
 async def _fill(stores: Stores, prefix: str) -> None:
     posts = RedisCache(stores.redis, Keys(prefix)).collection("posts")
     user = uuid.uuid4()
-    await posts.set_many([{"id": uuid.uuid4(), "user_id": user, "content": "hi", "media_ids": [], "meta": {},
-                           "visibility": 0, "location": None, "created_at": datetime.now(UTC),
-                           "updated_at": datetime.now(UTC)} for _ in range(3)])
+    await posts.set_many(
+        [
+            {
+                "id": uuid.uuid4(),
+                "user_id": user,
+                "content": "hi",
+                "media_ids": [],
+                "meta": {},
+                "visibility": 0,
+                "location": None,
+                "created_at": datetime.now(UTC),
+                "updated_at": datetime.now(UTC),
+            }
+            for _ in range(3)
+        ]
+    )
 
 
 async def test_flush_deletes_only_the_prefix(stores: Stores, process_env: dict[str, str]) -> None:
@@ -72,8 +85,9 @@ async def test_inspect_reports_collections_and_memory(stores: Stores, process_en
     assert unknown.returncode == 2 and "unknown collection" in unknown.stderr
 
 
-def test_serve_flush_cache_helper_deletes_only_the_prefix(settings: Settings,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_flush_cache_helper_deletes_only_the_prefix(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`nubo serve --flush-cache` calls `flush_prefix`: keys under the prefix go, others stay."""
     prefix = settings.redis_prefix + "serveflush:"
     with SyncRedis.from_url(settings.redis_url, decode_responses=True) as redis:

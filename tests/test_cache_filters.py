@@ -32,18 +32,41 @@ from nubo.stores.redis import Keys, delete_prefix
 from nubo.stores.redis_cache import CacheCollection, RedisCache, audit_cache
 
 # Every filterable type, indexed and not: u/s/i/b indexed by default, d/f indexed on request, t/n never.
-PROBE = schema("probe", index=("d", "f"), no_index=("n",), u="?uuid", s="?str", t="?text", i="?int",
-               n="?int", f="?float", b="?bool", d="?datetime")
+PROBE = schema(
+    "probe",
+    index=("d", "f"),
+    no_index=("n",),
+    u="?uuid",
+    s="?str",
+    t="?text",
+    i="?int",
+    n="?int",
+    f="?float",
+    b="?bool",
+    d="?datetime",
+)
 
-UUIDS = [uuid.UUID(int=1), uuid.UUID(int=2**64), uuid.UUID(int=2**127 + 5),
-         uuid.UUID("ffffffff-0000-4000-8000-000000000000")]
+UUIDS = [
+    uuid.UUID(int=1),
+    uuid.UUID(int=2**64),
+    uuid.UUID(int=2**127 + 5),
+    uuid.UUID("ffffffff-0000-4000-8000-000000000000"),
+]
 STRINGS = ["", "a", "aa", "ab", "B", "z", "é", "日本"]
 INTS = [-(2**40), -1, 0, 1, 2, 7, 2**40]
 FLOATS = [-2.5, 0.0, 0.5, 1.0, 3.25, 1e10]
 BASE = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 DATES = [BASE + timedelta(milliseconds=ms) for ms in (-86_400_000, -1, 0, 1, 3_600_000)]
-POOLS: dict[str, list[Any]] = {"u": UUIDS, "s": STRINGS, "t": STRINGS, "i": INTS, "n": INTS,
-                               "f": FLOATS, "b": [False, True], "d": DATES}
+POOLS: dict[str, list[Any]] = {
+    "u": UUIDS,
+    "s": STRINGS,
+    "t": STRINGS,
+    "i": INTS,
+    "n": INTS,
+    "f": FLOATS,
+    "b": [False, True],
+    "d": DATES,
+}
 FIELDS = sorted(POOLS)
 
 
@@ -63,8 +86,9 @@ def nullable(field: str) -> st.SearchStrategy[Any]:
 @st.composite
 def field_condition(draw: st.DrawFn) -> dict[str, Any]:
     field = draw(st.sampled_from(FIELDS))
-    kind = draw(st.sampled_from(["implicit", "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin",
-                                 "range", "$not"]))
+    kind = draw(
+        st.sampled_from(["implicit", "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "range", "$not"])
+    )
     if kind == "implicit":
         return {field: draw(nullable(field))}
     if kind in ("$eq", "$ne"):
@@ -76,8 +100,11 @@ def field_condition(draw: st.DrawFn) -> dict[str, Any]:
         return {field: {low: draw(operand(field)), high: draw(operand(field))}}
     if kind == "$not":
         inner = draw(st.sampled_from(["$eq", "$ne", "$gt", "$lte", "$in"]))
-        value = draw(st.lists(nullable(field), max_size=2)) if inner == "$in" else draw(
-            operand(field) if inner in ("$gt", "$lte") else nullable(field))
+        value = (
+            draw(st.lists(nullable(field), max_size=2))
+            if inner == "$in"
+            else draw(operand(field) if inner in ("$gt", "$lte") else nullable(field))
+        )
         return {field: {"$not": {inner: value}}}
     return {field: {kind: draw(operand(field))}}
 
@@ -147,11 +174,19 @@ async def probe(stores: Stores) -> AsyncIterator[tuple[CacheCollection, Any]]:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(docs=documents(), filters=st.lists(FILTERS, min_size=1, max_size=4),
-       sort_field=st.sampled_from(FIELDS), descending=st.booleans())
-async def test_get_matches_mongo_find(probe: tuple[CacheCollection, Any], docs: list[dict[str, Any]],
-                                      filters: list[dict[str, Any]], sort_field: str,
-                                      descending: bool) -> None:
+@given(
+    docs=documents(),
+    filters=st.lists(FILTERS, min_size=1, max_size=4),
+    sort_field=st.sampled_from(FIELDS),
+    descending=st.booleans(),
+)
+async def test_get_matches_mongo_find(
+    probe: tuple[CacheCollection, Any],
+    docs: list[dict[str, Any]],
+    filters: list[dict[str, Any]],
+    sort_field: str,
+    descending: bool,
+) -> None:
     coll, mongo = probe
     await coll.delete({})
     await mongo.delete_many({})
@@ -163,8 +198,7 @@ async def test_get_matches_mongo_find(probe: tuple[CacheCollection, Any], docs: 
         expected = {doc["_id"] async for doc in mongo.find(to_mongo(filter), {"_id": 1})}
         assert got == expected, f"filter {filter} (mongo: {to_mongo(filter)}) over {docs}"
     # Sorted and limited: the same sequence of sort-field values (ties may come in any order).
-    ours = [doc.get(sort_field) for doc in await coll.get(filters[0], sort=sort_field, descending=descending,
-                                                          limit=3)]
+    ours = [doc.get(sort_field) for doc in await coll.get(filters[0], sort=sort_field, descending=descending, limit=3)]
     cursor = mongo.find(to_mongo(filters[0])).sort(sort_field, -1 if descending else 1).limit(3)
     theirs = [doc.get(sort_field) async for doc in cursor]
     assert [_comparable(v) for v in ours] == [_comparable(v) for v in theirs], (sort_field, filters[0])
@@ -181,31 +215,35 @@ async def test_property_run_left_consistent_indexes(probe: tuple[CacheCollection
 
 # ---- malformed filters: errors, never "match everything" --------------------------------------------------
 
-@pytest.mark.parametrize("bad", [
-    {"nope": 1},                                     # unknown field
-    {"i": {"$regex": "x"}},                          # unknown operator
-    {"$where": "1"},                                 # unknown top-level operator
-    {"i": "1"},                                      # wrong operand type (string for int)
-    {"i": True},                                     # bool is not an int
-    {"i": 1.5},                                      # float for int
-    {"b": 1},                                        # int for bool
-    {"u": "not-a-uuid"},
-    {"d": "2024-01-01"},                             # a string is not a datetime
-    {"d": datetime(2024, 1, 1)},                     # naive datetime
-    {"f": float("nan")},
-    {"i": {"$gt": None}},                            # ordering against null
-    {"i": {"$in": 1}},                               # $in needs a list
-    {"i": {"$in": [1, "x"]}},
-    {"$and": []},                                    # empty combinator
-    {"$or": {"i": 1}},                               # combinator needs a list
-    {"$nor": [1]},
-    {"$not": {}},
-    {"i": {}},                                       # empty operator object
-    {"i": {"$gt": 1, "x": 2}},                       # mixed operator / value object
-    {"i": {"$not": 3}},                              # field $not needs operators
-    {"i": 2**70},                                    # beyond int64
-    [("i", 1)],                                      # not an object
-])
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"nope": 1},  # unknown field
+        {"i": {"$regex": "x"}},  # unknown operator
+        {"$where": "1"},  # unknown top-level operator
+        {"i": "1"},  # wrong operand type (string for int)
+        {"i": True},  # bool is not an int
+        {"i": 1.5},  # float for int
+        {"b": 1},  # int for bool
+        {"u": "not-a-uuid"},
+        {"d": "2024-01-01"},  # a string is not a datetime
+        {"d": datetime(2024, 1, 1)},  # naive datetime
+        {"f": float("nan")},
+        {"i": {"$gt": None}},  # ordering against null
+        {"i": {"$in": 1}},  # $in needs a list
+        {"i": {"$in": [1, "x"]}},
+        {"$and": []},  # empty combinator
+        {"$or": {"i": 1}},  # combinator needs a list
+        {"$nor": [1]},
+        {"$not": {}},
+        {"i": {}},  # empty operator object
+        {"i": {"$gt": 1, "x": 2}},  # mixed operator / value object
+        {"i": {"$not": 3}},  # field $not needs operators
+        {"i": 2**70},  # beyond int64
+        [("i", 1)],  # not an object
+    ],
+)
 async def test_malformed_filters_raise(probe: tuple[CacheCollection, Any], bad: Any) -> None:
     coll, _ = probe
     for call in (coll.get(bad), coll.delete(bad), coll.modify(bad, {"i": 1})):
@@ -225,19 +263,23 @@ async def test_filter_on_unfilterable_field_and_bad_sort(stores: Stores) -> None
         await posts.get({}, limit=0)
 
 
-@pytest.mark.parametrize(("doc", "field", "expected"), [
-    ({"visibility": "0"}, "visibility", "an integer"),
-    ({"user_id": 12}, "user_id", "a UUID"),
-    ({"created_at": "2024-01-01T00:00:00Z"}, "created_at", "a timezone-aware datetime"),
-    ({"content": 5}, "content", "a string or null"),
-    ({"visibility": None}, "visibility", "must not be null"),
-    ({"bogus": 1}, "bogus", "unknown field"),
-    ({"media_ids": ["x"]}, "media_ids", "a list of UUIDs"),
-    ({"meta": {"x": object()}}, "meta", "a JSON value"),
-    ({"id": None}, "id", "must not be null"),
-])
-async def test_set_validates_naming_field_and_type(stores: Stores, doc: dict[str, Any], field: str,
-                                                   expected: str) -> None:
+@pytest.mark.parametrize(
+    ("doc", "field", "expected"),
+    [
+        ({"visibility": "0"}, "visibility", "an integer"),
+        ({"user_id": 12}, "user_id", "a UUID"),
+        ({"created_at": "2024-01-01T00:00:00Z"}, "created_at", "a timezone-aware datetime"),
+        ({"content": 5}, "content", "a string or null"),
+        ({"visibility": None}, "visibility", "must not be null"),
+        ({"bogus": 1}, "bogus", "unknown field"),
+        ({"media_ids": ["x"]}, "media_ids", "a list of UUIDs"),
+        ({"meta": {"x": object()}}, "meta", "a JSON value"),
+        ({"id": None}, "id", "must not be null"),
+    ],
+)
+async def test_set_validates_naming_field_and_type(
+    stores: Stores, doc: dict[str, Any], field: str, expected: str
+) -> None:
     posts = RedisCache(stores.redis, Keys(stores.keys.prefix + "probe2:")).collection("posts")
     full = {"id": uuid.uuid4(), "user_id": uuid.uuid4(), "visibility": 0, **doc}
     with pytest.raises(CacheValidationError) as info:
@@ -250,8 +292,18 @@ async def test_unindexed_filters_scan_with_sscan_never_keys(stores: Stores) -> N
     keys = Keys(stores.keys.prefix + "scan:")
     posts = RedisCache(stores.redis, keys).collection("posts")
     now = datetime.now(UTC)
-    await posts.set_many([{"id": uuid.uuid4(), "user_id": uuid.uuid4(), "visibility": i % 2,
-                           "content": f"c{i}", "created_at": now + timedelta(seconds=i)} for i in range(50)])
+    await posts.set_many(
+        [
+            {
+                "id": uuid.uuid4(),
+                "user_id": uuid.uuid4(),
+                "visibility": i % 2,
+                "content": f"c{i}",
+                "created_at": now + timedelta(seconds=i),
+            }
+            for i in range(50)
+        ]
+    )
 
     async def calls(command: str) -> int:
         return int((await stores.redis.info("commandstats")).get(f"cmdstat_{command}", {}).get("calls", 0))
@@ -269,12 +321,28 @@ async def test_values_come_back_typed(stores: Stores) -> None:
     cache = RedisCache(stores.redis, keys)
     users = cache.collection("users")
     uid = uuid.uuid4()
-    row = {"id": uid, "username": "ann", "email": "a@x.io", "email_verified": True, "phone": None,
-           "phone_verified": False, "first_name": "", "last_name": "L",
-           "birthdate": "1990-02-03", "sex": None, "bio": "x" * 2000, "profile_picture_id": None, "grade": 1,
-           "location": None, "school": None, "works": None, "badges": ["a", "b"], "state": 1,
-           "created_at": datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
-           "updated_at": datetime(2024, 1, 2, 5, 4, 5, tzinfo=UTC).astimezone()}
+    row = {
+        "id": uid,
+        "username": "ann",
+        "email": "a@x.io",
+        "email_verified": True,
+        "phone": None,
+        "phone_verified": False,
+        "first_name": "",
+        "last_name": "L",
+        "birthdate": "1990-02-03",
+        "sex": None,
+        "bio": "x" * 2000,
+        "profile_picture_id": None,
+        "grade": 1,
+        "location": None,
+        "school": None,
+        "works": None,
+        "badges": ["a", "b"],
+        "state": 1,
+        "created_at": datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        "updated_at": datetime(2024, 1, 2, 5, 4, 5, tzinfo=UTC).astimezone(),
+    }
     await users.set(row)
     got = await users.get_by_id(str(uid))
     assert got is not None

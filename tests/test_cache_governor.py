@@ -24,9 +24,17 @@ COUNT = 1500
 
 def post(index: int) -> dict[str, object]:
     # Ids increase with `index`, so even a tie in usage time orders members by insertion.
-    return {"id": uuid.UUID(int=10**6 + index), "user_id": uuid.UUID(int=index % 7 + 1),
-            "content": "x" * 1024, "media_ids": [], "meta": {}, "visibility": index % 2, "location": None,
-            "created_at": datetime(2024, 1, 1, tzinfo=UTC), "updated_at": datetime(2024, 1, 1, tzinfo=UTC)}
+    return {
+        "id": uuid.UUID(int=10**6 + index),
+        "user_id": uuid.UUID(int=index % 7 + 1),
+        "content": "x" * 1024,
+        "media_ids": [],
+        "meta": {},
+        "visibility": index % 2,
+        "location": None,
+        "created_at": datetime(2024, 1, 1, tzinfo=UTC),
+        "updated_at": datetime(2024, 1, 1, tzinfo=UTC),
+    }
 
 
 @pytest.fixture
@@ -48,12 +56,13 @@ async def surviving_indexes(cache: RedisCache) -> set[int]:
     return {int(uuid.UUID(i)) - 10**6 for i in await cache.redis.smembers(cache.collection("posts").ids_key)}
 
 
-async def test_purges_least_recently_used_first(filled: tuple[RedisCache, int, int],
-                                                caplog: pytest.LogCaptureFixture) -> None:
+async def test_purges_least_recently_used_first(
+    filled: tuple[RedisCache, int, int], caplog: pytest.LogCaptureFixture
+) -> None:
     cache, baseline, growth = filled
     posts = cache.collection("posts")
-    assert await posts.get_by_id(post(0)["id"]) is not None            # touch the oldest by id...
-    assert len(await posts.get({"id": post(1)["id"]})) == 1             # ...and another through a filter
+    assert await posts.get_by_id(post(0)["id"]) is not None  # touch the oldest by id...
+    assert len(await posts.get({"id": post(1)["id"]})) == 1  # ...and another through a filter
     budget = baseline + growth // 2
     with caplog.at_level(logging.INFO, logger="nubo.stores.redis_governor"):
         report = await enforce_budget(cache.redis, cache.keys, budget, growth // 10, batch=50)
@@ -74,7 +83,8 @@ async def test_purges_least_recently_used_first(filled: tuple[RedisCache, int, i
 
 
 async def test_under_budget_does_nothing_and_lock_makes_instances_take_turns(
-        filled: tuple[RedisCache, int, int]) -> None:
+    filled: tuple[RedisCache, int, int],
+) -> None:
     cache, baseline, growth = filled
     report = await enforce_budget(cache.redis, cache.keys, baseline + growth * 100, 0)
     assert report.status == "under" and report.purged == 0

@@ -25,10 +25,15 @@ IDS = [uuid.UUID(int=1000 + n) for n in range(6)]
 CONVERSATIONS = [uuid.UUID(int=50 + n) for n in range(3)]
 SENDERS = [uuid.UUID(int=70 + n) for n in range(3)]
 VALUES: dict[str, list[Any]] = {
-    "conversation_id": CONVERSATIONS, "sender_id": SENDERS, "message_type": [0, 1, 2], "state": [0, 1, 2],
-    "content": [None, "hi", "x" * 600], "client_id": [None, "c1", "c2", "y" * 600],
+    "conversation_id": CONVERSATIONS,
+    "sender_id": SENDERS,
+    "message_type": [0, 1, 2],
+    "state": [0, 1, 2],
+    "content": [None, "hi", "x" * 600],
+    "client_id": [None, "c1", "c2", "y" * 600],
     "created_at": [datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 6, 1, tzinfo=UTC)],
-    "edited_at": [None, datetime(2024, 2, 1, tzinfo=UTC)], "attachments": [{}, {"a": [1]}],
+    "edited_at": [None, datetime(2024, 2, 1, tzinfo=UTC)],
+    "attachments": [{}, {"a": [1]}],
 }
 FIELDS = sorted(VALUES)
 
@@ -76,8 +81,9 @@ def model_match(doc: dict[str, Any], filter: dict[str, Any]) -> bool:
 
 OPERATIONS = st.one_of(
     st.tuples(st.just("set"), message()),
-    st.tuples(st.just("modify"), simple_filter(),
-              st.dictionaries(st.sampled_from(FIELDS), st.none(), min_size=1, max_size=3)),
+    st.tuples(
+        st.just("modify"), simple_filter(), st.dictionaries(st.sampled_from(FIELDS), st.none(), min_size=1, max_size=3)
+    ),
     st.tuples(st.just("delete"), simple_filter()),
     st.tuples(st.just("delete_by_id"), st.sampled_from(IDS)),
 )
@@ -90,8 +96,9 @@ async def messages(stores: Stores) -> AsyncIterator[CacheCollection]:
     await delete_prefix(stores.redis, keys)
 
 
-async def apply(coll: CacheCollection, model: dict[uuid.UUID, dict[str, Any]], op: tuple[Any, ...],
-                values: st.DataObject) -> None:
+async def apply(
+    coll: CacheCollection, model: dict[uuid.UUID, dict[str, Any]], op: tuple[Any, ...], values: st.DataObject
+) -> None:
     if op[0] == "set":
         await coll.set(op[1])
         model[op[1]["id"]] = dict(op[1])
@@ -113,8 +120,9 @@ async def apply(coll: CacheCollection, model: dict[uuid.UUID, dict[str, Any]], o
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(operations=st.lists(OPERATIONS, min_size=1, max_size=25), values=st.data())
-async def test_random_sequences_keep_indexes_exact(messages: CacheCollection, operations: list[Any],
-                                                   values: st.DataObject) -> None:
+async def test_random_sequences_keep_indexes_exact(
+    messages: CacheCollection, operations: list[Any], values: st.DataObject
+) -> None:
     await delete_prefix(messages.cache.redis, messages.cache.keys)
     model: dict[uuid.UUID, dict[str, Any]] = {}
     for op in operations:
@@ -126,8 +134,15 @@ async def test_random_sequences_keep_indexes_exact(messages: CacheCollection, op
 async def test_modify_moves_ids_and_last_srem_deletes_the_set(messages: CacheCollection) -> None:
     redis = messages.cache.redis
     await delete_prefix(redis, messages.cache.keys)
-    doc = {"id": IDS[0], "conversation_id": CONVERSATIONS[0], "sender_id": SENDERS[0], "message_type": 0,
-           "state": 0, "attachments": {}, "created_at": datetime(2024, 1, 1, tzinfo=UTC)}
+    doc = {
+        "id": IDS[0],
+        "conversation_id": CONVERSATIONS[0],
+        "sender_id": SENDERS[0],
+        "message_type": 0,
+        "state": 0,
+        "attachments": {},
+        "created_at": datetime(2024, 1, 1, tzinfo=UTC),
+    }
     await messages.set(doc)
     old_key = messages.index_key("state", "0")
     new_key = messages.index_key("state", "2")
@@ -146,10 +161,17 @@ async def test_checker_reports_orphans_and_missing_entries(messages: CacheCollec
     """The invariant checker can fail: break the indexes by hand and it says how."""
     redis = messages.cache.redis
     await delete_prefix(redis, messages.cache.keys)
-    doc = {"id": IDS[1], "conversation_id": CONVERSATIONS[1], "sender_id": SENDERS[1], "message_type": 1,
-           "state": 1, "attachments": {}, "created_at": datetime(2024, 1, 1, tzinfo=UTC)}
+    doc = {
+        "id": IDS[1],
+        "conversation_id": CONVERSATIONS[1],
+        "sender_id": SENDERS[1],
+        "message_type": 1,
+        "state": 1,
+        "attachments": {},
+        "created_at": datetime(2024, 1, 1, tzinfo=UTC),
+    }
     await messages.set(doc)
-    await redis.sadd(messages.index_key("state", "2"), str(IDS[1]))           # orphan entry
+    await redis.sadd(messages.index_key("state", "2"), str(IDS[1]))  # orphan entry
     await redis.srem(messages.index_key("sender_id", str(SENDERS[1])), str(IDS[1]))  # missing entry
     await redis.zadd(messages.cache.lru_key, {messages.member(str(IDS[2])): 1})  # usage of nothing
     problems = "\n".join(await audit_cache(messages.cache))
@@ -165,9 +187,15 @@ async def test_concurrent_writers_keep_indexes_exact(messages: CacheCollection) 
 
     async def writer(seed: int) -> None:
         for step in range(30):
-            doc = {"id": IDS[(seed + step) % len(IDS)], "conversation_id": CONVERSATIONS[step % 3],
-                   "sender_id": SENDERS[seed % 3], "message_type": step % 3, "state": seed % 3,
-                   "attachments": {}, "created_at": datetime(2024, 1, 1, tzinfo=UTC)}
+            doc = {
+                "id": IDS[(seed + step) % len(IDS)],
+                "conversation_id": CONVERSATIONS[step % 3],
+                "sender_id": SENDERS[seed % 3],
+                "message_type": step % 3,
+                "state": seed % 3,
+                "attachments": {},
+                "created_at": datetime(2024, 1, 1, tzinfo=UTC),
+            }
             action = (seed + step) % 4
             if action == 0:
                 await messages.set(doc)

@@ -21,9 +21,7 @@ def server(db: Stores, start_server: Callable[..., ServerProcess]) -> ServerProc
     return start_server()
 
 
-async def _read_until(
-    stream: asyncio.StreamReader, needle: str, seen: list[str], within: float = 20.0
-) -> None:
+async def _read_until(stream: asyncio.StreamReader, needle: str, seen: list[str], within: float = 20.0) -> None:
     async def read() -> None:
         while not any(needle in line for line in seen):
             line = await stream.readline()
@@ -69,14 +67,10 @@ async def test_chat_sends_a_message_another_client_receives(
         proc.stdin.write(b"hello from the terminal\n")
         await proc.stdin.drain()
         await ws_bob.wait_for(
-            lambda c: any(
-                e["message"]["content"] == "hello from the terminal" for e in c.events("message.new")
-            ),
+            lambda c: any(e["message"]["content"] == "hello from the terminal" for e in c.events("message.new")),
             within=20,
         )
-        received = [
-            e for e in ws_bob.events("message.new") if e["message"]["content"] == "hello from the terminal"
-        ]
+        received = [e for e in ws_bob.events("message.new") if e["message"]["content"] == "hello from the terminal"]
         assert len(received) == 1 and received[0]["message"]["sender_id"] == str(alice.id)
         await _read_until(proc.stdout, "✓ sent", seen)
         # Live events reach the terminal too.
@@ -103,9 +97,7 @@ async def test_chat_sends_a_message_another_client_receives(
     assert f"{bob.username}: bob answers" in output
 
 
-async def test_chat_refuses_bad_credentials(
-    db: Stores, server: ServerProcess, process_env: dict[str, str]
-) -> None:
+async def test_chat_refuses_bad_credentials(db: Stores, server: ServerProcess, process_env: dict[str, str]) -> None:
     (alice,) = await make_users(db, "alice")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

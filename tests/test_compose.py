@@ -73,8 +73,9 @@ def test_every_service_exists(services: dict[str, dict[str, Any]]) -> None:
     assert expected <= set(services), f"missing: {expected - set(services)}"
 
 
-@pytest.mark.parametrize(("service", "port"), [("api", 8080), ("api2", 8081), ("pgadmin", 8082),
-                                               ("mongo-express", 8083)])
+@pytest.mark.parametrize(
+    ("service", "port"), [("api", 8080), ("api2", 8081), ("pgadmin", 8082), ("mongo-express", 8083)]
+)
 def test_published_ports(services: dict[str, dict[str, Any]], service: str, port: int) -> None:
     hosts = [host_port(spec) for spec in published_ports(services[service]).values()]
     assert port in hosts, f"{service} publishes {hosts}, expected {port}"
@@ -178,6 +179,7 @@ def test_api_has_a_healthcheck(services: dict[str, dict[str, Any]], service: str
 
 # --- Dockerfile ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def dockerfile() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
@@ -214,13 +216,17 @@ def test_dockerfile_ships_schema_files(dockerfile: list[tuple[str, str]]) -> Non
 
 
 def test_dockerignore_keeps_build_inputs() -> None:
-    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".venv", ".git", ".env", ".services"} <= ignored
     assert not {"nubo", "sql", "mongo", "pyproject.toml", "README.md"} & ignored
 
 
 # --- .env.example -------------------------------------------------------------------------------------------
+
 
 def example_entries() -> dict[str, str]:
     entries: dict[str, str] = {}
@@ -258,6 +264,7 @@ def test_env_example_defaults_are_the_real_defaults(tmp_path: Path) -> None:
 
 # --- README and CI ------------------------------------------------------------------------------------------
 
+
 def test_readme_shows_the_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "docker compose up --build" in readme
@@ -266,8 +273,16 @@ def test_readme_shows_the_two_commands() -> None:
 
 def test_readme_documents_every_cli_command() -> None:
     readme = (ROOT / "README.md").read_text()
-    for command in ("nubo serve", "nubo db init", "nubo db purge", "nubo cache inspect", "nubo cache flush",
-                    "nubo token", "nubo chat", "bench/run"):
+    for command in (
+        "nubo serve",
+        "nubo db init",
+        "nubo db purge",
+        "nubo cache inspect",
+        "nubo cache flush",
+        "nubo token",
+        "nubo chat",
+        "bench/run",
+    ):
         assert command in readme, f"README does not mention `{command}`"
 
 

@@ -32,26 +32,86 @@ SQL_DIR = ROOT / "sql"
 # Documented renames/fixes (see the sql/ file headers): sessions.refresh_token -> refresh_token_hash,
 # follows gets its missing follower_id, media/conversations_meta get the summary's columns, no users.salt.
 SEED_COLUMNS: dict[str, set[str]] = {
-    "auth.users": {"id", "username", "email", "email_verified", "phone", "phone_verified", "password_hash",
-                   "first_name", "last_name", "birthdate", "sex", "bio", "profile_picture_id", "grade",
-                   "location", "school", "works", "badges", "state", "created_at", "updated_at"},
+    "auth.users": {
+        "id",
+        "username",
+        "email",
+        "email_verified",
+        "phone",
+        "phone_verified",
+        "password_hash",
+        "first_name",
+        "last_name",
+        "birthdate",
+        "sex",
+        "bio",
+        "profile_picture_id",
+        "grade",
+        "location",
+        "school",
+        "works",
+        "badges",
+        "state",
+        "created_at",
+        "updated_at",
+    },
     "auth.user_settings": {"id", "user_id", "privacy", "notifications", "language", "theme"},
-    "auth.sessions": {"id", "user_id", "refresh_token_hash", "device_info", "ip", "created_at", "expires_at",
-                      "revoked"},
+    "auth.sessions": {
+        "id",
+        "user_id",
+        "refresh_token_hash",
+        "device_info",
+        "ip",
+        "created_at",
+        "expires_at",
+        "revoked",
+    },
     "auth.follows": {"id", "follower_id", "followed_id", "state", "created_at"},
     "auth.blocks": {"id", "blocker_id", "blocked_id", "created_at"},
-    "content.posts": {"id", "user_id", "content", "media_ids", "meta", "visibility", "location", "created_at",
-                      "updated_at"},
+    "content.posts": {
+        "id",
+        "user_id",
+        "content",
+        "media_ids",
+        "meta",
+        "visibility",
+        "location",
+        "created_at",
+        "updated_at",
+    },
     "content.comments": {"id", "post_id", "user_id", "content", "created_at"},
     "content.likes": {"id", "target_type", "target_id", "user_id", "created_at"},
-    "content.media": {"id", "owner_id", "storage_path", "mime", "size", "width", "height", "processing_state",
-                      "created_at"},
-    "messaging.conversations_meta": {"id", "type", "title", "last_message_id", "last_message_text",
-                                     "last_message_time", "state", "created_at"},
-    "messaging.conversation_members": {"id", "conversation_id", "user_id", "role", "joined_at",
-                                       "unread_count"},
-    "messaging.message_index": {"id", "conversation_id", "sender_id", "message_type", "content",
-                                "attachments", "created_at"},
+    "content.media": {
+        "id",
+        "owner_id",
+        "storage_path",
+        "mime",
+        "size",
+        "width",
+        "height",
+        "processing_state",
+        "created_at",
+    },
+    "messaging.conversations_meta": {
+        "id",
+        "type",
+        "title",
+        "last_message_id",
+        "last_message_text",
+        "last_message_time",
+        "state",
+        "created_at",
+    },
+    "messaging.conversation_members": {"id", "conversation_id", "user_id", "role", "joined_at", "unread_count"},
+    "messaging.message_index": {
+        "id",
+        "conversation_id",
+        "sender_id",
+        "message_type",
+        "content",
+        "attachments",
+        "created_at",
+    },
     "moderation.reports": {"id", "actor_id", "target_type", "target_id", "reason", "state", "created_at"},
     # The seed names admin_actions and audit_logs without DDL: who did what to what, and when.
     "moderation.admin_actions": {"id", "admin_id", "action", "target_type", "target_id", "created_at"},
@@ -101,6 +161,7 @@ SEED_MONGO_UNIQUE: dict[str, list[list[tuple[str, int]]]] = {
 
 # ----------------------------------------------------------------------------------------------- helpers
 
+
 @contextmanager
 def fresh_databases(process_env: Mapping[str, str], run_id: str) -> Iterator[dict[str, str]]:
     """A new, empty PostgreSQL database and Mongo database; yields the subprocess env pointing at them."""
@@ -109,8 +170,11 @@ def fresh_databases(process_env: Mapping[str, str], run_id: str) -> Iterator[dic
     with psycopg.connect(base["NUBO_POSTGRES_URL"], autocommit=True, connect_timeout=5) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield {**process_env, "NUBO_POSTGRES_URL": with_database(base["NUBO_POSTGRES_URL"], name),
-               "NUBO_MONGO_DB": name}
+        yield {
+            **process_env,
+            "NUBO_POSTGRES_URL": with_database(base["NUBO_POSTGRES_URL"], name),
+            "NUBO_MONGO_DB": name,
+        }
     finally:
         with psycopg.connect(base["NUBO_POSTGRES_URL"], autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -128,8 +192,9 @@ def init_json(env: Mapping[str, str], expect_code: int = 0) -> dict[str, Any]:
 def pg_columns(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
     """table -> column -> data type, from information_schema."""
     with psycopg.connect(env["NUBO_POSTGRES_URL"], connect_timeout=5) as conn:
-        rows = conn.execute("SELECT table_schema, table_name, column_name, data_type "
-                            "FROM information_schema.columns").fetchall()
+        rows = conn.execute(
+            "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns"
+        ).fetchall()
     tables: dict[str, dict[str, str]] = {}
     for schema, table, column, data_type in rows:
         tables.setdefault(f"{schema}.{table}", {})[column] = data_type
@@ -155,8 +220,10 @@ def mongo_indexes(env: Mapping[str, str]) -> tuple[MongoServer, dict[str, dict[s
     with MongoClient(env["NUBO_MONGO_URL"], serverSelectionTimeoutMS=5000) as client:
         db = client[env["NUBO_MONGO_DB"]]
         server = server_from_build_info(db.command("buildInfo"))
-        found = {name: {ix["name"]: IndexSpec.from_server(ix) for ix in db[name].list_indexes()}
-                 for name in db.list_collection_names()}
+        found = {
+            name: {ix["name"]: IndexSpec.from_server(ix) for ix in db[name].list_indexes()}
+            for name in db.list_collection_names()
+        }
     return server, found
 
 
@@ -167,9 +234,9 @@ def collections_spec() -> dict[str, list[dict[str, Any]]]:
 
 # ------------------------------------------------------------------------------------------ init twice
 
+
 @pytest.fixture(scope="module")
-def twice(process_env: dict[str, str], run_id: str) -> Iterator[tuple[dict[str, str], dict[str, Any],
-                                                                       dict[str, Any]]]:
+def twice(process_env: dict[str, str], run_id: str) -> Iterator[tuple[dict[str, str], dict[str, Any], dict[str, Any]]]:
     """`nubo db init --json` run twice on fresh databases: (env, first report, second report)."""
     with fresh_databases(process_env, run_id) as env:
         first = init_json(env)
@@ -221,8 +288,12 @@ def test_seed_constraints_and_indexes_exist(twice: Any) -> None:
         assert found, f"index ({', '.join(cols)}) missing on {table}"
     # Case-insensitive uniqueness of usernames and emails (expression indexes on lower()).
     with psycopg.connect(twice[0]["NUBO_POSTGRES_URL"]) as conn:
-        defs = [row[0] for row in conn.execute(
-            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'auth' AND tablename = 'users'").fetchall()]
+        defs = [
+            row[0]
+            for row in conn.execute(
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = 'auth' AND tablename = 'users'"
+            ).fetchall()
+        ]
     for column in ("username", "email"):
         assert any("UNIQUE" in d and f"lower({column})" in d for d in defs), defs
 
@@ -287,6 +358,7 @@ def test_run_databases_init_is_idempotent(process_env: dict[str, str]) -> None:
 
 # ------------------------------------------------------------------------------------------------ drift
 
+
 @pytest.fixture
 def sql_copy(tmp_path: Path) -> Path:
     copy = tmp_path / "sql"
@@ -294,8 +366,7 @@ def sql_copy(tmp_path: Path) -> Path:
     return copy
 
 
-def test_changed_applied_file_is_reported_not_rerun(process_env: dict[str, str], run_id: str,
-                                                    sql_copy: Path) -> None:
+def test_changed_applied_file_is_reported_not_rerun(process_env: dict[str, str], run_id: str, sql_copy: Path) -> None:
     with fresh_databases(process_env, run_id) as env:
         env = {**env, "NUBO_SQL_DIR": str(sql_copy)}
         init_json(env)
@@ -317,8 +388,9 @@ def test_changed_applied_file_is_reported_not_rerun(process_env: dict[str, str],
         assert "050_logic.sql" in result.stderr and "nothing to do" not in result.stdout
 
 
-def test_failing_sql_file_is_rolled_back_and_not_recorded(process_env: dict[str, str], run_id: str,
-                                                          sql_copy: Path) -> None:
+def test_failing_sql_file_is_rolled_back_and_not_recorded(
+    process_env: dict[str, str], run_id: str, sql_copy: Path
+) -> None:
     (sql_copy / "070_bad.sql").write_text("CREATE TABLE public.bad_probe (id int);\nSELECT no_such_column;\n")
     with fresh_databases(process_env, run_id) as env:
         env = {**env, "NUBO_SQL_DIR": str(sql_copy)}
@@ -349,8 +421,10 @@ def test_concurrent_inits_do_not_race(process_env: dict[str, str], run_id: str) 
     """Two `nubo db init` at once (two api containers starting): both succeed, each file is applied once."""
     with fresh_databases(process_env, run_id) as env:
         cmd = [sys.executable, "-m", "nubo", "db", "init", "--json"]
-        procs = [subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for _ in range(2)]
+        procs = [
+            subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
         outputs = [p.communicate(timeout=120) for p in procs]
         for proc, (_, err) in zip(procs, outputs, strict=True):
             assert proc.returncode == 0, err
@@ -362,6 +436,7 @@ def test_concurrent_inits_do_not_race(process_env: dict[str, str], run_id: str) 
 
 
 # ------------------------------------------------------------------------------------- unreachable / pure
+
 
 def test_unreachable_postgres_fails_fast_naming_it(process_env: dict[str, str]) -> None:
     env = {**process_env, "NUBO_POSTGRES_URL": f"postgresql://nubo:secret@127.0.0.1:{free_port()}/nubo"}

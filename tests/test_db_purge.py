@@ -27,7 +27,7 @@ from tests.test_db_init import fresh_databases
 
 # A few collections of the spec, plus one created by nobody's spec: purge must visit every collection.
 SEEDED = ("posts_recent", "messages_recent", "notifications", "custom_recent")
-OLD_PER_COLLECTION = 2     # last_use 31 days ago
+OLD_PER_COLLECTION = 2  # last_use 31 days ago
 RECENT_PER_COLLECTION = 3  # last_use 29 days ago
 
 
@@ -44,8 +44,8 @@ def ages(db: Database[dict[str, Any]]) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
     for name in SEEDED:
         found[name] = sorted(
-            -1 if "last_use" not in d else round((now - d["last_use"]).total_seconds() / 86400)
-            for d in db[name].find())
+            -1 if "last_use" not in d else round((now - d["last_use"]).total_seconds() / 86400) for d in db[name].find()
+        )
     return found
 
 
@@ -59,8 +59,7 @@ def seeded(process_env: dict[str, str], run_id: str) -> Iterator[tuple[dict[str,
             now = datetime.now(UTC)
             for name in SEEDED:
                 counts = ((31, OLD_PER_COLLECTION), (29, RECENT_PER_COLLECTION))
-                docs = [{"_id": uuid4(), "last_use": now - timedelta(days=age)}
-                        for age, n in counts for _ in range(n)]
+                docs = [{"_id": uuid4(), "last_use": now - timedelta(days=age)} for age, n in counts for _ in range(n)]
                 docs.append({"_id": uuid4(), "note": "no last_use: never purged"})
                 db[name].insert_many(docs)
             yield env, db

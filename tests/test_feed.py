@@ -20,9 +20,7 @@ async def follow(client: Client, fan: Member, idol: Member) -> None:
 
 
 async def post(client: Client, author: Member, content: str, visibility: str = "public") -> str:
-    response = await client.post(
-        "/posts", json={"content": content, "visibility": visibility}, headers=author.headers
-    )
+    response = await client.post("/posts", json={"content": content, "visibility": visibility}, headers=author.headers)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
@@ -88,9 +86,7 @@ async def test_fan_out_reaches_followers_within_a_second(client: Client, db: Sto
         assert await feed_ids(client, fan) == [post_id]
 
 
-async def test_big_authors_are_pulled_at_read_time(
-    client: Client, db: Stores, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_big_authors_are_pulled_at_read_time(client: Client, db: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(feed, "FANOUT_MAX_FOLLOWERS", 1)
     monkeypatch.setattr(feed, "CATCHUP_SECONDS", 3600.0)  # no catch-up: only the pull can find the post
     star = await new_member(client)
@@ -107,9 +103,7 @@ async def test_big_authors_are_pulled_at_read_time(
         assert await feed_ids(client, fan) == [post_id]  # but pulled from PostgreSQL when reading
 
 
-async def test_a_failed_fan_out_is_caught_up(
-    client: Client, db: Stores, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_failed_fan_out_is_caught_up(client: Client, db: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
     async def lost(*_: object) -> int:
         return 0  # as if the process died before fanning out
 

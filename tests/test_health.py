@@ -39,7 +39,10 @@ def test_readyz_is_200_with_every_store_up(server: ServerProcess, record_propert
     body = response.json()
     assert body["status"] == "ready"
     assert {name: state["status"] for name, state in body["stores"].items()} == {
-        "postgres": "up", "mongo": "up", "redis": "up"}
+        "postgres": "up",
+        "mongo": "up",
+        "redis": "up",
+    }
     record_property("mongo_server", body["stores"]["mongo"].get("server"))
 
 

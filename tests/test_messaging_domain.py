@@ -55,9 +55,7 @@ async def test_blocked_users_cannot_meet(db: Stores) -> None:
     with pytest.raises(NotFound):
         await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])
     with pytest.raises(Forbidden):  # carol may not put alice and bob together either
-        await messaging.create_conversation(
-            db, carol.id, kind="group", user_ids=[alice.id, bob.id], title="g"
-        )
+        await messaging.create_conversation(db, carol.id, kind="group", user_ids=[alice.id, bob.id], title="g")
     group, _ = await messaging.create_conversation(db, carol.id, kind="group", user_ids=[alice.id], title="g")
     with pytest.raises(Forbidden):
         await messaging.add_members(db, carol.id, group["id"], [bob.id])
@@ -78,9 +76,7 @@ async def test_send_is_idempotent_and_counts_unread(db: Stores) -> None:
         assert (await messaging.unread_counts(db, user.id)).get(cid, 0) == expected
     async with db.pg.connection() as conn:
         row = await (
-            await conn.execute(
-                "SELECT count(*) AS n FROM messaging.message_index WHERE conversation_id = %s", (cid,)
-            )
+            await conn.execute("SELECT count(*) AS n FROM messaging.message_index WHERE conversation_id = %s", (cid,))
         ).fetchone()
     assert row is not None and row["n"] == 2
 

@@ -41,16 +41,19 @@ async def moderator(client: Client, db: Stores, settings: Settings) -> Member:
 
 async def make_post(db: Stores, author: uuid.UUID, visibility: int = social.VISIBILITY_PUBLIC) -> uuid.UUID:
     """A post row through the tiered path (the posts routes belong to another module)."""
-    row = await db.tiered.insert("posts", {"id": new_id(), "user_id": author, "content": "hello",
-                                           "visibility": visibility})
+    row = await db.tiered.insert(
+        "posts", {"id": new_id(), "user_id": author, "content": "hello", "visibility": visibility}
+    )
     post_id: uuid.UUID = row["id"]
     return post_id
 
 
-async def report(client: Client, member: Member, target_type: str, target_id: uuid.UUID,
-                 reason: str = "spam") -> Any:
-    return await client.post("/reports", json={"target_type": target_type, "target_id": str(target_id),
-                                               "reason": reason}, headers=member.headers)
+async def report(client: Client, member: Member, target_type: str, target_id: uuid.UUID, reason: str = "spam") -> Any:
+    return await client.post(
+        "/reports",
+        json={"target_type": target_type, "target_id": str(target_id), "reason": reason},
+        headers=member.headers,
+    )
 
 
 async def test_report_a_user_once(client: Client, trio: Trio, db: Stores) -> None:
@@ -65,8 +68,7 @@ async def test_report_a_user_once(client: Client, trio: Trio, db: Stores) -> Non
     assert_error(await report(client, alice, "user", bob.id), 409, "already_reported")
 
 
-async def test_reports_on_what_the_reporter_cannot_see_are_404(client: Client, trio: Trio,
-                                                               db: Stores) -> None:
+async def test_reports_on_what_the_reporter_cannot_see_are_404(client: Client, trio: Trio, db: Stores) -> None:
     alice, bob, carol = trio
     assert_error(await report(client, alice, "user", uuid.uuid4()), 404, "user_not_found")
     assert_error(await report(client, alice, "user", alice.id), 422, "cannot_report_self")
@@ -92,24 +94,28 @@ async def test_admin_routes_are_for_moderators_only(client: Client, trio: Trio) 
     alice, bob, _ = trio
     filed = (await report(client, alice, "user", bob.id)).json()
     assert_error(await client.get("/admin/reports", headers=alice.headers), 403, "forbidden")
-    response = await client.post(f"/admin/reports/{filed['id']}/resolve", headers=alice.headers,
-                                 json={"action": "dismiss", "resolution": "fine"})
+    response = await client.post(
+        f"/admin/reports/{filed['id']}/resolve", headers=alice.headers, json={"action": "dismiss", "resolution": "fine"}
+    )
     assert_error(response, 403, "forbidden")
     assert_error(await client.get("/admin/reports"), 401)
 
 
-async def test_moderator_lists_and_resolves_writing_the_trail(client: Client, trio: Trio,
-                                                              moderator: Member, db: Stores) -> None:
+async def test_moderator_lists_and_resolves_writing_the_trail(
+    client: Client, trio: Trio, moderator: Member, db: Stores
+) -> None:
     alice, bob, _ = trio
     filed = (await report(client, alice, "user", bob.id, "harassment")).json()
-    listed = await client.get("/admin/reports", params={"state": "pending", "limit": "100"},
-                              headers=moderator.headers)
+    listed = await client.get("/admin/reports", params={"state": "pending", "limit": "100"}, headers=moderator.headers)
     assert listed.status_code == 200, listed.text
     mine = [item for item in listed.json()["items"] if item["id"] == filed["id"]]
     assert mine and mine[0]["actor_id"] == str(alice.id) and mine[0]["resolution"] is None
 
-    response = await client.post(f"/admin/reports/{filed['id']}/resolve", headers=moderator.headers,
-                                 json={"action": "dismiss", "resolution": "not harassment"})
+    response = await client.post(
+        f"/admin/reports/{filed['id']}/resolve",
+        headers=moderator.headers,
+        json={"action": "dismiss", "resolution": "not harassment"},
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["state"] == "resolved" and body["resolved_by"] == str(moderator.id)
@@ -119,32 +125,40 @@ async def test_moderator_lists_and_resolves_writing_the_trail(client: Client, tr
     actions = await pg_all(db, "SELECT * FROM moderation.admin_actions WHERE report_id = %s", report_id)
     assert len(actions) == 1 and actions[0]["admin_id"] == moderator.id and actions[0]["action"] == "dismiss"
     assert actions[0]["target_id"] == bob.id and actions[0]["target_type"] == 0
-    audits = await pg_all(db, "SELECT * FROM moderation.audit_logs WHERE entity = 'report' "
-                              "AND entity_id = %s", report_id)
+    audits = await pg_all(
+        db, "SELECT * FROM moderation.audit_logs WHERE entity = 'report' AND entity_id = %s", report_id
+    )
     assert len(audits) == 1 and audits[0]["actor_id"] == moderator.id
     assert audits[0]["action"] == "report.resolve"
     assert audits[0]["data"]["resolution"] == "not harassment"
 
-    again = await client.post(f"/admin/reports/{filed['id']}/resolve", headers=moderator.headers,
-                              json={"action": "dismiss", "resolution": "twice"})
+    again = await client.post(
+        f"/admin/reports/{filed['id']}/resolve",
+        headers=moderator.headers,
+        json={"action": "dismiss", "resolution": "twice"},
+    )
     assert_error(again, 409, "already_resolved")
     actions = await pg_all(db, "SELECT id FROM moderation.admin_actions WHERE report_id = %s", report_id)
     assert len(actions) == 1
-    resolved = await client.get("/admin/reports", params={"state": "resolved", "limit": "100"},
-                                headers=moderator.headers)
+    resolved = await client.get(
+        "/admin/reports", params={"state": "resolved", "limit": "100"}, headers=moderator.headers
+    )
     assert filed["id"] in [item["id"] for item in resolved.json()["items"]]
-    pending = await client.get("/admin/reports", params={"state": "pending", "limit": "100"},
-                               headers=moderator.headers)
+    pending = await client.get("/admin/reports", params={"state": "pending", "limit": "100"}, headers=moderator.headers)
     assert filed["id"] not in [item["id"] for item in pending.json()["items"]]
 
 
-async def test_ban_reaches_every_tier_and_hides_the_user(client: Client, trio: Trio,
-                                                          moderator: Member, db: Stores) -> None:
+async def test_ban_reaches_every_tier_and_hides_the_user(
+    client: Client, trio: Trio, moderator: Member, db: Stores
+) -> None:
     alice, bob, carol = trio
     post_id = await make_post(db, bob.id)
     filed = (await report(client, alice, "post", post_id, "scam")).json()
-    response = await client.post(f"/admin/reports/{filed['id']}/resolve", headers=moderator.headers,
-                                 json={"action": "ban_user", "resolution": "scammer"})
+    response = await client.post(
+        f"/admin/reports/{filed['id']}/resolve",
+        headers=moderator.headers,
+        json={"action": "ban_user", "resolution": "scammer"},
+    )
     assert response.status_code == 200, response.text
     assert (await pg_one(db, "SELECT state FROM auth.users WHERE id = %s", bob.id)) == {"state": 2}
     doc = await mongo_doc(db, "users_recent", bob.id)
@@ -152,18 +166,21 @@ async def test_ban_reaches_every_tier_and_hides_the_user(client: Client, trio: T
     cached = await redis_hash(db, "users", bob.id)
     assert not cached or hash_holds(cached, 2)
     assert_error(await client.get(f"/users/{bob.id}", headers=carol.headers), 404, "user_not_found")
-    action = await pg_one(db, "SELECT details FROM moderation.admin_actions WHERE report_id = %s",
-                          uuid.UUID(filed["id"]))
+    action = await pg_one(
+        db, "SELECT details FROM moderation.admin_actions WHERE report_id = %s", uuid.UUID(filed["id"])
+    )
     assert action is not None and action["details"]["banned"] == str(bob.id)
 
 
-async def test_remove_content_deletes_the_post(client: Client, trio: Trio,
-                                               moderator: Member, db: Stores) -> None:
+async def test_remove_content_deletes_the_post(client: Client, trio: Trio, moderator: Member, db: Stores) -> None:
     alice, bob, _ = trio
     post_id = await make_post(db, bob.id)
     filed = (await report(client, alice, "post", post_id)).json()
-    response = await client.post(f"/admin/reports/{filed['id']}/resolve", headers=moderator.headers,
-                                 json={"action": "remove_content", "resolution": "spam removed"})
+    response = await client.post(
+        f"/admin/reports/{filed['id']}/resolve",
+        headers=moderator.headers,
+        json={"action": "remove_content", "resolution": "spam removed"},
+    )
     assert response.status_code == 200, response.text
     assert await pg_one(db, "SELECT id FROM content.posts WHERE id = %s", post_id) is None
     assert await mongo_doc(db, "posts_recent", post_id) is None
@@ -171,12 +188,16 @@ async def test_remove_content_deletes_the_post(client: Client, trio: Trio,
 
 
 async def test_a_failed_action_leaves_no_trail_and_the_report_pending(
-        client: Client, trio: Trio, moderator: Member, db: Stores) -> None:
+    client: Client, trio: Trio, moderator: Member, db: Stores
+) -> None:
     """Report update, action and trail share one transaction: an action refused midway undoes them all."""
     alice, bob, _ = trio
     filed = (await report(client, alice, "user", bob.id)).json()
-    response = await client.post(f"/admin/reports/{filed['id']}/resolve", headers=moderator.headers,
-                                 json={"action": "remove_content", "resolution": "nothing to remove"})
+    response = await client.post(
+        f"/admin/reports/{filed['id']}/resolve",
+        headers=moderator.headers,
+        json={"action": "remove_content", "resolution": "nothing to remove"},
+    )
     assert_error(response, 422, "invalid_action")
     report_id = uuid.UUID(filed["id"])
     assert (await pg_one(db, "SELECT state FROM moderation.reports WHERE id = %s", report_id)) == {"state": 0}
@@ -201,43 +222,51 @@ async def test_admin_reports_page_with_a_cursor(client: Client, moderator: Membe
     assert ours == list(reversed(filed)) and len(seen) == len(set(seen))
 
 
-@pytest.mark.parametrize(("body", "status"), [
-    (b"not json", 400),
-    (b"[]", 422),
-    (b'{"target_type": "user", "target_id": "%s"}', 422),  # reason missing
-    (b'{"target_type": "user", "target_id": "%s", "reason": "x", "extra": 1}', 422),
-    (b'{"target_type": "planet", "target_id": "%s", "reason": "x"}', 422),
-    (b'{"target_type": "user", "target_id": "nope", "reason": "x"}', 422),
-    (b'{"target_type": "user", "target_id": "%s", "reason": ""}', 422),
-    (b'{"target_type": "user", "target_id": "%s", "reason": "   "}', 422),
-    (b'{"target_type": "user", "target_id": "%s", "reason": "' + b"x" * 1001 + b'"}', 422),
-    (b'{"target_type": "user", "target_id": "%s", "reason": 5}', 422),
-])
-async def test_report_rejects_bad_bodies(client: Client, trio: Trio, body: bytes,
-                                         status: int) -> None:
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"not json", 400),
+        (b"[]", 422),
+        (b'{"target_type": "user", "target_id": "%s"}', 422),  # reason missing
+        (b'{"target_type": "user", "target_id": "%s", "reason": "x", "extra": 1}', 422),
+        (b'{"target_type": "planet", "target_id": "%s", "reason": "x"}', 422),
+        (b'{"target_type": "user", "target_id": "nope", "reason": "x"}', 422),
+        (b'{"target_type": "user", "target_id": "%s", "reason": ""}', 422),
+        (b'{"target_type": "user", "target_id": "%s", "reason": "   "}', 422),
+        (b'{"target_type": "user", "target_id": "%s", "reason": "' + b"x" * 1001 + b'"}', 422),
+        (b'{"target_type": "user", "target_id": "%s", "reason": 5}', 422),
+    ],
+)
+async def test_report_rejects_bad_bodies(client: Client, trio: Trio, body: bytes, status: int) -> None:
     alice, bob, _ = trio
     content = body.replace(b"%s", str(bob.id).encode())
-    response = await client.post("/reports", content=content,
-                                 headers={**alice.headers, "Content-Type": "application/json"})
+    response = await client.post(
+        "/reports", content=content, headers={**alice.headers, "Content-Type": "application/json"}
+    )
     assert_error(response, status)
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("/admin/reports/nope/resolve", {"action": "dismiss", "resolution": "x"}),
-    ("/admin/reports/{id}/resolve", {"action": "explode", "resolution": "x"}),
-    ("/admin/reports/{id}/resolve", {"action": "dismiss"}),
-    ("/admin/reports/{id}/resolve", {"action": "dismiss", "resolution": "x" * 1001}),
-    ("/admin/reports/{id}/resolve", {"action": "dismiss", "resolution": "x", "also": True}),
-])
-async def test_resolve_rejects_bad_input(client: Client, moderator: Member, path: str,
-                                         body: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/admin/reports/nope/resolve", {"action": "dismiss", "resolution": "x"}),
+        ("/admin/reports/{id}/resolve", {"action": "explode", "resolution": "x"}),
+        ("/admin/reports/{id}/resolve", {"action": "dismiss"}),
+        ("/admin/reports/{id}/resolve", {"action": "dismiss", "resolution": "x" * 1001}),
+        ("/admin/reports/{id}/resolve", {"action": "dismiss", "resolution": "x", "also": True}),
+    ],
+)
+async def test_resolve_rejects_bad_input(client: Client, moderator: Member, path: str, body: dict[str, Any]) -> None:
     response = await client.post(path.format(id=uuid.uuid4()), json=body, headers=moderator.headers)
     assert_error(response, 422)
 
 
 async def test_resolve_unknown_report_is_404(client: Client, moderator: Member) -> None:
-    response = await client.post(f"/admin/reports/{uuid.uuid4()}/resolve", headers=moderator.headers,
-                                 json={"action": "dismiss", "resolution": "x"})
+    response = await client.post(
+        f"/admin/reports/{uuid.uuid4()}/resolve",
+        headers=moderator.headers,
+        json={"action": "dismiss", "resolution": "x"},
+    )
     assert_error(response, 404, "report_not_found")
 
 

@@ -188,8 +188,14 @@ async def test_a_server_refusing_client_tracking_leaves_the_copies_off(own_redis
     warning and returns, and every read goes to Redis."""
     admin = open_redis(own_redis.url)
     try:
-        await admin.acl_setuser("limited", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
-                                commands=["+@all", "-client|tracking"])
+        await admin.acl_setuser(
+            "limited",
+            enabled=True,
+            passwords=["+pw"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all", "-client|tracking"],
+        )
         url = own_redis.url.replace("redis://", "redis://limited:pw@", 1)
         running = Near(url)
         await asyncio.wait_for(running.cache.run(), timeout=5)  # returns instead of retrying forever

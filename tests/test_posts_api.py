@@ -65,14 +65,10 @@ async def test_list_posts_newest_first_and_by_user(client: Client) -> None:
     alice, bob = await new_member(client), await new_member(client)
     mine = [await new_post(client, alice, content=f"post {i}") for i in range(3)]
     await new_post(client, bob, content="bob's")
-    page = (
-        await client.get("/posts", params={"user": str(alice.id), "limit": 2}, headers=bob.headers)
-    ).json()
+    page = (await client.get("/posts", params={"user": str(alice.id), "limit": 2}, headers=bob.headers)).json()
     assert [p["id"] for p in page["items"]] == [mine[2]["id"], mine[1]["id"]]
     rest = (
-        await client.get(
-            "/posts", params={"user": str(alice.id), "before": page["next"]}, headers=bob.headers
-        )
+        await client.get("/posts", params={"user": str(alice.id), "before": page["next"]}, headers=bob.headers)
     ).json()
     assert [p["id"] for p in rest["items"]] == [mine[0]["id"]] and rest["next"] is None
     everyone = (await client.get("/posts", params={"limit": 100}, headers=bob.headers)).json()["items"]
@@ -90,9 +86,7 @@ async def test_only_the_author_edits_or_deletes(client: Client, db: Stores) -> N
     )
     assert_error(await client.delete(f"/posts/{post['id']}", headers=bob.headers), 403, "not_author")
 
-    edited = await client.patch(
-        f"/posts/{post['id']}", json={"content": "second #two"}, headers=alice.headers
-    )
+    edited = await client.patch(f"/posts/{post['id']}", json={"content": "second #two"}, headers=alice.headers)
     assert edited.status_code == 200, edited.text
     assert edited.json()["content"] == "second #two" and edited.json()["meta"]["hashtags"] == ["two"]
     assert (await client.get(f"/posts/{post['id']}", headers=bob.headers)).json()["content"] == "second #two"
@@ -130,9 +124,7 @@ async def test_followers_only_posts(client: Client) -> None:
 async def test_blocked_users_see_no_content(client: Client) -> None:
     alice, bob = await new_member(client), await new_member(client)
     post = await new_post(client, alice)
-    comment = (
-        await client.post(f"/posts/{post['id']}/comments", json={"content": "hey"}, headers=bob.headers)
-    ).json()
+    comment = (await client.post(f"/posts/{post['id']}/comments", json={"content": "hey"}, headers=bob.headers)).json()
     media = await new_media(client, alice)
     assert (await client.post(f"/users/{bob.id}/block", headers=alice.headers)).status_code == 200
     for response in (
@@ -159,14 +151,10 @@ async def test_comments_and_who_may_delete_them(client: Client) -> None:
     post = await new_post(client, alice)
     made = []
     for author, text in ((bob, "one"), (carol, "two"), (bob, "three")):
-        response = await client.post(
-            f"/posts/{post['id']}/comments", json={"content": text}, headers=author.headers
-        )
+        response = await client.post(f"/posts/{post['id']}/comments", json={"content": text}, headers=author.headers)
         assert response.status_code == 201, response.text
         made.append(response.json())
-    listed = (
-        await client.get(f"/posts/{post['id']}/comments", params={"limit": 2}, headers=carol.headers)
-    ).json()
+    listed = (await client.get(f"/posts/{post['id']}/comments", params={"limit": 2}, headers=carol.headers)).json()
     assert [c["content"] for c in listed["items"]] == ["three", "two"] and listed["next"]
     assert (await client.get(f"/posts/{post['id']}", headers=bob.headers)).json()["comment_count"] == 3
 
@@ -196,17 +184,11 @@ async def test_likes_are_idempotent_and_counted(client: Client) -> None:
         unliked = await client.delete(f"/posts/{post['id']}/like", headers=bob.headers)
         assert unliked.json() == {"target_id": post["id"], "liked": False, "like_count": 0}
 
-    comment = (
-        await client.post(f"/posts/{post['id']}/comments", json={"content": "c"}, headers=alice.headers)
-    ).json()
-    assert (await client.post(f"/comments/{comment['id']}/like", headers=bob.headers)).json()[
-        "like_count"
-    ] == 1
+    comment = (await client.post(f"/posts/{post['id']}/comments", json={"content": "c"}, headers=alice.headers)).json()
+    assert (await client.post(f"/comments/{comment['id']}/like", headers=bob.headers)).json()["like_count"] == 1
     listed = (await client.get(f"/posts/{post['id']}/comments", headers=bob.headers)).json()["items"]
     assert (listed[0]["like_count"], listed[0]["liked"]) == (1, True)
-    assert (await client.delete(f"/comments/{comment['id']}/like", headers=bob.headers)).json()[
-        "liked"
-    ] is False
+    assert (await client.delete(f"/comments/{comment['id']}/like", headers=bob.headers)).json()["liked"] is False
 
 
 async def test_concurrent_likes_count_exactly(client: Client) -> None:
@@ -219,9 +201,7 @@ async def test_concurrent_likes_count_exactly(client: Client) -> None:
     )
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
     assert (await client.get(f"/posts/{post['id']}", headers=author.headers)).json()["like_count"] == 12
-    await asyncio.gather(
-        *(client.delete(f"/posts/{post['id']}/like", headers=fan.headers) for fan in fans[:5])
-    )
+    await asyncio.gather(*(client.delete(f"/posts/{post['id']}/like", headers=fan.headers) for fan in fans[:5]))
     assert (await client.get(f"/posts/{post['id']}", headers=author.headers)).json()["like_count"] == 7
     pages: list[str] = []
     cursor: str | None = None
@@ -247,16 +227,12 @@ async def test_media_and_post_media_ownership(client: Client) -> None:
     post = await new_post(client, alice, content="", media_ids=[mine["id"]])
     assert post["media_ids"] == [mine["id"]]
     assert_error(
-        await client.post(
-            "/posts", json={"content": "x", "media_ids": [theirs["id"]]}, headers=alice.headers
-        ),
+        await client.post("/posts", json={"content": "x", "media_ids": [theirs["id"]]}, headers=alice.headers),
         422,
         "media_not_owned",
     )
     assert_error(
-        await client.post(
-            "/posts", json={"content": "x", "media_ids": [str(uuid.uuid4())]}, headers=alice.headers
-        ),
+        await client.post("/posts", json={"content": "x", "media_ids": [str(uuid.uuid4())]}, headers=alice.headers),
         422,
         "media_not_owned",
     )

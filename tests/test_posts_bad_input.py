@@ -102,9 +102,7 @@ async def test_bad_input_gets_a_coded_4xx(client: Client, member: Member, post_i
         headers = {**member.headers, **kwargs.pop("headers", {})}
         response = await client.request(method, path, headers=headers, **kwargs)
         statuses = expected if isinstance(expected, tuple) else (expected,)
-        body = (
-            response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
-        )
+        body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
         if response.status_code not in statuses or not isinstance(body.get("code"), str):
             failures.append((method, path, kwargs, response.status_code, response.text[:200]))
     assert failures == []

@@ -98,9 +98,7 @@ async def test_thousand_messages_three_senders_exactly_once_in_order(
     for user in (alice, bob, dave, erin):
         await messaging.unread_counts(db, user.id)  # Redis hashes exist: later changes are deltas
     senders = {alice.id: (alice, a), bob.id: (bob, b), dave.id: (dave, b)}
-    clients = {
-        uid: await WsClient.connect(server.ws_url, user.token) for uid, (user, server) in senders.items()
-    }
+    clients = {uid: await WsClient.connect(server.ws_url, user.token) for uid, (user, server) in senders.items()}
     clients[erin.id] = await WsClient.connect(a.ws_url, erin.token)
     for client in clients.values():
         await client.hello()
@@ -134,9 +132,7 @@ async def test_thousand_messages_three_senders_exactly_once_in_order(
         event_ids = [e["event_id"] for e in events]
         assert event_ids == sorted(event_ids) and len(set(event_ids)) == total
         for sender_id in counts:
-            seq = [
-                int(e["message"]["content"]) for e in events if e["message"]["sender_id"] == str(sender_id)
-            ]
+            seq = [int(e["message"]["content"]) for e in events if e["message"]["sender_id"] == str(sender_id)]
             assert seq == list(range(counts[sender_id])), "per-sender order"
     for uid, client in clients.items():
         if uid in counts:
@@ -225,16 +221,12 @@ async def _refused(url: str, **kwargs: Any) -> InvalidStatus:
     return info.value
 
 
-async def test_handshake_refusals(
-    db: Stores, settings: Any, pair: tuple[ServerProcess, ServerProcess]
-) -> None:
+async def test_handshake_refusals(db: Stores, settings: Any, pair: tuple[ServerProcess, ServerProcess]) -> None:
     a, _ = pair
     (alice,) = await make_users(db, "alice")
     refused = await _refused(a.ws_url)
     assert refused.response.status_code == 401 and b"missing_token" in refused.response.body
-    expired, _ = security.encode_access_token(
-        settings, alice.id, alice.session_id, ttl=60, now=int(time.time()) - 3600
-    )
+    expired, _ = security.encode_access_token(settings, alice.id, alice.session_id, ttl=60, now=int(time.time()) - 3600)
     refused = await _refused(a.ws_url, additional_headers={"Authorization": f"Bearer {expired}"})
     assert refused.response.status_code == 401 and b"expired_token" in refused.response.body
     refused = await _refused(a.ws_url + "?token=not-a-jwt")
@@ -302,9 +294,7 @@ async def test_bad_frames_get_errors_and_the_socket_survives(
     await again.close()
 
 
-async def test_plain_text_lobby_crosses_instances(
-    db: Stores, pair: tuple[ServerProcess, ServerProcess]
-) -> None:
+async def test_plain_text_lobby_crosses_instances(db: Stores, pair: tuple[ServerProcess, ServerProcess]) -> None:
     a, b = pair
     alice, bob = await make_users(db, "alice", "bob")
     on_a = await WsClient.connect(a.ws_url, alice.token)
@@ -319,9 +309,7 @@ async def test_plain_text_lobby_crosses_instances(
     await on_b.close()
 
 
-async def test_typing_and_presence_across_instances(
-    db: Stores, pair: tuple[ServerProcess, ServerProcess]
-) -> None:
+async def test_typing_and_presence_across_instances(db: Stores, pair: tuple[ServerProcess, ServerProcess]) -> None:
     a, b = pair
     alice, bob = await make_users(db, "alice", "bob")
     conv, _ = await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])
@@ -329,9 +317,7 @@ async def test_typing_and_presence_across_instances(
     await ws_bob.hello()
     ws_alice = await WsClient.connect(a.ws_url, alice.token)
     await ws_alice.hello()
-    await ws_bob.wait_for(
-        lambda c: any(e["user_id"] == str(alice.id) and e["online"] for e in c.events("presence"))
-    )
+    await ws_bob.wait_for(lambda c: any(e["user_id"] == str(alice.id) and e["online"] for e in c.events("presence")))
     async with httpx.AsyncClient(base_url=b.url, timeout=30) as http:
         view = (await http.get(f"/conversations/{conv['id']}", headers=bob.headers)).json()
     assert {m["username"]: m["online"] for m in view["members"]} == {alice.username: True, bob.username: True}
@@ -421,18 +407,14 @@ async def test_rest_routes_end_to_end(db: Stores, pair: tuple[ServerProcess, Ser
         assert read.status_code == 200 and read.json()["unread_count"] == 0
         liked = await http.post(f"/messages/{sent.json()['id']}/like", headers=bob.headers)
         assert liked.json() == {"message_id": sent.json()["id"], "liked": True, "likes": 1}
-        edit = await http.patch(
-            f"/messages/{sent.json()['id']}", json={"content": "edited"}, headers=bob.headers
-        )
+        edit = await http.patch(f"/messages/{sent.json()['id']}", json={"content": "edited"}, headers=bob.headers)
         assert edit.status_code == 403 and edit.json()["code"] == "not_sender"
         for bad in (
             await http.get("/conversations/not-a-uuid", headers=alice.headers),
             await http.get("/conversations?limit=0", headers=alice.headers),
             await http.post(f"/conversations/{cid}/messages", json={"content": ""}, headers=alice.headers),
             await http.post(f"/conversations/{cid}/messages", content=b"{", headers=alice.headers),
-            await http.post(
-                "/conversations", json={"type": "direct", "user_ids": ["x"]}, headers=alice.headers
-            ),
+            await http.post("/conversations", json={"type": "direct", "user_ids": ["x"]}, headers=alice.headers),
         ):
             assert 400 <= bad.status_code < 500 and "code" in bad.json(), bad.text
         hidden = await http.get(f"/conversations/{uuid.uuid4()}", headers=alice.headers)
@@ -467,9 +449,7 @@ async def test_notifications_are_stored_listed_and_pushed_to_their_target_only(
     await ws_carol.close()
 
 
-async def test_post_new_reaches_online_followers_only(
-    db: Stores, pair: tuple[ServerProcess, ServerProcess]
-) -> None:
+async def test_post_new_reaches_online_followers_only(db: Stores, pair: tuple[ServerProcess, ServerProcess]) -> None:
     a, b = pair
     author, fan, stranger = await make_users(db, "author", "fan", "stranger")
     await social.follow(db, fan.id, author.id)

@@ -43,9 +43,7 @@ class RecordingSocket:
 
     def durable_ids(self) -> list[int]:
         return [
-            f["event_id"]
-            for f in self.sent
-            if isinstance(f, dict) and "event_id" in f and f.get("type") != "resync"
+            f["event_id"] for f in self.sent if isinstance(f, dict) and "event_id" in f and f.get("type") != "resync"
         ]
 
 
@@ -215,8 +213,6 @@ async def test_revoked_sessions_are_closed_by_message_and_by_the_periodic_check(
     assert conns[kept].close_code is None and str(kept) in hub.by_session
     assert str(by_message) not in hub.by_session and str(missed) not in hub.by_session
     await _close(hub, conns[kept])
-
-
 
 
 async def test_a_burst_of_connecting_sockets_leaves_most_postgres_connections_free(

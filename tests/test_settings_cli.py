@@ -58,8 +58,7 @@ def test_the_foundation_commands_are_registered() -> None:
 
 
 @pytest.mark.parametrize(("path", "help_text"), COMMANDS, ids=[" ".join(p) or "nubo" for p, _ in COMMANDS])
-def test_every_command_help_describes_it(process_env: dict[str, str], path: tuple[str, ...],
-                                         help_text: str) -> None:
+def test_every_command_help_describes_it(process_env: dict[str, str], path: tuple[str, ...], help_text: str) -> None:
     assert help_text.strip(), f"`nubo {' '.join(path)}` has no help text"
     result = run_nubo([*path, "--help"], {**process_env, "COLUMNS": "200", "NO_COLOR": "1"})
     assert result.returncode == 0, result.stderr
@@ -92,8 +91,9 @@ BAD_SETTINGS = [
 
 @pytest.mark.parametrize("command", [["serve"], ["db", "init"], ["db", "purge"]], ids=" ".join)
 @pytest.mark.parametrize(("overrides", "variable"), BAD_SETTINGS, ids=[v for _, v in BAD_SETTINGS])
-def test_bad_setting_is_one_line_naming_it_and_exit_2(process_env: dict[str, str], command: list[str],
-                                                     overrides: dict[str, str], variable: str) -> None:
+def test_bad_setting_is_one_line_naming_it_and_exit_2(
+    process_env: dict[str, str], command: list[str], overrides: dict[str, str], variable: str
+) -> None:
     result = run_nubo(command, {**process_env, **overrides}, timeout=30)
     assert result.returncode == 2, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
@@ -105,22 +105,35 @@ def test_bad_setting_is_one_line_naming_it_and_exit_2(process_env: dict[str, str
 
 # ------------------------------------------------------------------------------------------ load_settings
 
+
 def load(**env: str) -> Settings:
     return load_settings(env, env_file=None)
 
 
 def test_defaults_follow_the_design() -> None:
     settings = load()
-    assert (settings.port, settings.mongo_db, settings.redis_prefix, settings.env) == (8080, "nubo_recent",
-                                                                                        "nubo:", "dev")
+    assert (settings.port, settings.mongo_db, settings.redis_prefix, settings.env) == (
+        8080,
+        "nubo_recent",
+        "nubo:",
+        "dev",
+    )
     assert settings.retention_days == 30 and settings.jwt_secret == DEV_JWT_SECRET
     assert settings.ws_max_frame_bytes == 64 * 1024
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("1048576", 1048576), ("512mb", 512 * 1024**2), ("64k", 64 * 1024), ("64KB", 64 * 1024), ("1g", 1024**3),
-    (" 10 b ", 10), ("0", 0),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1048576", 1048576),
+        ("512mb", 512 * 1024**2),
+        ("64k", 64 * 1024),
+        ("64KB", 64 * 1024),
+        ("1g", 1024**3),
+        (" 10 b ", 10),
+        ("0", 0),
+    ],
+)
 def test_sizes(raw: str, expected: int) -> None:
     assert parse_size("X", raw) == expected
     assert load(NUBO_REDIS_MEMORY_BUDGET=raw).redis_memory_budget == expected
@@ -139,10 +152,17 @@ def test_size_units_multiply(amount: int, unit: str) -> None:
     assert parse_size("X", f"{amount}{unit.upper()}") == amount * factor[unit]
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("10/5m", RateLimit(10, 300)), ("300/minute", RateLimit(300, 60)), ("5/30minutes", RateLimit(5, 1800)),
-    ("60/10s", RateLimit(60, 10)), ("1/h", RateLimit(1, 3600)), ("100 / 1 day", RateLimit(100, 86400)),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("10/5m", RateLimit(10, 300)),
+        ("300/minute", RateLimit(300, 60)),
+        ("5/30minutes", RateLimit(5, 1800)),
+        ("60/10s", RateLimit(60, 10)),
+        ("1/h", RateLimit(1, 3600)),
+        ("100 / 1 day", RateLimit(100, 86400)),
+    ],
+)
 def test_rates(raw: str, expected: RateLimit) -> None:
     assert parse_rate("X", raw) == expected
     assert load(NUBO_RATE_LOGIN=raw).rate_login == expected
@@ -155,9 +175,17 @@ def test_bad_rates_name_the_variable(raw: str) -> None:
     assert info.value.variable == "NUBO_RATE_MESSAGES"
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("900", 900), ("15m", 900), ("1h", 3600), ("30d", 30 * 86400), ("45s", 45), ("2 hours", 7200),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("900", 900),
+        ("15m", 900),
+        ("1h", 3600),
+        ("30d", 30 * 86400),
+        ("45s", 45),
+        ("2 hours", 7200),
+    ],
+)
 def test_durations(raw: str, expected: int) -> None:
     assert parse_duration("X", raw) == expected
     assert load(NUBO_ACCESS_TOKEN_TTL=raw).access_token_ttl == expected
@@ -187,12 +215,22 @@ def test_prod_requires_a_32_byte_secret() -> None:
     assert load(NUBO_ENV="test", JWT_SECRET="short").jwt_secret == "short"  # only prod insists
 
 
-@pytest.mark.parametrize(("variable", "raw"), [
-    ("PORT", "abc"), ("PORT", "70000"), ("PORT", "-1"), ("NUBO_POSTGRES_URL", "not-a-url"),
-    ("NUBO_POSTGRES_URL", "postgresql://h:port/db"), ("NUBO_MONGO_URL", "postgresql://h/db"),
-    ("NUBO_REDIS_PREFIX", "nubo:*"), ("NUBO_MONGO_DB", "bad name"), ("NUBO_LOG_LEVEL", "loud"),
-    ("NUBO_MODERATOR_GRADE", "-1"), ("NUBO_WS_QUEUE_SIZE", "0"),
-])
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("PORT", "abc"),
+        ("PORT", "70000"),
+        ("PORT", "-1"),
+        ("NUBO_POSTGRES_URL", "not-a-url"),
+        ("NUBO_POSTGRES_URL", "postgresql://h:port/db"),
+        ("NUBO_MONGO_URL", "postgresql://h/db"),
+        ("NUBO_REDIS_PREFIX", "nubo:*"),
+        ("NUBO_MONGO_DB", "bad name"),
+        ("NUBO_LOG_LEVEL", "loud"),
+        ("NUBO_MODERATOR_GRADE", "-1"),
+        ("NUBO_WS_QUEUE_SIZE", "0"),
+    ],
+)
 def test_bad_values_name_their_variable(variable: str, raw: str) -> None:
     with pytest.raises(SettingsError) as info:
         load(**{variable: raw})
@@ -201,8 +239,12 @@ def test_bad_values_name_their_variable(variable: str, raw: str) -> None:
 
 
 def test_lists_urls_and_empty_values() -> None:
-    settings = load(NUBO_ALLOWED_ORIGINS="https://a.example, https://b.example,,", PORT="",
-                    NUBO_POSTGRES_URL="postgres://u:p@db:5433/nubo", NUBO_REDIS_URL="rediss://cache:6380/1")
+    settings = load(
+        NUBO_ALLOWED_ORIGINS="https://a.example, https://b.example,,",
+        PORT="",
+        NUBO_POSTGRES_URL="postgres://u:p@db:5433/nubo",
+        NUBO_REDIS_URL="rediss://cache:6380/1",
+    )
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
     assert settings.port == 8080  # an empty value means unset
     assert settings.postgres_url == "postgres://u:p@db:5433/nubo"

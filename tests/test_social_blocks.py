@@ -28,12 +28,20 @@ async def pair(client: Client) -> tuple[Member, Member]:
 
 
 async def follows_between(db: Stores, a: uuid.UUID, b: uuid.UUID) -> list[dict[str, object]]:
-    return await pg_all(db, "SELECT * FROM auth.follows WHERE (follower_id = %s AND followed_id = %s) "
-                            "OR (follower_id = %s AND followed_id = %s)", a, b, b, a)
+    return await pg_all(
+        db,
+        "SELECT * FROM auth.follows WHERE (follower_id = %s AND followed_id = %s) "
+        "OR (follower_id = %s AND followed_id = %s)",
+        a,
+        b,
+        b,
+        a,
+    )
 
 
-async def test_block_removes_follows_both_ways_from_every_tier(client: Client, pair: tuple[Member, Member],
-                                                               db: Stores) -> None:
+async def test_block_removes_follows_both_ways_from_every_tier(
+    client: Client, pair: tuple[Member, Member], db: Stores
+) -> None:
     alice, bob = pair
     assert (await client.post(f"/users/{bob.id}/follow", headers=alice.headers)).status_code == 200
     assert (await client.post(f"/users/{alice.id}/follow", headers=bob.headers)).status_code == 200
@@ -42,8 +50,13 @@ async def test_block_removes_follows_both_ways_from_every_tier(client: Client, p
 
     response = await client.post(f"/users/{bob.id}/block", headers=alice.headers)
     assert response.status_code == 200, response.text
-    assert response.json() == {"id": str(bob.id), "following": False, "followed_by": False, "blocking": True,
-                               "blocked_by": False}
+    assert response.json() == {
+        "id": str(bob.id),
+        "following": False,
+        "followed_by": False,
+        "blocking": True,
+        "blocked_by": False,
+    }
     assert await follows_between(db, alice.id, bob.id) == []
     for follow_id in follow_ids:
         assert isinstance(follow_id, uuid.UUID)
@@ -77,9 +90,9 @@ async def test_blocked_users_are_absent_to_each_other(client: Client, pair: tupl
     assert_error(await client.post(f"/users/{alice.id}/block", headers=bob.headers), 404, "user_not_found")
 
 
-async def test_unblock_shows_the_user_again_without_restoring_follows(client: Client,
-                                                                      pair: tuple[Member, Member],
-                                                                      db: Stores) -> None:
+async def test_unblock_shows_the_user_again_without_restoring_follows(
+    client: Client, pair: tuple[Member, Member], db: Stores
+) -> None:
     alice, bob = pair
     assert (await client.post(f"/users/{bob.id}/follow", headers=alice.headers)).status_code == 200
     assert (await client.post(f"/users/{bob.id}/block", headers=alice.headers)).status_code == 200
@@ -91,8 +104,7 @@ async def test_unblock_shows_the_user_again_without_restoring_follows(client: Cl
     assert await follows_between(db, alice.id, bob.id) == []
 
 
-async def test_hidden_authors_covers_blocks_either_way(client: Client, pair: tuple[Member, Member],
-                                                       db: Stores) -> None:
+async def test_hidden_authors_covers_blocks_either_way(client: Client, pair: tuple[Member, Member], db: Stores) -> None:
     alice, bob = pair
     carol = await new_member(client)
     assert (await client.post(f"/users/{alice.id}/block", headers=bob.headers)).status_code == 200
@@ -107,26 +119,26 @@ async def test_a_follow_racing_a_block_never_survives_it(client: Client, db: Sto
     """The pair lock: whichever commits first, no follow remains between users who block each other."""
     for _ in range(5):
         alice, bob = await new_member(client), await new_member(client)
-        results = await asyncio.gather(social.follow(db, bob.id, alice.id),
-                                       social.block(db, alice.id, bob.id), return_exceptions=True)
+        results = await asyncio.gather(
+            social.follow(db, bob.id, alice.id), social.block(db, alice.id, bob.id), return_exceptions=True
+        )
         # The follow may lose (404: Alice is now hidden from Bob); nothing else may fail.
         assert all(not isinstance(r, Exception) or isinstance(r, NotFound) for r in results), results
         assert await follows_between(db, alice.id, bob.id) == []
 
 
-async def test_block_rejects_self_bad_ids_and_unknown_users(client: Client,
-                                                            pair: tuple[Member, Member]) -> None:
+async def test_block_rejects_self_bad_ids_and_unknown_users(client: Client, pair: tuple[Member, Member]) -> None:
     alice, _ = pair
     for method in ("POST", "DELETE"):
         assert_error(await client.request(method, f"/users/{alice.id}/block", headers=alice.headers), 422)
-        assert_error(await client.request(method, "/users/x/block", headers=alice.headers), 422,
-                     "validation_error")
+        assert_error(await client.request(method, "/users/x/block", headers=alice.headers), 422, "validation_error")
         assert_error(await client.request(method, f"/users/{uuid.uuid4()}/block", headers=alice.headers), 404)
         assert_error(await client.request(method, f"/users/{alice.id}/block"), 401)
 
 
-async def test_block_hides_the_profile_on_cold_warm_and_hot_reads(client: Client, pair: tuple[Member, Member],
-                                                                  db: Stores) -> None:
+async def test_block_hides_the_profile_on_cold_warm_and_hot_reads(
+    client: Client, pair: tuple[Member, Member], db: Stores
+) -> None:
     """The block is checked against PostgreSQL whichever tier holds the user row."""
     alice, bob = pair
     assert (await client.get(f"/users/{alice.id}", headers=bob.headers)).status_code == 200  # now hot

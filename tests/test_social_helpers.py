@@ -30,8 +30,9 @@ def unique(prefix: str = "u") -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
-async def new_member(client: Client, *, username: str | None = None, first_name: str = "Ada",
-                     last_name: str = "Lovelace") -> Member:
+async def new_member(
+    client: Client, *, username: str | None = None, first_name: str = "Ada", last_name: str = "Lovelace"
+) -> Member:
     """Sign up and log in through `POST /signup` and `POST /login` (the auth tests' helpers)."""
     body = signup_body(username or unique(), first_name=first_name, last_name=last_name)
     signup = await client.post("/signup", json=body)

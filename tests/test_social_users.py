@@ -21,8 +21,19 @@ from tests.test_social_helpers import (
     unique,
 )
 
-PUBLIC = {"id", "username", "first_name", "last_name", "bio", "profile_picture_id", "location", "school",
-          "works", "badges", "created_at"}
+PUBLIC = {
+    "id",
+    "username",
+    "first_name",
+    "last_name",
+    "bio",
+    "profile_picture_id",
+    "location",
+    "school",
+    "works",
+    "badges",
+    "created_at",
+}
 
 
 @pytest.fixture
@@ -42,8 +53,7 @@ async def test_profile_shows_public_fields_only(client: Client, pair: tuple[Memb
         assert secret not in body
 
 
-async def test_profile_read_goes_through_the_tiers(client: Client, pair: tuple[Member, Member],
-                                                   db: Stores) -> None:
+async def test_profile_read_goes_through_the_tiers(client: Client, pair: tuple[Member, Member], db: Stores) -> None:
     alice, bob = pair
     assert await pg_one(db, "SELECT id FROM auth.users WHERE id = %s", alice.id) is not None
     # Cold start for Alice's copies: no Redis hash, an old Mongo `last_use`.
@@ -72,7 +82,8 @@ async def test_profile_of_unknown_or_malformed_id(client: Client, pair: tuple[Me
 
 
 async def test_deactivated_and_banned_users_are_404_to_others_but_not_to_themselves(
-        client: Client, pair: tuple[Member, Member], db: Stores) -> None:
+    client: Client, pair: tuple[Member, Member], db: Stores
+) -> None:
     alice, bob = pair
     for state in (0, 2):
         await set_user_fields(db, alice.id, state=state)
@@ -120,8 +131,7 @@ async def test_search_pages_with_a_cursor(client: Client) -> None:
     assert seen == [str(m.id) for m in reversed(members)]
 
 
-async def test_search_treats_like_wildcards_literally(client: Client,
-                                                      pair: tuple[Member, Member]) -> None:
+async def test_search_treats_like_wildcards_literally(client: Client, pair: tuple[Member, Member]) -> None:
     _, bob = pair
     for query in ("%", "_", "\\"):
         response = await client.get("/users", params={"q": query}, headers=bob.headers)
@@ -129,20 +139,28 @@ async def test_search_treats_like_wildcards_literally(client: Client,
         assert response.json()["items"] == []
 
 
-@pytest.mark.parametrize("params", [
-    {}, {"q": ""}, {"q": "x" * 65}, {"q": "a", "limit": "0"}, {"q": "a", "limit": "101"},
-    {"q": "a", "limit": "ten"}, {"q": "a", "before": "nope"},
-])
-async def test_search_rejects_bad_input(client: Client, pair: tuple[Member, Member],
-                                        params: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"q": ""},
+        {"q": "x" * 65},
+        {"q": "a", "limit": "0"},
+        {"q": "a", "limit": "101"},
+        {"q": "a", "limit": "ten"},
+        {"q": "a", "before": "nope"},
+    ],
+)
+async def test_search_rejects_bad_input(client: Client, pair: tuple[Member, Member], params: dict[str, str]) -> None:
     _, bob = pair
     response = await client.get("/users", params=params, headers=bob.headers)
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["code"] in ("validation_error", "bad_request")
 
 
-@pytest.mark.parametrize("path", ["/users/{id}", "/users?q=ab", "/users/{id}/followers",
-                                  "/users/{id}/following", "/relationships?ids={id}"])
+@pytest.mark.parametrize(
+    "path", ["/users/{id}", "/users?q=ab", "/users/{id}/followers", "/users/{id}/following", "/relationships?ids={id}"]
+)
 async def test_reads_need_a_token(client: Client, pair: tuple[Member, Member], path: str) -> None:
     alice, _ = pair
     response = await client.get(path.format(id=alice.id))
@@ -151,13 +169,21 @@ async def test_reads_need_a_token(client: Client, pair: tuple[Member, Member], p
 
 async def test_openapi_documents_the_routes_and_their_constraints(client: Client) -> None:
     schema = (await client.get("/schema/openapi.json")).json()
-    for path in ("/users", "/users/{user_id}", "/users/{user_id}/follow", "/users/{user_id}/followers",
-                 "/users/{user_id}/following", "/users/{user_id}/block", "/relationships", "/reports",
-                 "/admin/reports", "/admin/reports/{report_id}/resolve"):
+    for path in (
+        "/users",
+        "/users/{user_id}",
+        "/users/{user_id}/follow",
+        "/users/{user_id}/followers",
+        "/users/{user_id}/following",
+        "/users/{user_id}/block",
+        "/relationships",
+        "/reports",
+        "/admin/reports",
+        "/admin/reports/{report_id}/resolve",
+    ):
         assert path in schema["paths"], path
     components = schema["components"]["schemas"]
     assert components["NewReport"]["properties"]["reason"]["maxLength"] == 1000
-    assert set(components["NewReport"]["properties"]["target_type"]["enum"]) == {"user", "post", "comment",
-                                                                                  "message"}
+    assert set(components["NewReport"]["properties"]["target_type"]["enum"]) == {"user", "post", "comment", "message"}
     limit = next(p for p in schema["paths"]["/users"]["get"]["parameters"] if p["name"] == "limit")
     assert limit["schema"]["maximum"] == 100 and limit["schema"]["minimum"] == 1

@@ -130,9 +130,7 @@ async def test_delete_removes_every_copy(client: Client, db: Stores) -> None:
     alice, bob = await new_member(client), await new_member(client)
     post = await create_post(client, alice, "short lived")
     post_id = uuid.UUID(post["id"])
-    comment = (
-        await client.post(f"/posts/{post_id}/comments", json={"content": "c"}, headers=bob.headers)
-    ).json()
+    comment = (await client.post(f"/posts/{post_id}/comments", json={"content": "c"}, headers=bob.headers)).json()
     comment_id = uuid.UUID(comment["id"])
     assert (await client.post(f"/posts/{post_id}/like", headers=bob.headers)).status_code == 200
     like = await pg_one(db, "SELECT id FROM content.likes WHERE target_id = %s", post_id)
@@ -243,9 +241,7 @@ async def outbox_pending(pg_url: str, ids: list[uuid.UUID]) -> int:
     return int(rows[0]["n"])
 
 
-async def write_during_outage(
-    http: httpx.AsyncClient, author: Member, before: dict[str, Any]
-) -> dict[str, str]:
+async def write_during_outage(http: httpx.AsyncClient, author: Member, before: dict[str, Any]) -> dict[str, str]:
     """Create two posts and edit an older one while a store is down; every read still answers."""
     written: dict[str, str] = {}
     for n in range(2):
@@ -304,9 +300,7 @@ async def test_redis_outage_loses_nothing_and_converges(
 
             await eventually(converged, pg_url)
             for post_id, content in written.items():
-                rows = await pg_rows(
-                    pg_url, "SELECT content FROM content.posts WHERE id = %s", uuid.UUID(post_id)
-                )
+                rows = await pg_rows(pg_url, "SELECT content FROM content.posts WHERE id = %s", uuid.UUID(post_id))
                 assert rows == [{"content": content}]
                 got = await http.get(f"/posts/{post_id}", headers=author.headers)
                 assert got.json()["content"] == content

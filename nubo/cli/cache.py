@@ -16,8 +16,9 @@ from nubo.stores.redis import Keys, delete_prefix, key_families, open_redis
 from nubo.stores.redis_cache import RedisCache, cache_stats
 from nubo.stores.redis_governor import resolve_budget, used_memory
 
-cache_app = typer.Typer(help="Inspect or flush nubo's Redis cache (only keys under NUBO_REDIS_PREFIX).",
-                        no_args_is_help=True)
+cache_app = typer.Typer(
+    help="Inspect or flush nubo's Redis cache (only keys under NUBO_REDIS_PREFIX).", no_args_is_help=True
+)
 
 
 async def _inspect(settings: Settings, collection: str | None) -> dict[str, Any]:
@@ -26,8 +27,12 @@ async def _inspect(settings: Settings, collection: str | None) -> dict[str, Any]
         report = await cache_stats(RedisCache(redis, Keys(settings.redis_prefix)), collection)
         budget = await resolve_budget(redis, settings.redis_memory_budget)
         margin = settings.memory_margin_bytes(budget) if budget else 0
-        report["memory"] = {"used_bytes": await used_memory(redis), "budget_bytes": budget,
-                            "margin_bytes": margin, "threshold_bytes": max(budget - margin, 0)}
+        report["memory"] = {
+            "used_bytes": await used_memory(redis),
+            "budget_bytes": budget,
+            "margin_bytes": margin,
+            "threshold_bytes": max(budget - margin, 0),
+        }
         if collection is None:
             report["key_families"] = await key_families(redis, Keys(settings.redis_prefix))
         return report
@@ -45,14 +50,19 @@ def _print_report(report: dict[str, Any]) -> None:
         table.add_column(column, justify="right" if column in ("elements", "indexes", "memory ≈") else "left")
     for name, stats in report["collections"].items():
         largest = ", ".join(f"{item['index']} ({item['ids']})" for item in stats["largest_indexes"]) or "-"
-        table.add_row(name, str(stats["elements"]), str(stats["indexes"]), largest,
-                      _mib(stats["memory_bytes"]))
+        table.add_row(name, str(stats["elements"]), str(stats["indexes"]), largest, _mib(stats["memory_bytes"]))
     console.print(table)
     memory = report["memory"]
-    budget = (f"{_mib(memory['budget_bytes'])}, purging above {_mib(memory['threshold_bytes'])}"
-              if memory["budget_bytes"] else "none (NUBO_REDIS_MEMORY_BUDGET and maxmemory unset)")
-    console.print(f"Redis used memory {_mib(memory['used_bytes'])}; budget {budget}; "
-                  f"usage order holds {report['lru_entries']} elements", highlight=False)
+    budget = (
+        f"{_mib(memory['budget_bytes'])}, purging above {_mib(memory['threshold_bytes'])}"
+        if memory["budget_bytes"]
+        else "none (NUBO_REDIS_MEMORY_BUDGET and maxmemory unset)"
+    )
+    console.print(
+        f"Redis used memory {_mib(memory['used_bytes'])}; budget {budget}; "
+        f"usage order holds {report['lru_entries']} elements",
+        highlight=False,
+    )
     families = report.get("key_families")
     if families:
         kinds = Table(title="All nubo keys, by family")

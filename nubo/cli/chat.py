@@ -316,9 +316,7 @@ async def run_chat(client: ChatClient, conversation: str | None) -> None:
         await asyncio.wait_for(client.connected.wait(), 30)
         if not client.stopping:
             lines: asyncio.Queue[str | None] = asyncio.Queue()
-            threading.Thread(
-                target=_read_stdin, args=(asyncio.get_running_loop(), lines), daemon=True
-            ).start()
+            threading.Thread(target=_read_stdin, args=(asyncio.get_running_loop(), lines), daemon=True).start()
             await client.input_loop(lines)
             await client.wait_for_acks()
         client.stopping = True

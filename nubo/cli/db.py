@@ -26,7 +26,7 @@ from nubo.stores.schema import InitReport, SchemaError, init_databases, purge_cu
 
 db_app = typer.Typer(
     help="Database setup and upkeep: create the PostgreSQL schema and Mongo collections (init), "
-         "delete Mongo documents unused for the retention period (purge).",
+    "delete Mongo documents unused for the retention period (purge).",
     no_args_is_help=True,
 )
 
@@ -86,12 +86,14 @@ def _run(settings: Settings, work: Callable[[Stores], Awaitable[T]]) -> T:
 
 # -------------------------------------------------------------------------------------------------- init
 
+
 def _print_postgres(report: InitReport) -> None:
     pg = report.postgres
     if not pg.applied:
         changed = f" ({len(pg.changed)} changed since, see below)" if pg.changed else ""
-        console.print(f"PostgreSQL: all {len(pg.skipped) + len(pg.changed)} SQL files of {pg.sql_dir} "
-                      f"already applied{changed}.")
+        console.print(
+            f"PostgreSQL: all {len(pg.skipped) + len(pg.changed)} SQL files of {pg.sql_dir} already applied{changed}."
+        )
         return
     files = Table(title=f"PostgreSQL: SQL files applied from {pg.sql_dir}", title_justify="left")
     files.add_column("file")
@@ -106,8 +108,13 @@ def _print_postgres(report: InitReport) -> None:
     for schema, found in sorted(pg.schemas.items()):
         new_tables = [t for t in found["tables"] if f"{schema}.{t}" in created_tables]
         new_indexes = sum(f"{schema}.{i}" in created_indexes for i in found["indexes"])
-        objects.add_row(schema, ", ".join(found["tables"]) or "-", ", ".join(found["views"]) or "-",
-                        str(len(found["indexes"])), f"{len(new_tables)} tables, {new_indexes} indexes")
+        objects.add_row(
+            schema,
+            ", ".join(found["tables"]) or "-",
+            ", ".join(found["views"]) or "-",
+            str(len(found["indexes"])),
+            f"{len(new_tables)} tables, {new_indexes} indexes",
+        )
     console.print(objects)
 
 
@@ -123,8 +130,12 @@ def _print_mongo(report: InitReport) -> None:
         table.add_column(column)
     for name, indexes in mongo.collections.items():
         new = [i for i in indexes if f"{name}.{i}" in created]
-        table.add_row(name, "[green]created[/]" if name in mongo.created_collections else "exists",
-                      ", ".join(new) or "-", str(len(indexes)))
+        table.add_row(
+            name,
+            "[green]created[/]" if name in mongo.created_collections else "exists",
+            ", ".join(new) or "-",
+            str(len(indexes)),
+        )
     console.print(table)
 
 
@@ -138,8 +149,9 @@ def _print_init(report: InitReport) -> None:
     if report.nothing_to_do and not report.problems:
         console.print("[bold]nothing to do[/]: the databases are up to date.")
     elif report.problems:
-        err_console.print("[bold red]the databases differ from sql/ or mongo/[/]: fix the drift above "
-                          "(exit code 3).", highlight=False)
+        err_console.print(
+            "[bold red]the databases differ from sql/ or mongo/[/]: fix the drift above (exit code 3).", highlight=False
+        )
 
 
 @db_app.command("init")
@@ -157,8 +169,7 @@ def init(json_output: bool = _JSON_OPTION) -> None:
         _print_init(report)
     if report.problems:
         if json_output:  # the human text went to the JSON; still say why the exit code is not 0
-            err_console.print(f"[bold red]drift[/]: {len(report.problems)} problem(s), see \"problems\"",
-                              highlight=False)
+            err_console.print(f'[bold red]drift[/]: {len(report.problems)} problem(s), see "problems"', highlight=False)
         raise typer.Exit(EXIT_DRIFT)
 
 
@@ -178,6 +189,7 @@ def _purge_with_progress(days: int, dry_run: bool, show: bool) -> PurgeWork:
                 progress.update(task, total=total, advance=1, description=collection, visible=visible)
 
             return await purge_recent(stores, days, dry_run, on_progress=advance)
+
     return work
 
 
@@ -191,14 +203,18 @@ def _print_purge(counts: dict[str, int], summary: dict[str, Any]) -> None:
         for name, count in busy.items():
             table.add_row(name, str(count))
         console.print(table)
-    console.print(f"{verb} {summary['total']} document(s) with last_use before {summary['cutoff']} "
-                  f"in {len(counts)} collection(s) of {summary['database']}", highlight=False)
+    console.print(
+        f"{verb} {summary['total']} document(s) with last_use before {summary['cutoff']} "
+        f"in {len(counts)} collection(s) of {summary['database']}",
+        highlight=False,
+    )
 
 
 @db_app.command("purge")
 def purge(
     days: int | None = typer.Option(
-        None, "--days", min=1, help="Purge documents unused for N days (default NUBO_RETENTION_DAYS, 30)."),
+        None, "--days", min=1, help="Purge documents unused for N days (default NUBO_RETENTION_DAYS, 30)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be deleted; delete nothing."),
     json_output: bool = _JSON_OPTION,
 ) -> None:
@@ -211,8 +227,14 @@ def purge(
     days = days if days is not None else settings.retention_days
     cutoff = purge_cutoff(days)
     counts = _run(settings, _purge_with_progress(days, dry_run, show=console.is_terminal and not json_output))
-    summary = {"database": settings.mongo_db, "days": days, "cutoff": cutoff.isoformat(timespec="seconds"),
-               "dry_run": dry_run, "total": sum(counts.values()), "counts": counts}
+    summary = {
+        "database": settings.mongo_db,
+        "days": days,
+        "cutoff": cutoff.isoformat(timespec="seconds"),
+        "dry_run": dry_run,
+        "total": sum(counts.values()),
+        "counts": counts,
+    }
     if json_output:
         print_json(summary)
     else:

@@ -158,9 +158,7 @@ class Bus:
         to = [str(uid) for uid in dict.fromkeys(user_ids)]
         if to:
             expires = int(time.time() * 1000) + ttl_ms
-            await self.redis.publish(
-                self.channels.ephemeral, to_json({"to": to, "body": event, "expires": expires})
-            )
+            await self.redis.publish(self.channels.ephemeral, to_json({"to": to, "body": event, "expires": expires}))
 
     async def publish_lobby(self, text: str) -> None:
         await self.redis.publish(self.channels.lobby, text)

@@ -203,9 +203,7 @@ class Connection:
         if target == self.last:
             return
         entries = await bus.history(self.user_id, self.last, target)
-        complete = (
-            len(entries) == target - self.last and entries[0][0] == self.last + 1 and entries[-1][0] == target
-        )
+        complete = len(entries) == target - self.last and entries[0][0] == self.last + 1 and entries[-1][0] == target
         if not complete:
             await self._resync(target, "history_gap")
             return
@@ -215,9 +213,7 @@ class Connection:
             self.delivered_durable = True
 
     async def _resync(self, event_id: int, reason: str) -> None:
-        log.info(
-            "ws_resync", extra={"user_id": self.user_key, "from": self.last, "to": event_id, "reason": reason}
-        )
+        log.info("ws_resync", extra={"user_id": self.user_key, "from": self.last, "to": event_id, "reason": reason})
         await self.socket.send_text(to_json({"type": "resync", "event_id": event_id, "reason": reason}))
         self.last = event_id
 
@@ -449,9 +445,7 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis restart or network cut: resubscribe, then catch every socket up
-                log.warning(
-                    "realtime_subscription_lost", extra={"error": f"{type(exc).__name__}: {exc}"[:200]}
-                )
+                log.warning("realtime_subscription_lost", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
                 resubscribed = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -469,9 +463,7 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis down: try again next beat
-                log.warning(
-                    "realtime_heartbeat_failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]}
-                )
+                log.warning("realtime_heartbeat_failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
 
     async def _check_positions(self) -> None:
         """Catch up every socket whose position is behind (or ahead of) its user's current event id."""

@@ -61,8 +61,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         workers = [
             asyncio.create_task(run_outbox_worker(stores.tiered), name="outbox"),
             asyncio.create_task(stores.near.run(), name="near-cache"),
-            asyncio.create_task(run_governor(stores.redis, stores.keys, settings.redis_memory_budget,
-                                             settings.memory_margin_bytes), name="cache-governor"),
+            asyncio.create_task(
+                run_governor(stores.redis, stores.keys, settings.redis_memory_budget, settings.memory_margin_bytes),
+                name="cache-governor",
+            ),
         ]
         try:
             yield
@@ -74,15 +76,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
             log.info("stores_closed")
 
     return Litestar(
-        route_handlers=[*health.ROUTES, *auth_routes.ROUTES, *users_routes.ROUTES, *moderation_routes.ROUTES,
-                        *messaging_routes.ROUTES, *realtime_routes.ROUTES,
-                        *posts_routes.ROUTES, *feed_routes.ROUTES],
+        route_handlers=[
+            *health.ROUTES,
+            *auth_routes.ROUTES,
+            *users_routes.ROUTES,
+            *moderation_routes.ROUTES,
+            *messaging_routes.ROUTES,
+            *realtime_routes.ROUTES,
+            *posts_routes.ROUTES,
+            *feed_routes.ROUTES,
+        ],
         lifespan=[stores_lifespan, realtime_routes.realtime_lifespan, frozen_startup_heap],
         state=state,
         dependencies=dependencies(state),
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
-            title="nubo", version=__version__, path="/schema",
+            title="nubo",
+            version=__version__,
+            path="/schema",
             render_plugins=[JsonRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
         request_max_body_size=settings.max_body_bytes,

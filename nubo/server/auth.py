@@ -160,14 +160,10 @@ class NuboJWTMiddleware(JWTAuthenticationMiddleware):
         if token is None and scope["type"] == ScopeType.WEBSOCKET:
             token = ASGIConnection(scope).query_params.get("token") or None
         if not token:
-            raise Unauthorized(
-                "An access token is required (Authorization: Bearer <token>)", code="missing_token"
-            )
+            raise Unauthorized("An access token is required (Authorization: Bearer <token>)", code="missing_token")
         return token
 
-    async def authenticate_request(
-        self, connection: ASGIConnection[Any, Any, Any, Any]
-    ) -> AuthenticationResult:
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         """Litestar's interface (unused by :meth:`__call__`): token and session check, no rate limit."""
         token = self._encoded_token(connection.scope)
         return await self.authenticate_token(encoded_token=token, connection=connection)
@@ -217,9 +213,7 @@ class RedactQueryTokens(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
             args = record.args if isinstance(record.args, tuple) else (record.args,)
-            record.args = tuple(
-                _TOKEN_IN_TEXT.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in args
-            )
+            record.args = tuple(_TOKEN_IN_TEXT.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in args)
         if isinstance(record.msg, str) and "token=" in record.msg:
             record.msg = _TOKEN_IN_TEXT.sub(r"\1[redacted]", record.msg)
         return True
@@ -410,12 +404,8 @@ async def signup(data: JSONBody[SignupBody], request: Request[Any, Any, Any], st
     return me_view(row)
 
 
-@post(
-    "/login", summary="Log in: access token + refresh token", tags=["auth"], status_code=200, security=NO_AUTH
-)
-async def login(
-    data: JSONBody[LoginBody], request: Request[Any, Any, Any], stores: StoresDep
-) -> Response[TokenView]:
+@post("/login", summary="Log in: access token + refresh token", tags=["auth"], status_code=200, security=NO_AUTH)
+async def login(data: JSONBody[LoginBody], request: Request[Any, Any, Any], stores: StoresDep) -> Response[TokenView]:
     identifier = data.username if data.username is not None else data.email
     if identifier is None:
         raise ValidationFailed("username or email is required", fields={"username": "required (or email)"})
@@ -449,9 +439,7 @@ async def list_sessions(
     limit: Limit = 20,
     before: Before = None,
 ) -> Page[SessionView]:
-    page = await accounts.list_sessions(
-        stores, request.user.id, request.user.session_id, limit=limit, before=before
-    )
+    page = await accounts.list_sessions(stores, request.user.id, request.user.session_id, limit=limit, before=before)
     return Page(items=[SessionView(**item) for item in page.items], next=page.next)
 
 
@@ -482,9 +470,7 @@ async def patch_me(data: JSONBody[ProfilePatch], request: AuthRequest, stores: S
     return me_view(await accounts.update_profile(stores, request.user.id, changes))
 
 
-@delete(
-    "/me", summary="Deactivate the account (sessions revoked, content hidden)", tags=["me"], status_code=204
-)
+@delete("/me", summary="Deactivate the account (sessions revoked, content hidden)", tags=["me"], status_code=204)
 async def delete_me(request: AuthRequest, stores: StoresDep) -> None:
     await accounts.deactivate(stores, request.user.id)
 

@@ -28,8 +28,9 @@ _CODES_BY_STATUS = {
 }
 
 
-def error_response(status: int, message: str, code: str, *, fields: dict[str, str] | None = None,
-                   headers: dict[str, str] | None = None) -> Response[dict[str, Any]]:
+def error_response(
+    status: int, message: str, code: str, *, fields: dict[str, str] | None = None, headers: dict[str, str] | None = None
+) -> Response[dict[str, Any]]:
     body: dict[str, Any] = {"error": message, "code": code}
     if fields:
         body["fields"] = fields

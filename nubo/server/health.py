@@ -25,8 +25,13 @@ async def readyz(stores: NamedDependency[Stores]) -> Response[dict[str, Any]]:
     checks = await stores.check()
     down = [name for name, state in checks.items() if state["status"] != "up"]
     if down:
-        body = {"status": "unavailable", "error": f"store down: {', '.join(down)}", "code": "store_unavailable",
-                "down": down, "stores": checks}
+        body = {
+            "status": "unavailable",
+            "error": f"store down: {', '.join(down)}",
+            "code": "store_unavailable",
+            "down": down,
+            "stores": checks,
+        }
         return Response(body, status_code=503)
     return Response({"status": "ready", "stores": checks, "near_cache": stores.near.status()}, status_code=200)
 

@@ -188,12 +188,8 @@ async def list_conversations(
 
 
 @get("/conversations/{conversation_id:str}", summary="A conversation with its members", tags=["messaging"])
-async def get_conversation(
-    request: AnyRequest, stores: StoresDep, conversation_id: IdPath
-) -> ConversationOut:
-    view = await messaging.get_conversation(
-        stores, caller_id(request), parse_id(conversation_id, "conversation_id")
-    )
+async def get_conversation(request: AnyRequest, stores: StoresDep, conversation_id: IdPath) -> ConversationOut:
+    view = await messaging.get_conversation(stores, caller_id(request), parse_id(conversation_id, "conversation_id"))
     return to_conversation(view)
 
 
@@ -218,21 +214,15 @@ async def add_members(
     tags=["messaging"],
     status_code=204,
 )
-async def remove_member(
-    request: AnyRequest, stores: StoresDep, conversation_id: IdPath, user_id: IdPath
-) -> None:
+async def remove_member(request: AnyRequest, stores: StoresDep, conversation_id: IdPath, user_id: IdPath) -> None:
     await messaging.remove_member(
         stores, caller_id(request), parse_id(conversation_id, "conversation_id"), parse_id(user_id, "user_id")
     )
 
 
-@post(
-    "/conversations/{conversation_id:str}/leave", summary="Leave a group", tags=["messaging"], status_code=204
-)
+@post("/conversations/{conversation_id:str}/leave", summary="Leave a group", tags=["messaging"], status_code=204)
 async def leave_conversation(request: AnyRequest, stores: StoresDep, conversation_id: IdPath) -> None:
-    await messaging.leave_conversation(
-        stores, caller_id(request), parse_id(conversation_id, "conversation_id")
-    )
+    await messaging.leave_conversation(stores, caller_id(request), parse_id(conversation_id, "conversation_id"))
 
 
 # ---- messages --------------------------------------------------------------------------------------------
@@ -263,9 +253,7 @@ async def list_messages(
 async def edit_message(
     request: AnyRequest, stores: StoresDep, message_id: IdPath, data: JSONBody[EditMessageIn]
 ) -> MessageOut:
-    view = await messaging.edit_message(
-        stores, caller_id(request), parse_id(message_id, "message_id"), data.content
-    )
+    view = await messaging.edit_message(stores, caller_id(request), parse_id(message_id, "message_id"), data.content)
     return MessageOut(**view)
 
 
@@ -282,9 +270,7 @@ async def delete_message(request: AnyRequest, stores: StoresDep, message_id: IdP
 
 @post("/messages/{message_id:str}/like", summary="Like a message", tags=["messaging"], status_code=200)
 async def like_message(request: AnyRequest, stores: StoresDep, message_id: IdPath) -> LikeOut:
-    return LikeOut(
-        **await messaging.like_message(stores, caller_id(request), parse_id(message_id, "message_id"), True)
-    )
+    return LikeOut(**await messaging.like_message(stores, caller_id(request), parse_id(message_id, "message_id"), True))
 
 
 @delete("/messages/{message_id:str}/like", summary="Unlike a message", tags=["messaging"], status_code=200)
@@ -333,9 +319,7 @@ async def list_notifications(
 async def read_notifications(
     request: AnyRequest, stores: StoresDep, data: JSONBody[NotificationsReadIn | None] = None
 ) -> UpdatedOut:
-    return UpdatedOut(
-        updated=await notifications.mark_read(stores, caller_id(request), data.up_to if data else None)
-    )
+    return UpdatedOut(updated=await notifications.mark_read(stores, caller_id(request), data.up_to if data else None))
 
 
 ROUTES = [

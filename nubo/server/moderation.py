@@ -79,27 +79,36 @@ async def create_report(request: AnyRequest, stores: StoresDep, data: JSONBody[N
 
 
 @get("/admin/reports", summary="Reports, newest first (moderators)", tags=["moderation"])
-async def list_reports(request: AnyRequest, stores: StoresDep, limit: Limit = 20, before: Before = None,
-                       report_state: StateQuery = None) -> Page[AdminReport]:
+async def list_reports(
+    request: AnyRequest, stores: StoresDep, limit: Limit = 20, before: Before = None, report_state: StateQuery = None
+) -> Page[AdminReport]:
     await moderation.require_moderator(stores, caller_id(request))
-    page = await moderation.list_reports(stores, state=moderation.parse_state(report_state), limit=limit,
-                                         before=before)
-    return Page(items=[AdminReport(**moderation.report_view(row, admin=True)) for row in page.items],
-                next=page.next)
+    page = await moderation.list_reports(stores, state=moderation.parse_state(report_state), limit=limit, before=before)
+    return Page(items=[AdminReport(**moderation.report_view(row, admin=True)) for row in page.items], next=page.next)
 
 
-@post("/admin/reports/{report_id:str}/resolve", summary="Resolve a report (moderators)", tags=["moderation"],
-      status_code=200)
+@post(
+    "/admin/reports/{report_id:str}/resolve",
+    summary="Resolve a report (moderators)",
+    tags=["moderation"],
+    status_code=200,
+)
 async def resolve_report(
-    request: AnyRequest, stores: StoresDep, data: JSONBody[Resolution],
-    report_id: FromPath[Annotated[str, Parameter(description="A report id (UUID)",
-                                                 schema_extra={"format": "uuid"})]],
+    request: AnyRequest,
+    stores: StoresDep,
+    data: JSONBody[Resolution],
+    report_id: FromPath[Annotated[str, Parameter(description="A report id (UUID)", schema_extra={"format": "uuid"})]],
 ) -> AdminReport:
     moderator = caller_id(request)
     await moderation.require_moderator(stores, moderator)
     row = await moderation.resolve_report(
-        stores, moderator, parse_id(report_id, "report_id"), action=data.action, resolution=data.resolution,
-        ip=request.client.host if request.client else None)
+        stores,
+        moderator,
+        parse_id(report_id, "report_id"),
+        action=data.action,
+        resolution=data.resolution,
+        ip=request.client.host if request.client else None,
+    )
     return AdminReport(**moderation.report_view(row, admin=True))
 
 

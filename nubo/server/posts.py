@@ -31,15 +31,9 @@ Side = Annotated[int, msgspec.Meta(ge=1, le=posts.MAX_MEDIA_PIXELS_SIDE)]
 
 
 # Path ids are parsed by `parse_id` (a 422 naming the field) rather than by the router (a bare 404).
-PostIdPath = FromPath[
-    Annotated[str, Parameter(description="A post id (UUID)", schema_extra={"format": "uuid"})]
-]
-CommentIdPath = FromPath[
-    Annotated[str, Parameter(description="A comment id (UUID)", schema_extra={"format": "uuid"})]
-]
-MediaIdPath = FromPath[
-    Annotated[str, Parameter(description="A media id (UUID)", schema_extra={"format": "uuid"})]
-]
+PostIdPath = FromPath[Annotated[str, Parameter(description="A post id (UUID)", schema_extra={"format": "uuid"})]]
+CommentIdPath = FromPath[Annotated[str, Parameter(description="A comment id (UUID)", schema_extra={"format": "uuid"})]]
+MediaIdPath = FromPath[Annotated[str, Parameter(description="A media id (UUID)", schema_extra={"format": "uuid"})]]
 UserQuery = FromQuery[Annotated[str | None, QueryParameter(description="Only this user's posts (a user id)")]]
 
 
@@ -146,9 +140,7 @@ def to_post(view: dict[str, Any]) -> PostView:
     return PostView(
         **{
             **view,
-            "meta": PostMeta(
-                mentions=list(meta.get("mentions", [])), hashtags=list(meta.get("hashtags", []))
-            ),
+            "meta": PostMeta(mentions=list(meta.get("mentions", [])), hashtags=list(meta.get("hashtags", []))),
         }
     )
 
@@ -191,9 +183,7 @@ async def get_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) 
 async def patch_post(
     request: AnyRequest, stores: StoresDep, post_id: PostIdPath, data: JSONBody[PostChanges]
 ) -> PostView:
-    changes = {
-        name: getattr(data, name) for name in data.__struct_fields__ if getattr(data, name) is not UNSET
-    }
+    changes = {name: getattr(data, name) for name in data.__struct_fields__ if getattr(data, name) is not UNSET}
     view = await posts.update_post(stores, caller_id(request), parse_id(post_id, "post_id"), changes)
     return to_post(view)
 
@@ -244,26 +234,18 @@ async def delete_comment(request: AnyRequest, stores: StoresDep, comment_id: Com
 
 @post("/posts/{post_id:str}/like", summary="Like a post (idempotent)", tags=["likes"], status_code=200)
 async def like_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) -> LikeState:
-    return LikeState(
-        **await posts.like(stores, caller_id(request), posts.TARGET_POST, parse_id(post_id, "post_id"))
-    )
+    return LikeState(**await posts.like(stores, caller_id(request), posts.TARGET_POST, parse_id(post_id, "post_id")))
 
 
 @delete("/posts/{post_id:str}/like", summary="Unlike a post (idempotent)", tags=["likes"], status_code=200)
 async def unlike_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) -> LikeState:
-    return LikeState(
-        **await posts.unlike(stores, caller_id(request), posts.TARGET_POST, parse_id(post_id, "post_id"))
-    )
+    return LikeState(**await posts.unlike(stores, caller_id(request), posts.TARGET_POST, parse_id(post_id, "post_id")))
 
 
-@post(
-    "/comments/{comment_id:str}/like", summary="Like a comment (idempotent)", tags=["likes"], status_code=200
-)
+@post("/comments/{comment_id:str}/like", summary="Like a comment (idempotent)", tags=["likes"], status_code=200)
 async def like_comment(request: AnyRequest, stores: StoresDep, comment_id: CommentIdPath) -> LikeState:
     return LikeState(
-        **await posts.like(
-            stores, caller_id(request), posts.TARGET_COMMENT, parse_id(comment_id, "comment_id")
-        )
+        **await posts.like(stores, caller_id(request), posts.TARGET_COMMENT, parse_id(comment_id, "comment_id"))
     )
 
 
@@ -275,9 +257,7 @@ async def like_comment(request: AnyRequest, stores: StoresDep, comment_id: Comme
 )
 async def unlike_comment(request: AnyRequest, stores: StoresDep, comment_id: CommentIdPath) -> LikeState:
     return LikeState(
-        **await posts.unlike(
-            stores, caller_id(request), posts.TARGET_COMMENT, parse_id(comment_id, "comment_id")
-        )
+        **await posts.unlike(stores, caller_id(request), posts.TARGET_COMMENT, parse_id(comment_id, "comment_id"))
     )
 
 
@@ -286,9 +266,7 @@ async def list_likes(
     request: AnyRequest, stores: StoresDep, post_id: PostIdPath, limit: Limit = 20, before: Before = None
 ) -> Page[PublicUser]:
     """The cursor (`next`, `before`) is a like id, not a user id."""
-    page = await posts.list_likers(
-        stores, caller_id(request), parse_id(post_id, "post_id"), limit=limit, before=before
-    )
+    page = await posts.list_likers(stores, caller_id(request), parse_id(post_id, "post_id"), limit=limit, before=before)
     return Page(items=[PublicUser(**users.public_user(row)) for row in page.items], next=page.next)
 
 

@@ -44,9 +44,7 @@ def client_ip(scope: Scope | Mapping[str, Any], trusted_proxies: tuple[str, ...]
     if not peer or not networks or not _is_trusted(peer, networks):
         return peer
     forwarded = [
-        value.decode("latin-1")
-        for name, value in scope.get("headers", [])
-        if name.lower() == b"x-forwarded-for"
+        value.decode("latin-1") for name, value in scope.get("headers", []) if name.lower() == b"x-forwarded-for"
     ]
     hops = [hop.strip() for header in forwarded for hop in header.split(",") if hop.strip()]
     for hop in reversed(hops):

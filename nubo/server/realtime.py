@@ -82,9 +82,7 @@ def _last_event_id(socket: WebSocket[Any, Any, Any]) -> int | None:
     if not raw or raw[0] == "":
         return None
     if not raw[0].isdigit() or len(raw[0]) > 18:
-        raise ValidationFailed(
-            "last_event_id must be a non-negative integer", fields={"last_event_id": "integer"}
-        )
+        raise ValidationFailed("last_event_id must be a non-negative integer", fields={"last_event_id": "integer"})
     return int(raw[0])
 
 
@@ -284,9 +282,7 @@ class Session:
     async def on_resume(self, envelope: dict[str, Any]) -> None:
         raw = envelope.get("last_event_id")
         if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
-            raise ValidationFailed(
-                "last_event_id must be a non-negative integer", fields={"last_event_id": "integer"}
-            )
+            raise ValidationFailed("last_event_id must be a non-negative integer", fields={"last_event_id": "integer"})
         self.conn.offer(Resume(raw))
 
     async def on_lobby(self, text: str) -> None:
@@ -311,9 +307,7 @@ async def realtime_lifespan(app: Litestar) -> AsyncIterator[None]:
     async def revoked_among(session_keys: list[str]) -> set[str]:
         return await accounts.revoked_among(stores, session_keys)
 
-    hub = Hub(
-        stores.settings, stores.redis, stores.keys, on_presence=announce, revoked_among=revoked_among
-    )
+    hub = Hub(stores.settings, stores.redis, stores.keys, on_presence=announce, revoked_among=revoked_among)
     await hub.start()
     stop_typing = await typing_events.start_listener(stores, hub)
     app.state.hub = hub

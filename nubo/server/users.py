@@ -25,11 +25,9 @@ from nubo.stores.tiered import Row
 AnyRequest = Request[Any, Any, Any]
 StoresDep = NamedDependency[Stores]
 # Path ids are parsed by `parse_id` (422 naming the field) rather than the router (a bare 404).
-UserIdPath = FromPath[Annotated[str, Parameter(description="A user id (UUID)",
-                                               schema_extra={"format": "uuid"})]]
+UserIdPath = FromPath[Annotated[str, Parameter(description="A user id (UUID)", schema_extra={"format": "uuid"})]]
 Limit = FromQuery[Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size (default 20)")]]
-Before = FromQuery[Annotated[uuid.UUID | None,
-                             Parameter(description="Cursor: the `next` of the previous page")]]
+Before = FromQuery[Annotated[uuid.UUID | None, Parameter(description="Cursor: the `next` of the previous page")]]
 
 
 @dataclass
@@ -78,19 +76,25 @@ async def get_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath) 
 
 @get("/users", summary="Search users by username or name prefix", tags=["users"])
 async def search_users(
-    request: AnyRequest, stores: StoresDep,
-    q: FromQuery[Annotated[str, Parameter(min_length=1, max_length=users.MAX_QUERY_LENGTH,
-                                          description="Prefix of username, first or last name")]],
-    limit: Limit = 20, before: Before = None,
+    request: AnyRequest,
+    stores: StoresDep,
+    q: FromQuery[
+        Annotated[
+            str,
+            Parameter(
+                min_length=1, max_length=users.MAX_QUERY_LENGTH, description="Prefix of username, first or last name"
+            ),
+        ]
+    ],
+    limit: Limit = 20,
+    before: Before = None,
 ) -> Page[PublicUser]:
     page = await users.search(stores, caller_id(request), q, limit=limit, before=before)
     return Page(items=[PublicUser(**item) for item in page.items], next=page.next)
 
 
-@post("/users/{user_id:str}/follow", summary="Follow a user (idempotent)", tags=["relations"],
-      status_code=200)
-async def follow_user(request: AnyRequest, stores: StoresDep,
-                      user_id: UserIdPath) -> social.Relationship:
+@post("/users/{user_id:str}/follow", summary="Follow a user (idempotent)", tags=["relations"], status_code=200)
+async def follow_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath) -> social.Relationship:
     viewer, target = caller_id(request), parse_id(user_id, "user_id")
     _, created = await social.follow(stores, viewer, target)
     if created:  # after the commit; a repeated (idempotent) follow notifies nobody
@@ -98,47 +102,50 @@ async def follow_user(request: AnyRequest, stores: StoresDep,
     return await social.relationship(stores, viewer, target)
 
 
-@delete("/users/{user_id:str}/follow", summary="Unfollow a user (idempotent)", tags=["relations"],
-        status_code=200)
-async def unfollow_user(request: AnyRequest, stores: StoresDep,
-                        user_id: UserIdPath) -> social.Relationship:
+@delete("/users/{user_id:str}/follow", summary="Unfollow a user (idempotent)", tags=["relations"], status_code=200)
+async def unfollow_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath) -> social.Relationship:
     viewer, target = caller_id(request), parse_id(user_id, "user_id")
     await social.unfollow(stores, viewer, target)
     return await social.relationship(stores, viewer, target)
 
 
-async def _follow_list(request: AnyRequest, stores: Stores, user_id: str, direction: str,
-                       limit: int, before: uuid.UUID | None) -> Page[PublicUser]:
-    page = await social.follow_page(stores, caller_id(request), parse_id(user_id, "user_id"),
-                                    direction=direction, limit=limit, before=before)
+async def _follow_list(
+    request: AnyRequest, stores: Stores, user_id: str, direction: str, limit: int, before: uuid.UUID | None
+) -> Page[PublicUser]:
+    page = await social.follow_page(
+        stores, caller_id(request), parse_id(user_id, "user_id"), direction=direction, limit=limit, before=before
+    )
     return Page(items=[to_public(user) for _, user in page.items], next=page.next)
 
 
 @get("/users/{user_id:str}/followers", summary="Who follows a user, newest first", tags=["relations"])
-async def list_followers(request: AnyRequest, stores: StoresDep, user_id: UserIdPath,
-                         limit: Limit = 20, before: Before = None) -> Page[PublicUser]:
+async def list_followers(
+    request: AnyRequest, stores: StoresDep, user_id: UserIdPath, limit: Limit = 20, before: Before = None
+) -> Page[PublicUser]:
     return await _follow_list(request, stores, user_id, "followers", limit, before)
 
 
 @get("/users/{user_id:str}/following", summary="Whom a user follows, newest first", tags=["relations"])
-async def list_following(request: AnyRequest, stores: StoresDep, user_id: UserIdPath,
-                         limit: Limit = 20, before: Before = None) -> Page[PublicUser]:
+async def list_following(
+    request: AnyRequest, stores: StoresDep, user_id: UserIdPath, limit: Limit = 20, before: Before = None
+) -> Page[PublicUser]:
     return await _follow_list(request, stores, user_id, "following", limit, before)
 
 
-@post("/users/{user_id:str}/block", summary="Block a user (removes follows both ways)", tags=["relations"],
-      status_code=200)
-async def block_user(request: AnyRequest, stores: StoresDep,
-                     user_id: UserIdPath) -> social.Relationship:
+@post(
+    "/users/{user_id:str}/block",
+    summary="Block a user (removes follows both ways)",
+    tags=["relations"],
+    status_code=200,
+)
+async def block_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath) -> social.Relationship:
     viewer, target = caller_id(request), parse_id(user_id, "user_id")
     await social.block(stores, viewer, target)
     return await social.relationship(stores, viewer, target)
 
 
-@delete("/users/{user_id:str}/block", summary="Unblock a user (idempotent)", tags=["relations"],
-        status_code=200)
-async def unblock_user(request: AnyRequest, stores: StoresDep,
-                       user_id: UserIdPath) -> social.Relationship:
+@delete("/users/{user_id:str}/block", summary="Unblock a user (idempotent)", tags=["relations"], status_code=200)
+async def unblock_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath) -> social.Relationship:
     viewer, target = caller_id(request), parse_id(user_id, "user_id")
     await social.unblock(stores, viewer, target)
     return await social.relationship(stores, viewer, target)
@@ -146,14 +153,28 @@ async def unblock_user(request: AnyRequest, stores: StoresDep,
 
 @get("/relationships", summary="The caller's relationship with each user", tags=["relations"])
 async def get_relationships(
-    request: AnyRequest, stores: StoresDep,
-    ids: FromQuery[Annotated[str, Parameter(description=f"Comma-separated user ids, at most "
-                                                         f"{social.MAX_RELATIONSHIP_IDS}", max_length=2000)]],
+    request: AnyRequest,
+    stores: StoresDep,
+    ids: FromQuery[
+        Annotated[
+            str,
+            Parameter(description=f"Comma-separated user ids, at most {social.MAX_RELATIONSHIP_IDS}", max_length=2000),
+        ]
+    ],
 ) -> Page[social.Relationship]:
     """Unknown or hidden-by-state users are left out; a blocked user shows `blocking`/`blocked_by`."""
     found = await social.relationships(stores, caller_id(request), social.parse_id_list(ids))
     return Page(items=found, next=None)
 
 
-ROUTES = [get_user, search_users, follow_user, unfollow_user, list_followers, list_following, block_user,
-          unblock_user, get_relationships]
+ROUTES = [
+    get_user,
+    search_users,
+    follow_user,
+    unfollow_user,
+    list_followers,
+    list_following,
+    block_user,
+    unblock_user,
+    get_relationships,
+]

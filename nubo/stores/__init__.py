@@ -84,8 +84,9 @@ class Stores:
 
         families = ["session", "derived", "tag"]
         families += [f"cache:{entity.cache_collection}" for entity in ENTITIES.values() if entity.near]
-        return NearCache(self.settings.redis_url, self.redis, self.keys, families,
-                         max_entries=self.settings.near_cache_entries)
+        return NearCache(
+            self.settings.redis_url, self.redis, self.keys, families, max_entries=self.settings.near_cache_entries
+        )
 
     def script(self, source: str) -> AsyncScript:
         """The Lua script `source` registered on this Redis client (hashed once per process, not per call)."""

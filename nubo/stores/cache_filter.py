@@ -47,6 +47,7 @@ class CacheFilterError(CacheError):
 
 # ---- syntax tree -------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Leaf:
     """One field condition; `values` are canonical payloads, None standing for null."""
@@ -68,6 +69,7 @@ Node = Leaf | Combine
 
 
 # ---- index plans -------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class IndexKey:
@@ -128,6 +130,7 @@ def _exact(node: Node) -> bool:
 
 
 # ---- parsing -----------------------------------------------------------------------------------------------
+
 
 def parse(schema: Schema, filter: Any) -> Node:
     if not isinstance(filter, Mapping):
@@ -208,6 +211,7 @@ def _operand(field: Field, op: str, value: Any, *, allow_null: bool) -> str | No
 
 # ---- evaluation --------------------------------------------------------------------------------------------
 
+
 def predicate(node: Node) -> Predicate:
     """A function telling whether a stored hash matches `node`."""
     if isinstance(node, Combine):
@@ -249,8 +253,10 @@ def _comparison(name: str, field: Field, op: str, payload: str) -> Predicate:
 
 
 _ORDER: dict[str, Callable[[Any, Any], bool]] = {
-    "$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b,
-    "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b,
+    "$gt": lambda a, b: a > b,
+    "$gte": lambda a, b: a >= b,
+    "$lt": lambda a, b: a < b,
+    "$lte": lambda a, b: a <= b,
 }
 
 
@@ -269,6 +275,7 @@ def sort_key(field: Field) -> Callable[[Raw], tuple[Any, ...]]:
 
 
 # ---- planning ----------------------------------------------------------------------------------------------
+
 
 def plan(node: Node) -> Plan | None:
     """Index sets holding every id that can match `node`, or None when no index narrows it."""

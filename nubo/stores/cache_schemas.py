@@ -41,9 +41,16 @@ INDEXED_BY_DEFAULT: frozenset[str] = frozenset({"uuid", "str", "int", "bool"})
 FILTERABLE: frozenset[str] = frozenset({"uuid", "str", "text", "int", "float", "bool", "datetime", "date"})
 NUMERIC: frozenset[str] = frozenset({"int", "float"})
 _EXPECTED = {
-    "uuid": "a UUID", "str": "a string", "text": "a string", "int": "an integer (64-bit)",
-    "float": "a finite number", "bool": "a boolean", "datetime": "a timezone-aware datetime",
-    "date": "a date (or YYYY-MM-DD)", "json": "a JSON value", "uuid_list": "a list of UUIDs",
+    "uuid": "a UUID",
+    "str": "a string",
+    "text": "a string",
+    "int": "an integer (64-bit)",
+    "float": "a finite number",
+    "bool": "a boolean",
+    "datetime": "a timezone-aware datetime",
+    "date": "a date (or YYYY-MM-DD)",
+    "json": "a JSON value",
+    "uuid_list": "a list of UUIDs",
 }
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
@@ -105,8 +112,7 @@ class Schema:
         return self.fields.get(name)
 
 
-def schema(name: str, *, index: tuple[str, ...] = (), no_index: tuple[str, ...] = (),
-           **columns: str) -> Schema:
+def schema(name: str, *, index: tuple[str, ...] = (), no_index: tuple[str, ...] = (), **columns: str) -> Schema:
     """Build a schema from ``column="type"`` (``"?type"`` when nullable), with index overrides."""
     fields: dict[str, Field] = {"id": Field("id", "uuid")}
     for column, spec in columns.items():
@@ -122,6 +128,7 @@ def schema(name: str, *, index: tuple[str, ...] = (), no_index: tuple[str, ...] 
 
 
 # ---- encoding ----------------------------------------------------------------------------------------------
+
 
 def _enc_uuid(value: Any) -> str:
     if isinstance(value, uuid.UUID):
@@ -160,8 +167,7 @@ def _enc_datetime(value: Any) -> str:
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise TypeError
     v = value.astimezone(UTC)
-    return (f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}"
-            f".{v.microsecond:06d}Z")
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}Z"
 
 
 def _enc_date(value: Any) -> str:
@@ -179,8 +185,7 @@ def _json_default(value: Any) -> str:
 
 
 def _enc_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                      default=_json_default)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default)
 
 
 def _enc_uuid_list(value: Any) -> str:
@@ -203,13 +208,28 @@ def _dec_uuid_list(payload: str) -> list[uuid.UUID]:
 
 
 ENCODERS: dict[str, Callable[[Any], str]] = {
-    "uuid": _enc_uuid, "str": _enc_str, "text": _enc_str, "int": _enc_int, "float": _enc_float,
-    "bool": _enc_bool, "datetime": _enc_datetime, "date": _enc_date, "json": _enc_json,
+    "uuid": _enc_uuid,
+    "str": _enc_str,
+    "text": _enc_str,
+    "int": _enc_int,
+    "float": _enc_float,
+    "bool": _enc_bool,
+    "datetime": _enc_datetime,
+    "date": _enc_date,
+    "json": _enc_json,
     "uuid_list": _enc_uuid_list,
 }
 DECODERS: dict[str, Callable[[str], Any]] = {
-    "uuid": _dec_uuid, "str": str, "text": str, "int": int, "float": float, "bool": lambda p: p == "true",
-    "datetime": _dec_datetime, "date": date.fromisoformat, "json": json.loads, "uuid_list": _dec_uuid_list,
+    "uuid": _dec_uuid,
+    "str": str,
+    "text": str,
+    "int": int,
+    "float": float,
+    "bool": lambda p: p == "true",
+    "datetime": _dec_datetime,
+    "date": date.fromisoformat,
+    "json": json.loads,
+    "uuid_list": _dec_uuid_list,
 }
 
 
@@ -250,35 +270,116 @@ SCHEMAS: dict[str, Schema] = {
     s.name: s
     for s in (
         # No password_hash: credentials never leave PostgreSQL (tiered.Entity.private_columns).
-        schema("users", no_index=("first_name", "last_name", "location", "school", "works"),
-               username="str", email="str", email_verified="bool", phone="?str", phone_verified="bool",
-               first_name="str", last_name="str", birthdate="?date", sex="?int",
-               bio="?text", profile_picture_id="?uuid", grade="int", location="?str", school="?str",
-               works="?str", badges="json", state="int", created_at="datetime", updated_at="datetime"),
-        schema("user_settings", user_id="uuid", privacy="json", notifications="json", language="str",
-               theme="int", created_at="datetime", updated_at="datetime"),
-        schema("sessions", no_index=("revoked_reason",), user_id="uuid", refresh_token_hash="str",
-               device_info="json", ip="json", created_at="datetime", last_used_at="datetime",
-               expires_at="datetime", revoked="bool", revoked_at="?datetime", revoked_reason="?text"),
+        schema(
+            "users",
+            no_index=("first_name", "last_name", "location", "school", "works"),
+            username="str",
+            email="str",
+            email_verified="bool",
+            phone="?str",
+            phone_verified="bool",
+            first_name="str",
+            last_name="str",
+            birthdate="?date",
+            sex="?int",
+            bio="?text",
+            profile_picture_id="?uuid",
+            grade="int",
+            location="?str",
+            school="?str",
+            works="?str",
+            badges="json",
+            state="int",
+            created_at="datetime",
+            updated_at="datetime",
+        ),
+        schema(
+            "user_settings",
+            user_id="uuid",
+            privacy="json",
+            notifications="json",
+            language="str",
+            theme="int",
+            created_at="datetime",
+            updated_at="datetime",
+        ),
+        schema(
+            "sessions",
+            no_index=("revoked_reason",),
+            user_id="uuid",
+            refresh_token_hash="str",
+            device_info="json",
+            ip="json",
+            created_at="datetime",
+            last_used_at="datetime",
+            expires_at="datetime",
+            revoked="bool",
+            revoked_at="?datetime",
+            revoked_reason="?text",
+        ),
         # `relations` caches auth.follows (the seed's relations_recent).
         schema("relations", follower_id="uuid", followed_id="uuid", state="int", created_at="datetime"),
-        schema("posts", user_id="uuid", content="?text", media_ids="uuid_list", meta="json", visibility="int",
-               location="?str", created_at="datetime", updated_at="datetime"),
-        schema("comments", post_id="uuid", user_id="uuid", content="text", created_at="datetime",
-               updated_at="datetime"),
+        schema(
+            "posts",
+            user_id="uuid",
+            content="?text",
+            media_ids="uuid_list",
+            meta="json",
+            visibility="int",
+            location="?str",
+            created_at="datetime",
+            updated_at="datetime",
+        ),
+        schema(
+            "comments", post_id="uuid", user_id="uuid", content="text", created_at="datetime", updated_at="datetime"
+        ),
         schema("likes", target_type="int", target_id="uuid", user_id="uuid", created_at="datetime"),
-        schema("media", no_index=("storage_path", "size", "width", "height"), owner_id="uuid",
-               storage_path="str", mime="str", size="int", width="?int", height="?int",
-               processing_state="int", created_at="datetime"),
-        schema("conversations_meta", type="int", title="?text", direct_key="?str", created_by="?uuid",
-               last_message_id="?uuid", last_message_time="?datetime", last_message_text="?text",
-               state="int", created_at="datetime"),
-        schema("conversation_members", no_index=("unread_count", "last_read_message_id"),
-               conversation_id="uuid", user_id="uuid", role="int", joined_at="datetime", unread_count="int",
-               last_read_message_id="?uuid"),
+        schema(
+            "media",
+            no_index=("storage_path", "size", "width", "height"),
+            owner_id="uuid",
+            storage_path="str",
+            mime="str",
+            size="int",
+            width="?int",
+            height="?int",
+            processing_state="int",
+            created_at="datetime",
+        ),
+        schema(
+            "conversations_meta",
+            type="int",
+            title="?text",
+            direct_key="?str",
+            created_by="?uuid",
+            last_message_id="?uuid",
+            last_message_time="?datetime",
+            last_message_text="?text",
+            state="int",
+            created_at="datetime",
+        ),
+        schema(
+            "conversation_members",
+            no_index=("unread_count", "last_read_message_id"),
+            conversation_id="uuid",
+            user_id="uuid",
+            role="int",
+            joined_at="datetime",
+            unread_count="int",
+            last_read_message_id="?uuid",
+        ),
         # `messages` caches messaging.message_index.
-        schema("messages", conversation_id="uuid", sender_id="uuid", message_type="int", state="int",
-               content="?text", attachments="json", client_id="?str", created_at="datetime",
-               edited_at="?datetime"),
+        schema(
+            "messages",
+            conversation_id="uuid",
+            sender_id="uuid",
+            message_type="int",
+            state="int",
+            content="?text",
+            attachments="json",
+            client_id="?str",
+            created_at="datetime",
+            edited_at="?datetime",
+        ),
     )
 }

@@ -77,8 +77,9 @@ def _decode_entry(raw: str | bytes) -> tuple[Sequence[str], Mapping[str, Any]]:
 class DerivedCache:
     """Get-or-compute for tagged values, and the version changes that invalidate them."""
 
-    def __init__(self, redis: Any, keys: Keys, count_failure: Callable[[str], None],
-                 near: NearCache | None = None) -> None:
+    def __init__(
+        self, redis: Any, keys: Keys, count_failure: Callable[[str], None], near: NearCache | None = None
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.count_failure = count_failure

@@ -67,8 +67,9 @@ class NearCache:
     goes to Redis. ``max_entries=0`` disables the copies altogether.
     """
 
-    def __init__(self, redis_url: str, redis: Redis, keys: Keys, families: Sequence[str], *,
-                 max_entries: int = 100_000) -> None:
+    def __init__(
+        self, redis_url: str, redis: Redis, keys: Keys, families: Sequence[str], *, max_entries: int = 100_000
+    ) -> None:
         self._url = redis_url
         self._redis = redis  # writes the canary (any connection but the tracking one)
         self._prefixes = sorted({keys(family) + ":" for family in (*families, CANARY_FAMILY)})
@@ -107,8 +108,7 @@ class NearCache:
             return value
         return (await self.get_many([key], lambda _missing: _one(fetch)))[0]
 
-    async def get_many(self, keys: Sequence[str], fetch: Callable[[list[str]], Awaitable[Sequence[Any]]]
-                       ) -> list[Any]:
+    async def get_many(self, keys: Sequence[str], fetch: Callable[[list[str]], Awaitable[Sequence[Any]]]) -> list[Any]:
         """Values of `keys`, in order: copies where held, ``await fetch(missing keys)`` (one value per key,
         in order) for the others."""
         values = [self.get_cached(key) for key in keys]
@@ -196,8 +196,10 @@ class NearCache:
                 await self._track()
             except TrackingUnsupported as exc:
                 self._reset()
-                log.warning("near_cache_unsupported", extra={"error": f"{exc}"[:200],
-                            "effect": "no in-process copies: every hot read goes to Redis"})
+                log.warning(
+                    "near_cache_unsupported",
+                    extra={"error": f"{exc}"[:200], "effect": "no in-process copies: every hot read goes to Redis"},
+                )
                 return
             except (RedisError, OSError, TrackingLost) as exc:
                 if self.live:
@@ -209,8 +211,9 @@ class NearCache:
     async def _track(self) -> None:
         # RESP2 on purpose: invalidations then arrive as ordinary pub/sub messages on this connection
         # (REDIRECT to itself). No retries: a silent reconnect would resubscribe without tracking.
-        client: Redis = Redis.from_url(self._url, protocol=2, decode_responses=True, retry=Retry(NoBackoff(), 0),
-                                       socket_connect_timeout=2.0)
+        client: Redis = Redis.from_url(
+            self._url, protocol=2, decode_responses=True, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2.0
+        )
         pubsub = client.pubsub()
         try:
             await pubsub.connect()  # type: ignore[no-untyped-call]

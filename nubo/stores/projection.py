@@ -167,8 +167,9 @@ class Projector:
             try:
                 ok = await self._project(pending)
             except Exception as exc:  # a store down: the outbox worker repairs these rows later
-                log.warning("projection_failed", extra={"projector": self.name,
-                                                        "error": f"{type(exc).__name__}: {exc}"[:200]})
+                log.warning(
+                    "projection_failed", extra={"projector": self.name, "error": f"{type(exc).__name__}: {exc}"[:200]}
+                )
             finally:
                 if batch is not None and not batch.done():
                     batch.set_result(None)  # the copies are written: waiting requests may answer now

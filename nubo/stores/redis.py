@@ -16,9 +16,35 @@ from redis.exceptions import ConnectionError, DataError, ResponseError, TimeoutE
 
 # Commands that may wait on the server (or change the connection's state) must keep a connection of their own.
 _UNBATCHED = frozenset(
-    {"BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "XREAD",
-     "XREADGROUP", "WAIT", "WAITAOF", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR", "SELECT", "MULTI",
-     "EXEC", "WATCH", "UNWATCH", "DISCARD", "CLIENT", "HELLO", "AUTH", "QUIT", "RESET"}
+    {
+        "BLPOP",
+        "BRPOP",
+        "BLMOVE",
+        "BRPOPLPUSH",
+        "BLMPOP",
+        "BZPOPMIN",
+        "BZPOPMAX",
+        "BZMPOP",
+        "XREAD",
+        "XREADGROUP",
+        "WAIT",
+        "WAITAOF",
+        "SUBSCRIBE",
+        "PSUBSCRIBE",
+        "SSUBSCRIBE",
+        "MONITOR",
+        "SELECT",
+        "MULTI",
+        "EXEC",
+        "WATCH",
+        "UNWATCH",
+        "DISCARD",
+        "CLIENT",
+        "HELLO",
+        "AUTH",
+        "QUIT",
+        "RESET",
+    }
 )
 MAX_BATCH = 256
 _Pending = tuple[tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]  # a command, its options, its waiter

@@ -55,8 +55,15 @@ from nubo.stores.cache_schemas import (
 )
 from nubo.stores.redis import Keys, scan_prefix
 
-__all__ = ["CacheCollection", "CacheError", "CacheFilterError", "CacheValidationError", "RedisCache",
-           "audit_cache", "cache_stats"]
+__all__ = [
+    "CacheCollection",
+    "CacheError",
+    "CacheFilterError",
+    "CacheValidationError",
+    "RedisCache",
+    "audit_cache",
+    "cache_stats",
+]
 
 CHUNK = 1000  # ids read per round trip (one script run)
 SET_BATCH = 100  # elements written per script run by set_many
@@ -89,7 +96,9 @@ end
 
 # Insert or replace elements. KEYS: ids, lru. ARGV: hash prefix, idx prefix, member prefix, then per element:
 # id, n pairs, field/value pairs..., n index keys, index keys... Returns how many were written.
-_LUA_SET = _LUA_DELETE_ELEMENT + """
+_LUA_SET = (
+    _LUA_DELETE_ELEMENT
+    + """
 local hash_prefix, idx_prefix, member_prefix = ARGV[1], ARGV[2], ARGV[3]
 local now = now_us()
 local i, written = 4, 0
@@ -119,10 +128,13 @@ while i <= #ARGV do
 end
 return written
 """
+)
 
 # KEYS: hash, lru. ARGV: id, idx prefix, lru member, expected rev ('' = any), n pairs, pairs..., index keys...
 # Returns 1 (modified), 0 (element gone: never resurrect a partial element), -1 (changed since it was read).
-_LUA_MODIFY = _LUA_DELETE_ELEMENT + """
+_LUA_MODIFY = (
+    _LUA_DELETE_ELEMENT
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], '_rev') ~= ARGV[4] then return -1 end
 local id, idx_prefix, n = ARGV[1], ARGV[2], tonumber(ARGV[5])
@@ -139,18 +151,24 @@ redis.call('HINCRBY', KEYS[1], '_rev', 1)
 redis.call('ZADD', KEYS[2], now_us(), ARGV[3])
 return 1
 """
+)
 
 # KEYS: hash, ids, lru. ARGV: id, idx prefix, lru member, expected rev ('' = any). Returns 1, 0 (gone) or -1.
-_LUA_DELETE = _LUA_DELETE_ELEMENT + """
+_LUA_DELETE = (
+    _LUA_DELETE_ELEMENT
+    + """
 if ARGV[4] ~= '' then
   local rev = redis.call('HGET', KEYS[1], '_rev')
   if rev and rev ~= ARGV[4] then return -1 end
 end
 return delete_element(KEYS[1], ARGV[2], KEYS[2], KEYS[3], ARGV[3], ARGV[1])
 """
+)
 
 # KEYS: lru. ARGV: key prefix, how many. Deletes the least recently used elements; returns their members.
-_LUA_PURGE = _LUA_DELETE_ELEMENT + """
+_LUA_PURGE = (
+    _LUA_DELETE_ELEMENT
+    + """
 local p = ARGV[1]
 local victims = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 for _, m in ipairs(victims) do
@@ -164,11 +182,14 @@ for _, m in ipairs(victims) do
 end
 return victims
 """
+)
 
 # Reading: HMGET of `fields` (all the schema's for a whole element; the first is always `_rev`, present in
 # every element, so nil means the element is gone). Results are flat lists [id, values, id, values, ...];
 # `touch` marks the returned elements used (ZADD XX: never adds an orphan).
-_LUA_READ = _LUA_DELETE_ELEMENT + """
+_LUA_READ = (
+    _LUA_DELETE_ELEMENT
+    + """
 local function read(ids, hash_prefix, fields, lru, member_prefix, touch, limit)
   local out, used, found = {}, {}, 0
   for _, id in ipairs(ids) do
@@ -194,19 +215,25 @@ local function split(text)  -- field names come comma-joined: one argument inste
   return items
 end
 """
+)
 
 # KEYS: lru. ARGV: hash prefix, member prefix, touch (0/1), fields (comma-joined), ids...
-_LUA_FETCH = _LUA_READ + """
+_LUA_FETCH = (
+    _LUA_READ
+    + """
 local ids = {}
 for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
 return read(ids, ARGV[1], split(ARGV[4]), KEYS[1], ARGV[2], ARGV[3] == '1', 0)
 """
+)
 
 # Candidates of an index plan, read in one round trip. KEYS: lru, index keys...
 # ARGV: hash prefix, member prefix, touch (0/1), limit (0: none), max candidates, op (one|and|or), fields
 # (comma-joined). Returns {1, flat results}, or {0} when the sets hold more than `max candidates` ids (the
 # caller then streams them instead of blocking the server on one big reply).
-_LUA_QUERY = _LUA_READ + """
+_LUA_QUERY = (
+    _LUA_READ
+    + """
 local op, max_candidates = ARGV[6], tonumber(ARGV[5])
 local size = 0
 for i = 2, #KEYS do
@@ -220,22 +247,29 @@ elseif op == 'or' then ids = redis.call('SUNION', unpack(KEYS, 2))
 else ids = redis.call('SMEMBERS', KEYS[2]) end
 return {1, read(ids, ARGV[1], split(ARGV[7]), KEYS[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]))}
 """
+)
 
 # One step of a scan over a set of ids. KEYS: the set. ARGV: cursor, count, hash prefix, fields
 # (comma-joined). Returns {next cursor, flat projections}.
-_LUA_SCAN = _LUA_READ + """
+_LUA_SCAN = (
+    _LUA_READ
+    + """
 local step = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
 return {step[1], read(step[2], ARGV[3], split(ARGV[4]), '', '', false, 0)}
 """
+)
 
 # KEYS: lru. ARGV: members. Marks use of elements that are still cached (XX: never adds an orphan).
-_LUA_TOUCH = _LUA_DELETE_ELEMENT + """
+_LUA_TOUCH = (
+    _LUA_DELETE_ELEMENT
+    + """
 local now = now_us()
 local args = {}
 for i, m in ipairs(ARGV) do args[2 * i - 1] = now; args[2 * i] = m end
 if #args > 0 then redis.call('ZADD', KEYS[1], 'XX', unpack(args)) end
 return #ARGV
 """
+)
 
 
 @dataclass(frozen=True)
@@ -247,9 +281,19 @@ class _Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
-SCRIPTS = {name: _Script(source) for name, source in (
-    ("set", _LUA_SET), ("modify", _LUA_MODIFY), ("delete", _LUA_DELETE), ("purge", _LUA_PURGE),
-    ("touch", _LUA_TOUCH), ("fetch", _LUA_FETCH), ("query", _LUA_QUERY), ("scan", _LUA_SCAN))}
+SCRIPTS = {
+    name: _Script(source)
+    for name, source in (
+        ("set", _LUA_SET),
+        ("modify", _LUA_MODIFY),
+        ("delete", _LUA_DELETE),
+        ("purge", _LUA_PURGE),
+        ("touch", _LUA_TOUCH),
+        ("fetch", _LUA_FETCH),
+        ("query", _LUA_QUERY),
+        ("scan", _LUA_SCAN),
+    )
+}
 
 
 class ScriptRunner:
@@ -298,6 +342,7 @@ class ScriptRunner:
 
 # ---- registry ----------------------------------------------------------------------------------------------
 
+
 class RedisCache:
     """The cache collections over one Redis client and key prefix."""
 
@@ -323,7 +368,7 @@ class RedisCache:
     async def touch(self, members: Sequence[str]) -> None:
         """Mark ``collection:id`` members as just used (only those still cached)."""
         for start in range(0, len(members), CHUNK):
-            await self.scripts.call("touch", [self.lru_key], members[start:start + CHUNK])
+            await self.scripts.call("touch", [self.lru_key], members[start : start + CHUNK])
 
 
 def _id_text(value: uuid.UUID | str) -> str:
@@ -335,6 +380,7 @@ def _id_text(value: uuid.UUID | str) -> str:
 
 
 # ---- one collection ----------------------------------------------------------------------------------------
+
 
 class CacheCollection:
     """One schema-checked, indexed collection of elements (hashes) in Redis."""
@@ -391,8 +437,11 @@ class CacheCollection:
     def decode(self, raw: Raw) -> dict[str, Any]:
         """The typed element of a stored hash."""
         decoders = self._decoders
-        return {name: None if value == NULL else decoders[name](value[1:])
-                for name, value in raw.items() if name in decoders}
+        return {
+            name: None if value == NULL else decoders[name](value[1:])
+            for name, value in raw.items()
+            if name in decoders
+        }
 
     # ---- writes ----
 
@@ -410,7 +459,7 @@ class CacheCollection:
         keys = [self.ids_key, self.cache.lru_key]
         for start in range(0, len(encoded), SET_BATCH):
             args: list[Any] = list(prefixes)
-            for pairs, index_keys in encoded[start:start + SET_BATCH]:
+            for pairs, index_keys in encoded[start : start + SET_BATCH]:
                 element_id = pairs[pairs.index("id") + 1][1:]  # values start with "=" or "~": never "id"
                 args += (element_id, len(pairs) // 2, *pairs, len(index_keys), *index_keys)
             await self._scripts.call("set", keys, args)
@@ -440,8 +489,7 @@ class CacheCollection:
 
         def queue(pipe: Pipeline, element_id: str, rev: str) -> None:
             keys = [self.hash_key(element_id), self.cache.lru_key]
-            args = [element_id, self.idx_prefix, self.member(element_id), rev, len(pairs) // 2, *pairs,
-                    *index_keys]
+            args = [element_id, self.idx_prefix, self.member(element_id), rev, len(pairs) // 2, *pairs, *index_keys]
             self._scripts.queue(pipe, "modify", keys, args)
 
         return await self._write_matches(query, queue)
@@ -460,7 +508,8 @@ class CacheCollection:
                 return done
             batch = matches
             results = await self._scripts.run_pipeline(
-                lambda pipe, batch=batch: [queue(pipe, i, raw.get(REV_FIELD, "")) for i, raw in batch])
+                lambda pipe, batch=batch: [queue(pipe, i, raw.get(REV_FIELD, "")) for i, raw in batch]
+            )
             done += sum(1 for r in results if r == 1)
             changed = [i for (i, _), r in zip(batch, results, strict=True) if r == -1]
             matches = [(i, raw) for i, raw in await self._fetch(changed, fields) if query.match(raw)]
@@ -480,8 +529,9 @@ class CacheCollection:
         ids = list(dict.fromkeys(_id_text(i) for i in element_ids))
         return [self.decode(raw) for _, raw in await self._fetch(ids, self._whole, touch=True)]
 
-    async def get(self, filter: Mapping[str, Any], *, limit: int | None = None, sort: str | None = None,
-                  descending: bool = False) -> list[dict[str, Any]]:
+    async def get(
+        self, filter: Mapping[str, Any], *, limit: int | None = None, sort: str | None = None, descending: bool = False
+    ) -> list[dict[str, Any]]:
         """The elements matching `filter`, optionally sorted by a field and limited; marks them used."""
         query = compile_filter(self.schema, filter)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -510,30 +560,32 @@ class CacheCollection:
         """The hash fields a filter needs (`_rev` first: it tells a present element from a gone one)."""
         return (REV_FIELD, *sorted(query.fields.union(extra)))
 
-    async def _fetch(self, ids: Sequence[str], fields: Sequence[str], *,
-                     touch: bool = False) -> list[tuple[str, dict[str, str]]]:
+    async def _fetch(
+        self, ids: Sequence[str], fields: Sequence[str], *, touch: bool = False
+    ) -> list[tuple[str, dict[str, str]]]:
         """(id, hash or projection) of those `ids` still cached, in order; one round trip per chunk."""
         out: list[tuple[str, dict[str, str]]] = []
         for start in range(0, len(ids), CHUNK):
-            args = [self._hash_prefix, self.member(""), int(touch), ",".join(fields),
-                    *ids[start:start + CHUNK]]
+            args = [self._hash_prefix, self.member(""), int(touch), ",".join(fields), *ids[start : start + CHUNK]]
             out += self._pairs(await self._scripts.call("fetch", [self.cache.lru_key], args), fields)
         return out
 
     @staticmethod
     def _pairs(flat: list[Any], fields: Sequence[str]) -> list[tuple[str, dict[str, str]]]:
         """[(id, {field: value})] from a script's flat reply; absent fields are left out."""
-        return [(flat[i], {f: v for f, v in zip(fields, flat[i + 1], strict=True) if v is not None})
-                for i in range(0, len(flat), 2)]
+        return [
+            (flat[i], {f: v for f, v in zip(fields, flat[i + 1], strict=True) if v is not None})
+            for i in range(0, len(flat), 2)
+        ]
 
-    async def _find(self, query: CompiledFilter, fields: Sequence[str], *, stop_after: int | None = None,
-                    touch: bool = False) -> list[tuple[str, dict[str, str]]]:
+    async def _find(
+        self, query: CompiledFilter, fields: Sequence[str], *, stop_after: int | None = None, touch: bool = False
+    ) -> list[tuple[str, dict[str, str]]]:
         """(id, hash or `fields` projection) of matching elements; at most `stop_after`; `touch` marks use."""
         plan = query.plan
         if isinstance(plan, Nothing):
             return []
-        if isinstance(plan, IndexKey) or (isinstance(plan, SetOp) and
-                                          all(isinstance(p, IndexKey) for p in plan.parts)):
+        if isinstance(plan, IndexKey) or (isinstance(plan, SetOp) and all(isinstance(p, IndexKey) for p in plan.parts)):
             found = await self._query_index(plan, fields, query.exact, stop_after, touch)
             if found is not None:
                 matches = [(i, raw) for i, raw in found if query.match(raw)][:stop_after]
@@ -557,21 +609,30 @@ class CacheCollection:
         reread = await self._fetch([i for i, _ in matches], self._whole, touch=touch)
         return [(i, raw) for i, raw in reread if query.match(raw)]
 
-    async def _query_index(self, plan: IndexKey | SetOp, fields: Sequence[str], exact: bool,
-                           stop_after: int | None, touch: bool) -> list[tuple[str, dict[str, str]]] | None:
+    async def _query_index(
+        self, plan: IndexKey | SetOp, fields: Sequence[str], exact: bool, stop_after: int | None, touch: bool
+    ) -> list[tuple[str, dict[str, str]]] | None:
         """Candidates of a flat index plan in one round trip; None when too many for one reply."""
         parts = [plan] if isinstance(plan, IndexKey) else [p for p in plan.parts if isinstance(p, IndexKey)]
         keys = [self.cache.lru_key, *(self.index_key(p.field, p.payload) for p in parts)]
         op = "one" if isinstance(plan, IndexKey) else plan.op
         # Lua may stop at `limit` and mark use only when the index alone decides what matches.
         limit = stop_after if exact and stop_after else 0
-        args = [self._hash_prefix, self.member(""), int(touch and exact), limit, MAX_QUERY_CANDIDATES, op,
-                ",".join(fields)]
+        args = [
+            self._hash_prefix,
+            self.member(""),
+            int(touch and exact),
+            limit,
+            MAX_QUERY_CANDIDATES,
+            op,
+            ",".join(fields),
+        ]
         reply = await self._scripts.call("query", keys, args)
         return self._pairs(reply[1], fields) if reply[0] == 1 else None
 
-    async def _candidates(self, plan: Plan | None,
-                          fields: Sequence[str]) -> AsyncIterator[list[tuple[str, dict[str, str]]]]:
+    async def _candidates(
+        self, plan: Plan | None, fields: Sequence[str]
+    ) -> AsyncIterator[list[tuple[str, dict[str, str]]]]:
         """Chunks of (id, projection) that may match: SSCAN of the id set (or of one big index set)."""
         if plan is None or isinstance(plan, IndexKey):
             key = self.ids_key if plan is None else self.index_key(plan.field, plan.payload)
@@ -588,7 +649,7 @@ class CacheCollection:
                     return
         ids = sorted(await self._evaluate(plan))
         for start in range(0, len(ids), CHUNK):
-            yield await self._fetch(ids[start:start + CHUNK], fields)
+            yield await self._fetch(ids[start : start + CHUNK], fields)
 
     async def _evaluate(self, plan: Plan) -> builtins.set[str]:
         """The ids of an index plan; flat intersections/unions run in Redis (SINTER/SUNION)."""
@@ -613,8 +674,10 @@ class CacheCollection:
 
 # ---- inspection and integrity (CLI, tests) ----------------------------------------------------------------
 
-async def cache_stats(cache: RedisCache, collection: str | None = None, *, sample: int = 50,
-                      top: int = 5) -> dict[str, Any]:
+
+async def cache_stats(
+    cache: RedisCache, collection: str | None = None, *, sample: int = 50, top: int = 5
+) -> dict[str, Any]:
     """Per collection: element count, index count, largest indexes and approximate memory (sampled)."""
     redis = cache.redis
     names = [collection] if collection is not None else sorted(cache.schemas)
@@ -624,8 +687,9 @@ async def cache_stats(cache: RedisCache, collection: str | None = None, *, sampl
         coll = cache.collection(name)
         sizes = index_sizes.get(name, {})
         elements = await coll.count()
-        element_bytes = await _sampled_memory(redis, [coll.hash_key(str(i)) for i in
-                                                      await redis.srandmember(coll.ids_key, sample) or []])
+        element_bytes = await _sampled_memory(
+            redis, [coll.hash_key(str(i)) for i in await redis.srandmember(coll.ids_key, sample) or []]
+        )
         index_keys = [coll.idx_prefix + suffix for suffix in list(sizes)[:sample]]
         index_bytes = await _sampled_memory(redis, index_keys)
         largest = sorted(sizes.items(), key=lambda item: (-item[1], item[0]))[:top]
@@ -633,11 +697,15 @@ async def cache_stats(cache: RedisCache, collection: str | None = None, *, sampl
             "elements": elements,
             "indexes": len(sizes),
             "largest_indexes": [{"index": suffix, "ids": count} for suffix, count in largest],
-            "memory_bytes": round(elements * element_bytes + len(sizes) * index_bytes
-                                  + (await redis.memory_usage(coll.ids_key) or 0)),
+            "memory_bytes": round(
+                elements * element_bytes + len(sizes) * index_bytes + (await redis.memory_usage(coll.ids_key) or 0)
+            ),
         }
-    return {"prefix": cache.keys.prefix, "collections": collections,
-            "lru_entries": int(await redis.zcard(cache.lru_key))}
+    return {
+        "prefix": cache.keys.prefix,
+        "collections": collections,
+        "lru_entries": int(await redis.zcard(cache.lru_key)),
+    }
 
 
 async def _index_sizes(cache: RedisCache, collection: str | None) -> dict[str, dict[str, int]]:
@@ -687,7 +755,7 @@ async def audit_cache(cache: RedisCache) -> list[str]:
     expected: dict[str, set[str]] = {}
     elements: set[str] = set()  # "collection:id"
     async for key in scan_prefix(redis, keys, "cache:*"):
-        name, _, element_id = key[len(keys("cache", "")):].partition(":")
+        name, _, element_id = key[len(keys("cache", "")) :].partition(":")
         if name not in cache.schemas:
             problems.append(f"{key}: element of unknown collection {name!r}")
             continue
@@ -715,8 +783,7 @@ async def _audit_indexes(cache: RedisCache, expected: dict[str, set[str]]) -> li
             problems.append(f"{key}: holds {orphan}, whose element is gone or has another value")
         for missing in sorted(expected.get(key, set()) - actual):
             problems.append(f"{key}: lacks {missing}")
-    problems += [f"{key}: index set missing for {sorted(ids)}"
-                 for key, ids in expected.items() if key not in seen]
+    problems += [f"{key}: index set missing for {sorted(ids)}" for key, ids in expected.items() if key not in seen]
     return problems
 
 

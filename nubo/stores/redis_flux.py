@@ -37,8 +37,7 @@ def message_key(keys: Keys, channel: str, message_id: str) -> str:
     return keys("flux", channel, message_id)
 
 
-async def publish(redis: Redis, keys: Keys, channel: str, body: dict[str, Any],
-                  ttl_ms: int = DEFAULT_TTL_MS) -> str:
+async def publish(redis: Redis, keys: Keys, channel: str, body: dict[str, Any], ttl_ms: int = DEFAULT_TTL_MS) -> str:
     """Store `body` for `ttl_ms` and announce it on `channel`; returns the message id."""
     if ttl_ms < 1:
         raise ValueError(f"ttl_ms must be >= 1, got {ttl_ms}")
@@ -91,8 +90,9 @@ class FluxSubscription:
     async def __aenter__(self) -> FluxSubscription:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()
 
 

@@ -72,8 +72,16 @@ def margin_bytes(margin: Margin, budget: int) -> int:
     return margin(budget) if callable(margin) else margin
 
 
-async def enforce_budget(redis: Redis, keys: Keys, budget: int, margin: Margin, *, batch: int = DEFAULT_BATCH,
-                         max_batches: int = MAX_BATCHES, scripts: ScriptRunner | None = None) -> PurgeReport:
+async def enforce_budget(
+    redis: Redis,
+    keys: Keys,
+    budget: int,
+    margin: Margin,
+    *,
+    batch: int = DEFAULT_BATCH,
+    max_batches: int = MAX_BATCHES,
+    scripts: ScriptRunner | None = None,
+) -> PurgeReport:
     """One check: above ``budget - margin``, purge least recently used elements until back under it."""
     budget = await resolve_budget(redis, budget)
     threshold = max(budget - margin_bytes(margin, budget), 0)
@@ -93,8 +101,9 @@ async def enforce_budget(redis: Redis, keys: Keys, budget: int, margin: Margin, 
     return report
 
 
-async def _purge_until(redis: Redis, keys: Keys, scripts: ScriptRunner, report: PurgeReport, batch: int,
-                       max_batches: int) -> None:
+async def _purge_until(
+    redis: Redis, keys: Keys, scripts: ScriptRunner, report: PurgeReport, batch: int, max_batches: int
+) -> None:
     report.status = "exhausted"
     while report.batches < max_batches:
         victims: list[str] = await scripts.call("purge", [keys("lru")], [keys.prefix, batch])
@@ -112,8 +121,9 @@ async def _purge_until(redis: Redis, keys: Keys, scripts: ScriptRunner, report: 
             break
 
 
-async def run_governor(redis: Redis, keys: Keys, budget: int, margin: Margin, interval: float = 2.0, *,
-                       batch: int = DEFAULT_BATCH) -> None:
+async def run_governor(
+    redis: Redis, keys: Keys, budget: int, margin: Margin, interval: float = 2.0, *, batch: int = DEFAULT_BATCH
+) -> None:
     """Enforce the budget every `interval` seconds until cancelled; Redis errors are logged, not raised."""
     scripts = ScriptRunner(redis)
     disabled_logged = False

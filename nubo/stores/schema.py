@@ -53,6 +53,7 @@ class SchemaError(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------- locations
 
+
 def _locate(variable: str, name: str) -> Path:
     """`$variable` if set, else `<repo>/<name>` (editable install), else `./<name>` (a Docker WORKDIR)."""
     if raw := os.environ.get(variable):
@@ -64,8 +65,9 @@ def _locate(variable: str, name: str) -> Path:
     for path in candidates:
         if path.is_dir():
             return path
-    raise SchemaError(f"cannot find the {name}/ directory (looked in {', '.join(map(str, candidates))}); "
-                      f"set {variable}")
+    raise SchemaError(
+        f"cannot find the {name}/ directory (looked in {', '.join(map(str, candidates))}); set {variable}"
+    )
 
 
 def sql_dir() -> Path:
@@ -79,6 +81,7 @@ def mongo_dir() -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- reports
+
 
 @dataclass
 class ChangedFile:
@@ -115,15 +118,21 @@ class IndexSpec:
 
     @classmethod
     def from_spec(cls, raw: dict[str, Any]) -> IndexSpec:
-        return cls(name=str(raw["name"]), keys=[(str(k), int(d)) for k, d in raw["keys"]],
-                   unique=bool(raw.get("unique", False)))
+        return cls(
+            name=str(raw["name"]),
+            keys=[(str(k), int(d)) for k, d in raw["keys"]],
+            unique=bool(raw.get("unique", False)),
+        )
 
     @classmethod
     def from_server(cls, raw: Mapping[str, Any]) -> IndexSpec:
         expire = raw.get("expireAfterSeconds")
-        return cls(name=str(raw["name"]), keys=[(str(k), int(d)) for k, d in raw["key"].items()],
-                   unique=bool(raw.get("unique", False)),
-                   expire_after_seconds=None if expire is None else int(expire))
+        return cls(
+            name=str(raw["name"]),
+            keys=[(str(k), int(d)) for k, d in raw["key"].items()],
+            unique=bool(raw.get("unique", False)),
+            expire_after_seconds=None if expire is None else int(expire),
+        )
 
     def describe(self) -> str:
         keys = ", ".join(f"{k}: {d}" for k, d in self.keys)
@@ -162,17 +171,26 @@ class InitReport:
     @property
     def problems(self) -> list[str]:
         """Drift that needs a human: changed SQL files and conflicting indexes."""
-        changed = [f"sql/{c.filename} changed since it was applied on {c.applied_at} "
-                   f"(checksum {c.applied_checksum[:12]} -> {c.current_checksum[:12]}); it was not re-run: "
-                   "restore it and put the change in a new file" for c in self.postgres.changed]
+        changed = [
+            f"sql/{c.filename} changed since it was applied on {c.applied_at} "
+            f"(checksum {c.applied_checksum[:12]} -> {c.current_checksum[:12]}); it was not re-run: "
+            "restore it and put the change in a new file"
+            for c in self.postgres.changed
+        ]
         return changed + self.mongo.conflicts
 
     def as_dict(self) -> dict[str, Any]:
-        return {"nothing_to_do": self.nothing_to_do, "ok": not self.problems, "problems": self.problems,
-                "postgres": asdict(self.postgres), "mongo": asdict(self.mongo)}
+        return {
+            "nothing_to_do": self.nothing_to_do,
+            "ok": not self.problems,
+            "problems": self.problems,
+            "postgres": asdict(self.postgres),
+            "mongo": asdict(self.mongo),
+        }
 
 
 # ---------------------------------------------------------------------------------------------- PostgreSQL
+
 
 def sql_files(directory: Path) -> list[tuple[str, str, str]]:
     """`(filename, sql, sha256)` of every `*.sql` file, in filename order."""
@@ -196,12 +214,16 @@ async def _snapshot(conn: psycopg.AsyncConnection[DictRow]) -> dict[str, dict[st
     system = [list(_SYSTEM_SCHEMAS)]
     tables = await conn.execute(
         "SELECT table_schema AS schema, table_name AS name, table_type AS type FROM information_schema.tables"
-        " WHERE table_schema <> ALL(%s) AND table_schema NOT LIKE 'pg\\_%%' ORDER BY 1, 2", system)
+        " WHERE table_schema <> ALL(%s) AND table_schema NOT LIKE 'pg\\_%%' ORDER BY 1, 2",
+        system,
+    )
     for row in await tables.fetchall():
         add(row["schema"], "views" if row["type"] == "VIEW" else "tables", row["name"])
     indexes = await conn.execute(
         "SELECT schemaname AS schema, indexname AS name FROM pg_indexes"
-        " WHERE schemaname <> ALL(%s) AND schemaname NOT LIKE 'pg\\_%%' ORDER BY 1, 2", system)
+        " WHERE schemaname <> ALL(%s) AND schemaname NOT LIKE 'pg\\_%%' ORDER BY 1, 2",
+        system,
+    )
     for row in await indexes.fetchall():
         add(row["schema"], "indexes", row["name"])
     return schemas
@@ -214,7 +236,8 @@ def _qualified(snapshot: dict[str, dict[str, list[str]]], kind: str) -> set[str]
 async def _applied(conn: psycopg.AsyncConnection[DictRow]) -> dict[str, dict[str, Any]]:
     await conn.execute(
         f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (filename TEXT PRIMARY KEY, checksum TEXT NOT NULL, "
-        "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
     cursor = await conn.execute(f"SELECT filename, checksum, applied_at FROM {MIGRATIONS_TABLE}")
     rows = await cursor.fetchall()
     return {row["filename"]: row for row in rows}
@@ -226,8 +249,9 @@ async def _apply_file(conn: psycopg.AsyncConnection[DictRow], filename: str, sql
         async with conn.transaction():
             # No parameters: psycopg sends the file as one simple query, so it may hold many statements.
             await conn.execute(sql.encode(), prepare=False)
-            await conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (filename, checksum) VALUES (%s, %s)",
-                               [filename, checksum])
+            await conn.execute(
+                f"INSERT INTO {MIGRATIONS_TABLE} (filename, checksum) VALUES (%s, %s)", [filename, checksum]
+            )
     except psycopg.errors.Error as exc:
         if isinstance(exc, psycopg.OperationalError) and conn.closed:
             raise  # the server went away: an unreachable store, not a bad file
@@ -242,8 +266,9 @@ async def _init_lock(postgres_url: str) -> AsyncIterator[psycopg.AsyncConnection
     Held across PostgreSQL *and* Mongo, so two inits never race on CREATE TABLE or create_collection.
     A dedicated connection, not the pool's: a session lock must never leak into a pooled connection.
     """
-    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True, row_factory=dict_row,
-                                                      connect_timeout=5) as conn:
+    async with await psycopg.AsyncConnection.connect(
+        postgres_url, autocommit=True, row_factory=dict_row, connect_timeout=5
+    ) as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", [_ADVISORY_LOCK_KEY])
         yield conn
 
@@ -260,8 +285,9 @@ async def _init_postgres(conn: psycopg.AsyncConnection[DictRow], directory: Path
             report.applied.append(filename)
             log.info("sql_file_applied", extra={"file": filename})
         elif done["checksum"] != checksum:
-            report.changed.append(ChangedFile(filename, done["checksum"], checksum,
-                                              done["applied_at"].isoformat(timespec="seconds")))
+            report.changed.append(
+                ChangedFile(filename, done["checksum"], checksum, done["applied_at"].isoformat(timespec="seconds"))
+            )
             log.info("sql_file_changed", extra={"file": filename})  # reported; the CLI prints it
         else:
             report.skipped.append(filename)
@@ -284,13 +310,13 @@ async def init_postgres(postgres_url: str, directory: Path | None = None) -> Pos
 
 # ------------------------------------------------------------------------------------------------- MongoDB
 
+
 def load_collections(directory: Path | None = None) -> dict[str, list[IndexSpec]]:
     """Collection name -> wanted indexes, from `collections.json` (default :func:`mongo_dir`)."""
     path = (directory or mongo_dir()) / "collections.json"
     try:
         spec = json.loads(path.read_text())
-        return {str(c["name"]): [IndexSpec.from_spec(ix) for ix in c.get("indexes", [])]
-                for c in spec["collections"]}
+        return {str(c["name"]): [IndexSpec.from_spec(ix) for ix in c.get("indexes", [])] for c in spec["collections"]}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SchemaError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
 
@@ -307,14 +333,17 @@ def index_conflict(collection: str, wanted: IndexSpec, existing: dict[str, Index
     if same_name is not None and same_name != wanted:
         hint = ""
         if wanted.name == LAST_USE_INDEX and same_name.keys == wanted.keys:
-            hint = (" (retention or TTL support changed: update it with collMod, or drop it and re-run "
-                    "`nubo db init`)")
-        return (f"{collection}: index {wanted.name!r} exists as {same_name.describe()}, "
-                f"expected {wanted.describe()}; left unchanged{hint}")
+            hint = " (retention or TTL support changed: update it with collMod, or drop it and re-run `nubo db init`)"
+        return (
+            f"{collection}: index {wanted.name!r} exists as {same_name.describe()}, "
+            f"expected {wanted.describe()}; left unchanged{hint}"
+        )
     for other in existing.values():
         if other.name != wanted.name and other.keys == wanted.keys:
-            return (f"{collection}: index {wanted.name!r} {wanted.describe()} has the same keys as existing "
-                    f"index {other.name!r} {other.describe()}; left unchanged")
+            return (
+                f"{collection}: index {wanted.name!r} {wanted.describe()} has the same keys as existing "
+                f"index {other.name!r} {other.describe()}; left unchanged"
+            )
     return None
 
 
@@ -333,13 +362,16 @@ async def _create_index(db: AsyncDatabase[MongoDoc], collection: str, index: Ind
 
 
 def _no_ttl_warning(server: MongoServer, retention_days: int) -> str:
-    return (f"{server} does not delete expired documents (no TTL index support): created plain `last_use` "
-            f"indexes instead. Run `nubo db purge` from cron (e.g. daily) to delete documents unused for "
-            f"{retention_days} days.")
+    return (
+        f"{server} does not delete expired documents (no TTL index support): created plain `last_use` "
+        f"indexes instead. Run `nubo db purge` from cron (e.g. daily) to delete documents unused for "
+        f"{retention_days} days."
+    )
 
 
-async def _ensure_index(db: AsyncDatabase[MongoDoc], collection: str, wanted: IndexSpec,
-                        existing: dict[str, IndexSpec], report: MongoReport) -> None:
+async def _ensure_index(
+    db: AsyncDatabase[MongoDoc], collection: str, wanted: IndexSpec, existing: dict[str, IndexSpec], report: MongoReport
+) -> None:
     if (problem := index_conflict(collection, wanted, existing)) is not None:
         report.conflicts.append(problem)
         return
@@ -396,13 +428,20 @@ async def init_mongo(stores: Stores, directory: Path | None = None) -> MongoRepo
     if not report.ttl:
         report.warnings.append(_no_ttl_warning(server, retention))
     if report.created_collections or report.created_indexes:
-        log.info("mongo_initialised", extra={"database": db.name, "indexes": len(report.created_indexes),
-                                             "collections": len(report.created_collections)})
+        log.info(
+            "mongo_initialised",
+            extra={
+                "database": db.name,
+                "indexes": len(report.created_indexes),
+                "collections": len(report.created_collections),
+            },
+        )
     return report
 
 
-async def init_databases(stores: Stores, *, sql_directory: Path | None = None,
-                         mongo_directory: Path | None = None) -> InitReport:
+async def init_databases(
+    stores: Stores, *, sql_directory: Path | None = None, mongo_directory: Path | None = None
+) -> InitReport:
     """`nubo db init`: PostgreSQL first (the source of truth), then Mongo."""
     sql_directory = sql_directory or sql_dir()
     async with _init_lock(stores.settings.postgres_url) as conn:
@@ -422,8 +461,9 @@ def purge_cutoff(days: int, now: datetime | None = None) -> datetime:
     return (now or datetime.now(UTC)) - timedelta(days=days)
 
 
-async def purge_recent(stores: Stores, days: int, dry_run: bool,
-                       on_progress: ProgressCallback | None = None) -> dict[str, int]:
+async def purge_recent(
+    stores: Stores, days: int, dry_run: bool, on_progress: ProgressCallback | None = None
+) -> dict[str, int]:
     """Delete (or, with `dry_run`, count) documents whose `last_use` is older than `days`, per collection.
 
     Every collection of the database is visited, not only the known ones, so a collection added later is
@@ -440,6 +480,7 @@ async def purge_recent(stores: Stores, days: int, dry_run: bool,
             counts[name] = (await db[name].delete_many(query)).deleted_count
         if on_progress is not None:
             on_progress(name, counts[name], len(names))
-    log.info("mongo_purged", extra={"database": db.name, "days": days, "dry_run": dry_run,
-                                    "documents": sum(counts.values())})
+    log.info(
+        "mongo_purged", extra={"database": db.name, "days": days, "dry_run": dry_run, "documents": sum(counts.values())}
+    )
     return counts

@@ -79,20 +79,27 @@ class Entity:
 ENTITIES: dict[str, Entity] = {
     entity.name: entity
     for entity in (
-        Entity("users", "auth.users", "users_recent", "users", private_columns=frozenset({"password_hash"}),
-               near=True),
-        Entity("user_settings", "auth.user_settings", "user_settings_recent", "user_settings",
-               frozenset({"privacy", "notifications"})),
+        Entity("users", "auth.users", "users_recent", "users", private_columns=frozenset({"password_hash"}), near=True),
+        Entity(
+            "user_settings",
+            "auth.user_settings",
+            "user_settings_recent",
+            "user_settings",
+            frozenset({"privacy", "notifications"}),
+        ),
         Entity("follows", "auth.follows", "relations_recent", "relations"),
         Entity("posts", "content.posts", "posts_recent", "posts", frozenset({"meta"}), near=True),
         Entity("comments", "content.comments", "comments_recent", "comments"),
         Entity("likes", "content.likes", "likes_recent", "likes"),
         Entity("media", "content.media", "media_recent", "media"),
         Entity("conversations", "messaging.conversations_meta", "conversations_recent", "conversations_meta"),
-        Entity("conversation_members", "messaging.conversation_members", "conversation_members_recent",
-               "conversation_members"),
-        Entity("messages", "messaging.message_index", "messages_recent", "messages",
-               frozenset({"attachments"})),
+        Entity(
+            "conversation_members",
+            "messaging.conversation_members",
+            "conversation_members_recent",
+            "conversation_members",
+        ),
+        Entity("messages", "messaging.message_index", "messages_recent", "messages", frozenset({"attachments"})),
     )
 }
 
@@ -282,8 +289,8 @@ class TieredStore:
             return None
         try:
             doc = await self.stores.mongo[entity.mongo_collection].find_one_and_update(
-                {"_id": entity_id}, {"$set": {"last_use": datetime.now(UTC)}},
-                return_document=ReturnDocument.AFTER)
+                {"_id": entity_id}, {"$set": {"last_use": datetime.now(UTC)}}, return_document=ReturnDocument.AFTER
+            )
         except PyMongoError as exc:
             self._tier_failed("mongo", "read", entity, exc)
             return None
@@ -296,8 +303,9 @@ class TieredStore:
         try:
             docs = await collection.find({"_id": {"$in": ids}}).to_list(None)
             if docs:
-                await collection.update_many({"_id": {"$in": [d["_id"] for d in docs]}},
-                                             {"$set": {"last_use": datetime.now(UTC)}})
+                await collection.update_many(
+                    {"_id": {"$in": [d["_id"] for d in docs]}}, {"$set": {"last_use": datetime.now(UTC)}}
+                )
         except PyMongoError as exc:
             self._tier_failed("mongo", "read", entity, exc)
             return []
@@ -351,11 +359,14 @@ class TieredStore:
             server = await server_info(self.stores.mongo)
             self._replace_by_delete = server.scans_for_writes_by_id
             if self._replace_by_delete:
-                log.info("mongo_replace_by_delete", extra={
-                    "server": str(server), "why": "this server scans the collection for each write by _id"})
+                log.info(
+                    "mongo_replace_by_delete",
+                    extra={"server": str(server), "why": "this server scans the collection for each write by _id"},
+                )
         if not self._replace_by_delete:
-            await collection.bulk_write([ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in docs],
-                                        ordered=False)
+            await collection.bulk_write(
+                [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in docs], ordered=False
+            )
             return
         await collection.delete_many({"_id": {"$in": [doc["_id"] for doc in docs]}})
         try:
@@ -406,8 +417,9 @@ class TieredStore:
         if entity.near:
             self.stores.near.drop([cache.hash_key(str(entity_id)) for entity_id in ids])
 
-    async def project(self, entity_name: str, ids: Sequence[uuid.UUID],
-                      rows: Mapping[uuid.UUID, Row | None] | None = None) -> bool:
+    async def project(
+        self, entity_name: str, ids: Sequence[uuid.UUID], rows: Mapping[uuid.UUID, Row | None] | None = None
+    ) -> bool:
         """Make the Mongo and Redis copies of `ids` match PostgreSQL.
 
         `rows` gives the committed state of each id (None: deleted; REREAD: read it now); without `rows`
@@ -422,8 +434,7 @@ class TieredStore:
         upserts = [present[i] for i in ids if i in present]
         gone = [i for i in ids if i not in present]
         # The two copies are independent: written concurrently, a projection waits for the slower one only.
-        mongo_ok, redis_ok = await asyncio.gather(self._to_mongo(entity, upserts),
-                                                  self._to_redis(entity, upserts))
+        mongo_ok, redis_ok = await asyncio.gather(self._to_mongo(entity, upserts), self._to_redis(entity, upserts))
         ok = mongo_ok and redis_ok
         if gone:
             ok = await self._remove_from_copies(entity, gone) and ok
@@ -437,8 +448,10 @@ class TieredStore:
         data kept outside the entities (e.g. the feed documents)."""
         self.health.failed(tier)
         self.stores.count_failure(tier)
-        log.warning("tier_unavailable", extra={"tier": tier, "action": action, "entity": what,
-                                               "error": f"{type(exc).__name__}: {exc}"[:200]})
+        log.warning(
+            "tier_unavailable",
+            extra={"tier": tier, "action": action, "entity": what, "error": f"{type(exc).__name__}: {exc}"[:200]},
+        )
 
     # ---- writes ------------------------------------------------------------------------------------------
 
@@ -499,18 +512,22 @@ class Transaction:
         if query is None:
             # The outbox entry is written by the same statement (a data-modifying CTE): one round trip less
             # per created row than a separate outbox INSERT, in the same transaction all the same.
-            query = _INSERT_SQL[key] = sql.SQL(
-                "WITH r AS (INSERT INTO {} ({}) VALUES ({}){} RETURNING *), "
-                "o AS (INSERT INTO logic.outbox (collection, entity_id, op) SELECT {}, id, 'upsert' FROM r "
-                "RETURNING id) SELECT r.*, (SELECT o.id FROM o) AS {} FROM r"
-            ).format(
-                entity.table_sql,
-                sql.SQL(", ").join(map(sql.Identifier, columns)),
-                sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-                sql.SQL(" ON CONFLICT DO NOTHING") if do_nothing else sql.SQL(""),
-                sql.Literal(entity.name),
-                sql.Identifier(_OUTBOX_ID),
-            ).as_string(self.conn)
+            query = _INSERT_SQL[key] = (
+                sql.SQL(
+                    "WITH r AS (INSERT INTO {} ({}) VALUES ({}){} RETURNING *), "
+                    "o AS (INSERT INTO logic.outbox (collection, entity_id, op) SELECT {}, id, 'upsert' FROM r "
+                    "RETURNING id) SELECT r.*, (SELECT o.id FROM o) AS {} FROM r"
+                )
+                .format(
+                    entity.table_sql,
+                    sql.SQL(", ").join(map(sql.Identifier, columns)),
+                    sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+                    sql.SQL(" ON CONFLICT DO NOTHING") if do_nothing else sql.SQL(""),
+                    sql.Literal(entity.name),
+                    sql.Identifier(_OUTBOX_ID),
+                )
+                .as_string(self.conn)
+            )
         return query
 
     def touch(self, entity_name: str, entity_id: uuid.UUID, row: Row | None = None) -> None:
@@ -528,8 +545,7 @@ class Transaction:
         that are not entities, e.g. blocks)."""
         self.tags.update(tags)
 
-    async def insert(self, entity_name: str, values: Mapping[str, Any], *,
-                     on_conflict_do_nothing: bool = False) -> Row:
+    async def insert(self, entity_name: str, values: Mapping[str, Any], *, on_conflict_do_nothing: bool = False) -> Row:
         entity = ENTITIES[entity_name]
         adapted = self._adapt(entity, values)
         query = self._insert_sql(entity, tuple(adapted), on_conflict_do_nothing)
@@ -547,13 +563,15 @@ class Transaction:
         entity = ENTITIES[entity_name]
         adapted = self._adapt(entity, changes)
         if not adapted:
-            row = await (await self.conn.execute(
-                sql.SQL("SELECT * FROM {} WHERE id = %s").format(entity.table_sql), (entity_id,))).fetchone()
+            row = await (
+                await self.conn.execute(
+                    sql.SQL("SELECT * FROM {} WHERE id = %s").format(entity.table_sql), (entity_id,)
+                )
+            ).fetchone()
             return entity.row(row) if row else None
         query = sql.SQL("UPDATE {} SET {} WHERE id = {} RETURNING *").format(
             entity.table_sql,
-            sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder())
-                               for k in adapted),
+            sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder()) for k in adapted),
             sql.Placeholder(),
         )
         row = await (await self.conn.execute(query, [*adapted.values(), entity_id])).fetchone()
@@ -578,15 +596,20 @@ class Transaction:
 
     async def record_outbox(self) -> None:
         """Record every touched row in the outbox, in this transaction, before it commits."""
-        pairs = [(name, entity_id) for name, touched in self.touched.items() for entity_id in touched
-                 if (name, entity_id) not in self._recorded]
+        pairs = [
+            (name, entity_id)
+            for name, touched in self.touched.items()
+            for entity_id in touched
+            if (name, entity_id) not in self._recorded
+        ]
         if not pairs:
             return
         async with self.conn.cursor() as cur:
             await cur.execute(
                 "INSERT INTO logic.outbox (collection, entity_id, op) "
                 "SELECT c, e, 'upsert' FROM unnest(%s::text[], %s::uuid[]) AS t(c, e) RETURNING id",
-                ([p[0] for p in pairs], [p[1] for p in pairs]))
+                ([p[0] for p in pairs], [p[1] for p in pairs]),
+            )
             self.outbox_ids += [row["id"] for row in await cur.fetchall()]
 
 
@@ -599,17 +622,22 @@ async def drain_outbox(
 ) -> int:
     """Re-project rows whose post-commit projection did not complete; returns how many were repaired."""
     async with tiered.stores.pg.connection() as conn, conn.transaction():
-        rows = await (await conn.execute(
-            "SELECT id, collection, entity_id, attempts FROM logic.outbox "
-            "WHERE next_try_at <= now() AND created_at <= now() - make_interval(secs => %s) "
-            "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED", (min_age_seconds, batch))).fetchall()
+        rows = await (
+            await conn.execute(
+                "SELECT id, collection, entity_id, attempts FROM logic.outbox "
+                "WHERE next_try_at <= now() AND created_at <= now() - make_interval(secs => %s) "
+                "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+                (min_age_seconds, batch),
+            )
+        ).fetchall()
         if not rows:
             return 0
         by_entity: dict[str, list[uuid.UUID]] = {}
         for row in rows:
             by_entity.setdefault(row["collection"], []).append(row["entity_id"])
-        failed = {name for name, ids in by_entity.items()
-                  if not await project_safely(tiered, name, list(dict.fromkeys(ids)))}
+        failed = {
+            name for name, ids in by_entity.items() if not await project_safely(tiered, name, list(dict.fromkeys(ids)))
+        }
         done = [row["id"] for row in rows if row["collection"] not in failed]
         retry = [row["id"] for row in rows if row["collection"] in failed]
         if done:
@@ -618,21 +646,25 @@ async def drain_outbox(
             await conn.execute(
                 "UPDATE logic.outbox SET attempts = attempts + 1, last_error = 'projection failed', "
                 "next_try_at = now() + make_interval(secs => least(5, 0.5 * (attempts + 1))) "
-                "WHERE id = ANY(%s)", (retry,))
+                "WHERE id = ANY(%s)",
+                (retry,),
+            )
     if done:
         log.info("outbox_repaired", extra={"rows": len(done)})
     return len(done)
 
 
-async def project_safely(tiered: TieredStore, name: str, ids: list[uuid.UUID],
-                          rows: Mapping[uuid.UUID, Row | None] | None = None) -> bool:
+async def project_safely(
+    tiered: TieredStore, name: str, ids: list[uuid.UUID], rows: Mapping[uuid.UUID, Row | None] | None = None
+) -> bool:
     """`project`, with any error (a row a cache schema rejects, an unknown collection) counted as a failure of
     this collection only, so one bad row cannot roll back, and so block, the repair of every other."""
     try:
         return await tiered.project(name, ids, rows)
     except Exception as exc:
-        log.warning("outbox_projection_error", extra={"collection": name,
-                                                       "error": f"{type(exc).__name__}: {exc}"[:200]})
+        log.warning(
+            "outbox_projection_error", extra={"collection": name, "error": f"{type(exc).__name__}: {exc}"[:200]}
+        )
         return False
 
 
