@@ -47,10 +47,10 @@ async def _make_users(env: Mapping[str, str], count: int) -> list[tuple[str, str
     """(username, access token) for `count` new users, each with one live session."""
     from nubo import accounts, security
     from nubo.ids import new_id
+    from nubo.root import open_root
     from nubo.settings import load_settings
-    from nubo.stores import open_stores
 
-    stores = await open_stores(load_settings(env, env_file=None), wait_for_postgres=True)
+    stores = (await open_root(load_settings(env, env_file=None), wait_for_postgres=True)).stores
     try:
         password_hash = await security.hash_password(PASSWORD)
         rows = [(new_id(), f"bench{i:05d}") for i in range(count)]

@@ -56,9 +56,9 @@ from bench.common import (  # noqa: E402
 )
 from nubo import accounts, messaging, security  # noqa: E402
 from nubo.ids import new_id  # noqa: E402
+from nubo.root import open_root  # noqa: E402
 from nubo.settings import load_settings  # noqa: E402
-from nubo.stores import Stores, open_stores  # noqa: E402
-from nubo.stores.projection import projection_for  # noqa: E402
+from nubo.stores import Stores  # noqa: E402
 
 RATES = (100, 250, 400, 500)  # 400: where the p99 knee lies on a 2-core machine
 SENDERS = 50
@@ -327,7 +327,7 @@ def rss_mb(pid: int) -> float:
 async def idle_sockets(env: Mapping[str, str], compression: str | None) -> dict[str, Any]:
     """A fresh instance, then 5,000 idle sockets (1,000 users x 5): its RSS before and after."""
     settings = load_settings(dict(env), env_file=None)
-    stores = await open_stores(settings, wait_for_postgres=True)
+    stores = (await open_root(settings, wait_for_postgres=True)).stores
     try:
         users = await bulk_users(stores, FANOUT_MEMBERS, f"idle{compression or 'plain'}")
     finally:
@@ -355,7 +355,7 @@ async def idle_sockets(env: Mapping[str, str], compression: str | None) -> dict[
 
 async def scenario(env: Mapping[str, str], a: Any, b: Any, seconds: float) -> dict[str, Any]:
     settings = load_settings(dict(env), env_file=None)
-    stores = await open_stores(settings, wait_for_postgres=True)
+    stores = (await open_root(settings, wait_for_postgres=True)).stores
     results: dict[str, Any] = {}
     try:
         users = await bulk_users(stores, FANOUT_MEMBERS + 2 * SENDERS, "b")
@@ -393,7 +393,7 @@ async def scenario(env: Mapping[str, str], a: Any, b: Any, seconds: float) -> di
         )
         for socket in member_sockets:
             await socket.close()
-        await projection_for(stores).drain(60)
+        await stores.messaging_projector.drain(60)
     finally:
         await stores.close()
     return results

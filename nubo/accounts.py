@@ -19,7 +19,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
@@ -38,11 +38,11 @@ from nubo.ids import new_id, parse_id
 from nubo.logs import get_logger
 from nubo.pagination import Page, make_page
 from nubo.ratelimit import RateStatus, guarded_hit, leases_for, raise_if_limited, rate_limit
-from nubo.realtime.bus import Channels
 from nubo.settings import RateLimit
 from nubo.stores import Stores
+from nubo.stores.entities import Row, normalize_row
+from nubo.stores.events import Channels
 from nubo.stores.near import MISSING
-from nubo.stores.tiered import Row, normalize_row
 
 log = get_logger(__name__)
 
@@ -64,8 +64,6 @@ PROFILE_FIELDS = (
 SETTINGS_FIELDS = ("privacy", "notifications", "language", "theme")
 MIRROR_TTL = 60  # seconds a live-session mirror is trusted before PostgreSQL is asked again (safety net)
 MIRROR_REFRESH_BELOW = MIRROR_TTL // 4  # an active session's mirror is re-checked in the background then
-_REFRESH_ATTR = "_nubo_mirror_refresh"  # on Stores: its MirrorRefresh
-REFRESH_BATCH = 500  # sessions re-checked by one PostgreSQL query
 MAX_SESSION_IPS = 10
 INVALID_CREDENTIALS = "Invalid username, email or password"
 
@@ -202,7 +200,7 @@ async def signup(stores: Stores, new: NewUser, *, ip: str | None = None) -> Row:
         last_name=new.last_name.strip(),
     )
     try:
-        async with stores.tiered.transaction() as tx:
+        async with stores.transaction() as tx:
             row = await tx.insert("users", values)
             await tx.insert("user_settings", {"id": new_id(), "user_id": values["id"]})
     except UniqueViolation as exc:
@@ -252,7 +250,7 @@ async def login(
 
 async def _rehash(stores: Stores, user_id: uuid.UUID, password: str) -> None:
     new_hash = await security.hash_password(password)
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         await tx.update("users", user_id, {"password_hash": new_hash})
 
 
@@ -538,46 +536,14 @@ async def _guarded_hit(
 ) -> tuple[str | bytes | None, RateStatus | None]:
     """:func:`nubo.ratelimit.guarded_hit` on the session mirror `key`, keeping the mirror as a near copy.
     A mirror close to its end is checked again against PostgreSQL in the background (see
-    :class:`MirrorRefresh`), so an active session never waits for that check."""
+    ``stores.mirror_refresh``, which batches them into :func:`refresh_mirrors`), so an active session never
+    waits for that check."""
     with stores.near.reading([key]) as keep:
         raw, status, ttl_ms = await guarded_hit(stores, key, name, str(user_id), rate, want=want)
         keep([raw])
     if ttl_ms is not None and 0 <= ttl_ms < MIRROR_REFRESH_BELOW * 1000:
-        _refresh_soon(stores, user_id, session_id)
+        stores.mirror_refresh.add(session_id, user_id)
     return raw, status
-
-
-@dataclass
-class MirrorRefresh:
-    """Session mirrors close to their end, re-checked against PostgreSQL in the background, in batches: the
-    requests or sockets of many users arriving together (a reconnect storm) cost one query per batch, not
-    one each (500 sockets opening at once used to take every pooled connection: a send waited 350 ms)."""
-
-    due: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)  # session id -> user id, not yet asked
-    asking: set[uuid.UUID] = field(default_factory=set)  # sessions of the batch in flight
-    task: asyncio.Task[None] | None = None
-
-
-def _refresh_soon(stores: Stores, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
-    refresh: MirrorRefresh = stores.__dict__.setdefault(_REFRESH_ATTR, MirrorRefresh())
-    if session_id in refresh.asking:
-        return
-    refresh.due[session_id] = user_id
-    if refresh.task is None or refresh.task.done():
-        refresh.task = asyncio.create_task(_refresh_due(stores, refresh))
-
-
-async def _refresh_due(stores: Stores, refresh: MirrorRefresh) -> None:
-    await asyncio.sleep(0)  # the other requests of this turn of the loop join the batch
-    while refresh.due:
-        batch = dict(list(refresh.due.items())[:REFRESH_BATCH])
-        for session_id in batch:
-            del refresh.due[session_id]
-        refresh.asking = set(batch)
-        try:
-            await refresh_mirrors(stores, batch)
-        finally:
-            refresh.asking = set()
 
 
 async def refresh_mirrors(stores: Stores, sessions: Mapping[uuid.UUID, uuid.UUID]) -> None:
@@ -725,7 +691,7 @@ async def update_profile(stores: Stores, user_id: uuid.UUID, changes: Mapping[st
     values = {
         k: (v.strip() if k in ("first_name", "last_name") and isinstance(v, str) else v) for k, v in changes.items()
     }
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         row = await tx.update("users", user_id, values)
     if row is None or row.get("state") != STATE_ACTIVE:
         raise NotFound("No such user", code="user_not_found")
@@ -751,7 +717,7 @@ async def get_settings(stores: Stores, user_id: uuid.UUID) -> dict[str, Any]:
 async def put_settings(stores: Stores, user_id: uuid.UUID, values: Mapping[str, Any]) -> dict[str, Any]:
     """Replace the caller's settings (creating the row if an old account has none)."""
     clean = {k: values[k] for k in SETTINGS_FIELDS}
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         row = await _settings_row(tx.conn, user_id)
         if row is None:
             updated = await tx.insert("user_settings", {"id": new_id(), "user_id": user_id, **clean})
@@ -762,7 +728,7 @@ async def put_settings(stores: Stores, user_id: uuid.UUID, values: Mapping[str, 
 
 async def deactivate(stores: Stores, user_id: uuid.UUID) -> None:
     """state=0: every session revoked now, login refused like a wrong password, content hidden by readers."""
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         row = await tx.update("users", user_id, {"state": STATE_DEACTIVATED})
         revoked = await revoke_user_sessions(stores, user_id, "deactivated", conn=tx.conn)
     await mark_revoked(stores, revoked)

@@ -12,11 +12,11 @@ Design (fan-out on write for small authors, pull on read for big ones, PostgreSQ
   `$addToSet` (idempotent: a retried fan-out adds nothing twice) and `$pullAll` for trimming. Redis holds a
   hot copy (`{p}feed:{user}:items` set + `:meta` hash), read first and refilled from Mongo on a miss, like the
   tiered entities: reading a large document from FerretDB costs several ms of its CPU.
-- **Fan-out on write.** After a post commits, an asyncio task adds it to the documents of the author and of
-  each follower — only when the author has at most `FANOUT_MAX_FOLLOWERS` followers. Posts committed while a
-  fan-out runs go out together in the next one (one follower query, one Mongo bulk write). Users without a
-  document (inactive) are skipped by the update itself. The post reaches active followers' feeds within
-  milliseconds.
+- **Fan-out on write.** After a post commits, ``stores.feed_fan_out`` (a batch queue) adds it to the
+  documents of the author and of each follower, only when the author has at most `FANOUT_MAX_FOLLOWERS`
+  followers. Posts committed while a fan-out runs go out together in the next one (one follower query, one
+  Mongo bulk write). Users without a document (inactive) are skipped by the update itself. The post reaches
+  active followers' feeds within milliseconds.
 - **Pull on read.** Authors with more followers than that are "big": their posts are never fanned out (one
   post would mean a write per follower, as Mastodon learned); each read queries PostgreSQL for the big authors
   the reader follows, on the page's id range (`(user_id, id DESC)` index) and merges them in.
@@ -51,7 +51,8 @@ from nubo import posts as posts_domain
 from nubo.logs import get_logger
 from nubo.pagination import Page
 from nubo.stores import Stores
-from nubo.stores.tiered import Row, pg_read
+from nubo.stores.entities import Row
+from nubo.stores.postgres import pg_read
 
 log = get_logger(__name__)
 
@@ -146,38 +147,6 @@ async def _big_authors(stores: Stores, authors: Sequence[uuid.UUID]) -> list[uui
 
 
 # ---- fan-out on write --------------------------------------------------------------------------------------
-
-
-def schedule_fan_out(stores: Stores, post: Row) -> None:
-    """Fan a committed post out in the background (the request does not wait; failures are caught up).
-
-    Posts committed while a fan-out runs are fanned out together by the next one (one follower query and one
-    Mongo bulk write for the lot).
-    """
-    queue: _FanOutQueue | None = getattr(stores, "_feed_fan_out", None)
-    if queue is None:
-        queue = _FanOutQueue(stores)
-        stores._feed_fan_out = queue  # type: ignore[attr-defined]
-    queue.add(post["id"], post["user_id"])
-
-
-class _FanOutQueue:
-    """Posts waiting to be fanned out, drained by one task per process."""
-
-    def __init__(self, stores: Stores) -> None:
-        self.stores = stores
-        self.pending: list[tuple[uuid.UUID, uuid.UUID]] = []
-        self.task: asyncio.Task[None] | None = None
-
-    def add(self, post_id: uuid.UUID, author: uuid.UUID) -> None:
-        self.pending.append((post_id, author))
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._run(), name="feed-fan-out")
-
-    async def _run(self) -> None:
-        while self.pending:
-            batch, self.pending = self.pending, []
-            await fan_out(self.stores, batch)
 
 
 async def fan_out(stores: Stores, posts: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> int:

@@ -37,11 +37,10 @@ Concurrency rules (why the SQL looks the way it does):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,12 +53,11 @@ from nubo.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from nubo.ids import new_id, parse_id
 from nubo.logs import get_logger
 from nubo.pagination import Page, make_page
-from nubo.realtime.bus import bus_for, publish_safely
 from nubo.realtime.presence import online_among
 from nubo.stores import Stores
+from nubo.stores.entities import Row, normalize_row
 from nubo.stores.postgres import single_statement
-from nubo.stores.projection import projection_for
-from nubo.stores.tiered import Row, Transaction, normalize_row
+from nubo.stores.transaction import Transaction
 
 log = get_logger(__name__)
 
@@ -90,26 +88,12 @@ class SendResult:
     created: bool
 
 
-WAIT_PROJECTION_SECONDS = 2.0
-
-
-@asynccontextmanager
-async def _write(stores: Stores, *, wait: bool = True) -> AsyncIterator[Transaction]:
-    """A PostgreSQL transaction (outbox rows in the same commit) whose rows go to Mongo and Redis through
-    messaging's :class:`~nubo.stores.projection.Projector`; with `wait`, returns once they are there (or after
-    a bounded wait: the outbox worker finishes the job if a store is slow or down)."""
-    async with stores.pg.connection() as conn, conn.transaction():
-        tx = Transaction(conn)
-        yield tx
-        await tx.record_outbox()
-    await stores.derived.invalidate(tx.tags)  # as tiered.transaction() does (none today: no tagged rows here)
-    if not tx.touched:
-        return
-    # Re-read at flush: concurrent writes to one conversation's rows finish in any order, the newest state wins.
-    done = projection_for(stores).defer(tx, urgent=wait, reread=True)
-    if wait:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(done), WAIT_PROJECTION_SECONDS)
+def _write(stores: Stores, *, wait: bool = True) -> AbstractAsyncContextManager[Transaction]:
+    """A PostgreSQL transaction whose rows go to Mongo and Redis through messaging's projector (re-read at
+    flush: concurrent writes to one conversation's rows finish in any order, the newest state wins); with
+    `wait`, returns once they are there or after a bounded wait (the outbox worker finishes the job if a
+    store is slow or down)."""
+    return stores.transaction(projector=stores.messaging_projector, wait=wait, reread=True)
 
 
 # ---- validation ------------------------------------------------------------------------------------------
@@ -572,13 +556,13 @@ async def _publish_with_unread(
     and :func:`publish_safely`: logged and counted, never a failed send (PostgreSQL already committed)."""
     if len(deltas) > 1000:  # big groups: the chunked paths
         await _apply_unread(stores, deltas)
-        await publish_safely(stores, recipients, event)
+        await stores.events.publish_safely(recipients, event)
         return
     script = stores.script(_APPLY_UNREAD_LUA)
     keys = [unread_key(stores, uid) for uid, _, _ in deltas]
     args = [item for _, cid, delta in deltas for item in (str(cid), delta)]
     try:
-        await bus_for(stores).publish(
+        await stores.events.publish(
             recipients, event, before=(lambda: script(keys=keys, args=args)) if deltas else None
         )
     except (RedisError, OSError) as exc:
@@ -612,7 +596,7 @@ async def _store_send(
     if found["id"] is None:
         return None
     row = normalize_row({name: value for name, value in found.items() if name != "closed"})
-    projector = projection_for(stores)
+    projector = stores.messaging_projector
     # Projected later from PostgreSQL's current state; only the message is read through the tiers.
     projector.defer_rows({"messages": [row["id"]]}, row.pop("message_outbox_ids"))
     summaries = {"conversations": [conversation_id], "conversation_members": row.pop("member_row_ids")}
@@ -767,7 +751,9 @@ async def edit_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID
             await _set_preview(tx, conv["id"], text[:PREVIEW_CHARS])
         members = await _member_ids(tx.conn, conv["id"])
     view = message_view(row)
-    await publish_safely(stores, members, {"type": "message.edited", "conversation_id": conv["id"], "message": view})
+    await stores.events.publish_safely(
+        members, {"type": "message.edited", "conversation_id": conv["id"], "message": view}
+    )
     return view
 
 
@@ -813,8 +799,8 @@ async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UU
                 await _set_preview(tx, conv["id"], None)
         members = await _member_ids(tx.conn, conv["id"])
     await _apply_unread(stores, deltas)
-    await publish_safely(
-        stores, members, {"type": "message.deleted", "conversation_id": conv["id"], "message_id": message_id}
+    await stores.events.publish_safely(
+        members, {"type": "message.deleted", "conversation_id": conv["id"], "message_id": message_id}
     )
     return message_view(message)
 
@@ -879,8 +865,7 @@ async def mark_read(
         tx.touch("conversation_members", row["id"], row)
         members = await _member_ids(tx.conn, conversation_id)
     await _apply_unread(stores, [(user_id, conversation_id, row["unread_count"] - member["unread_count"])])
-    await publish_safely(
-        stores,
+    await stores.events.publish_safely(
         members,
         {"type": "read", "conversation_id": conversation_id, "user_id": user_id, "message_id": target},
     )

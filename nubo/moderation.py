@@ -20,7 +20,8 @@ from nubo.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from nubo.ids import new_id
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
-from nubo.stores.tiered import Row, Transaction
+from nubo.stores.entities import Row
+from nubo.stores.transaction import Transaction
 
 TARGET_TYPES = {"user": 0, "post": 1, "comment": 2, "message": 3}
 TARGET_NAMES = {number: name for name, number in TARGET_TYPES.items()}
@@ -265,7 +266,7 @@ async def resolve_report(
     if action not in ACTIONS:
         raise ValidationFailed("unknown action", fields={"action": f"one of {', '.join(ACTIONS)}"})
     text = _clean_reason(resolution)
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         report = await (
             await tx.conn.execute(
                 "UPDATE moderation.reports SET state = 2, resolved_by = %s, resolved_at = now(), resolution = %s "

@@ -29,7 +29,6 @@ from nubo.errors import Unavailable, ValidationFailed
 from nubo.ids import new_id
 from nubo.logs import get_logger
 from nubo.pagination import Page, make_page
-from nubo.realtime.bus import publish_safely
 from nubo.realtime.presence import online_among
 from nubo.social import blocked_between
 from nubo.stores import Stores
@@ -82,7 +81,7 @@ async def notify(
         stores.count_failure("mongo_notifications")
         log.warning("notification_store_failed", extra={"kind": kind, "error": str(exc)[:200]})
     view = notification_view(doc)
-    await publish_safely(stores, [user_id], {"type": "notification", "notification": view})
+    await stores.events.publish_safely([user_id], {"type": "notification", "notification": view})
     return view
 
 
@@ -140,5 +139,5 @@ async def push_post_new(stores: Stores, post: Mapping[str, Any]) -> int:
             for key in ("id", "user_id", "content", "visibility", "media_ids", "created_at")
             if key in post
         }
-        await publish_safely(stores, online, {"type": "post.new", "post": summary})
+        await stores.events.publish_safely(online, {"type": "post.new", "post": summary})
     return len(online)

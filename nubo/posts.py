@@ -35,7 +35,9 @@ from nubo.logs import get_logger
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
 from nubo.stores.derived import post_tag, user_tag
-from nubo.stores.tiered import Row, Transaction, normalize_row, pg_read
+from nubo.stores.entities import Row, normalize_row
+from nubo.stores.postgres import pg_read
+from nubo.stores.transaction import Transaction
 
 log = get_logger(__name__)
 
@@ -324,13 +326,11 @@ async def create_post(
         "visibility": parse_visibility(visibility),
         "location": _text(location, "location", MAX_LOCATION_CHARS, required=False),
     }
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         await _check_media_owner(tx.conn, author, media)
         values["meta"] = await build_meta(tx.conn, text)
         row = await tx.insert("posts", values)
-    from nubo import feed  # feed imports this module; the fan-out hook is looked up at call time
-
-    feed.schedule_fan_out(stores, row)
+        tx.on_commit(lambda: stores.feed_fan_out.add(row["id"], row["user_id"]))  # to followers' feeds
     return post_view(row)
 
 
@@ -364,7 +364,7 @@ async def update_post(
         values["content"] = _text(changes["content"], "content", MAX_CONTENT_CHARS, required=False)
     if "media_ids" in changes:
         values["media_ids"] = _media_list(changes["media_ids"])
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         current = await _lock_own_post(tx, viewer, post_id)
         merged = {**current, **values}
         if not ((merged.get("content") or "").strip() or merged.get("media_ids")):
@@ -382,7 +382,7 @@ async def update_post(
 async def delete_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) -> None:
     """Delete one's own post with its comments and the likes on both, from every tier."""
     await visible_post(stores, viewer, post_id)
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         await _lock_own_post(tx, viewer, post_id)
         comments = await tx.delete_where("comments", sql.SQL("post_id = %s"), (post_id,))
         await tx.delete_where(
@@ -425,7 +425,7 @@ async def list_posts(
 async def add_comment(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, content: object) -> dict[str, Any]:
     text = _text(content, "content", MAX_COMMENT_CHARS, required=True)
     await visible_post(stores, viewer, post_id)
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         row = await tx.insert("comments", {"id": new_id(), "post_id": post_id, "user_id": viewer, "content": text})
     return comment_view(row)
 
@@ -476,7 +476,7 @@ async def delete_comment(stores: Stores, viewer: uuid.UUID, comment_id: uuid.UUI
     if viewer not in (comment["user_id"], post["user_id"] if post else None):
         await visible_comment(stores, viewer, comment_id)
         raise Forbidden("Only the comment's author or the post's author can delete it", code="not_author")
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         await tx.delete_where("likes", sql.SQL("target_type = 2 AND target_id = %s"), (comment_id,))
         await tx.delete("comments", comment_id)
 
@@ -519,7 +519,7 @@ async def _like_state(stores: Stores, viewer: uuid.UUID, target_type: int, targe
 async def like(stores: Stores, viewer: uuid.UUID, target_type: int, target_id: uuid.UUID) -> dict[str, Any]:
     """Like a visible target; liking twice is a no-op. Returns `{target_id, liked, like_count}`."""
     await check_target(stores, viewer, target_type, target_id)
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         with contextlib.suppress(LookupError):  # already liked: idempotent
             await tx.insert(
                 "likes",
@@ -532,7 +532,7 @@ async def like(stores: Stores, viewer: uuid.UUID, target_type: int, target_id: u
 async def unlike(stores: Stores, viewer: uuid.UUID, target_type: int, target_id: uuid.UUID) -> dict[str, Any]:
     """Remove the viewer's like (a no-op when there is none)."""
     await check_target(stores, viewer, target_type, target_id)
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         await tx.delete_where(
             "likes",
             sql.SQL("target_type = %s AND target_id = %s AND user_id = %s"),
@@ -627,7 +627,7 @@ async def create_media(stores: Stores, owner: uuid.UUID, **fields: object) -> di
         fields.get("width"),
         fields.get("height"),
     )
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         row = await tx.insert("media", {"id": new_id(), "owner_id": owner, **values})
     return media_view(row)
 

@@ -23,7 +23,9 @@ from nubo.ids import new_id
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
 from nubo.stores.derived import user_tag
-from nubo.stores.tiered import Row, Transaction, normalize_row, pg_read
+from nubo.stores.entities import Row, normalize_row
+from nubo.stores.postgres import pg_read
+from nubo.stores.transaction import Transaction
 
 VISIBILITY_PUBLIC = 0
 VISIBILITY_FOLLOWERS = 1
@@ -159,7 +161,7 @@ async def follow(stores: Stores, follower_id: uuid.UUID, followed_id: uuid.UUID)
     """
     _not_self(follower_id, followed_id, "follow")
     await visible_user(stores, follower_id, followed_id)
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         await _lock_pair(tx, follower_id, followed_id)
         # Re-checked under the pair lock: a block committed since the check above wins.
         row = await (
@@ -190,7 +192,7 @@ async def unfollow(stores: Stores, follower_id: uuid.UUID, followed_id: uuid.UUI
     """Stop following; idempotent. Returns the removed follow row, or None when there was none."""
     _not_self(follower_id, followed_id, "unfollow")
     await visible_user(stores, follower_id, followed_id)
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         rows = await tx.delete_where(
             "follows", sql.SQL("follower_id = %s AND followed_id = %s"), (follower_id, followed_id)
         )
@@ -246,7 +248,7 @@ async def block(stores: Stores, blocker_id: uuid.UUID, blocked_id: uuid.UUID) ->
     """
     _not_self(blocker_id, blocked_id, "block")
     await _user_exists_active(stores, blocked_id)
-    async with stores.tiered.transaction() as tx:
+    async with stores.transaction() as tx:
         await _lock_pair(tx, blocker_id, blocked_id)
         blocked_by = await (
             await tx.conn.execute(

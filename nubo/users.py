@@ -13,7 +13,7 @@ from nubo import social
 from nubo.errors import ValidationFailed
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
-from nubo.stores.tiered import Row
+from nubo.stores.entities import Row
 
 # What anyone may see of a user; never email, phone, password hash, birthdate, grade or state.
 PUBLIC_FIELDS = (

@@ -17,9 +17,10 @@ from litestar.testing import AsyncTestClient
 from pymongo import MongoClient
 from redis import Redis
 
+from nubo.root import open_root
 from nubo.server.app import create_app
 from nubo.settings import Settings, load_settings
-from nubo.stores import Stores, open_stores
+from nubo.stores import Stores
 from nubo.stores.mongo import server_from_build_info
 from tests.harness import ROOT, DedicatedRedis, ServerProcess, new_run_id, service_env, with_database
 
@@ -100,9 +101,9 @@ def settings(settings_env: dict[str, str]) -> Settings:
 
 @pytest.fixture(scope="session")
 async def stores(settings: Settings) -> AsyncIterator[Stores]:
-    opened = await open_stores(settings, wait_for_postgres=True)
-    yield opened
-    await opened.close()
+    root = await open_root(settings, wait_for_postgres=True)
+    yield root.stores
+    await root.close()
 
 
 @pytest.fixture(scope="session")

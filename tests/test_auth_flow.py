@@ -17,11 +17,12 @@ from litestar.datastructures import State
 from litestar.testing import AsyncTestClient
 
 from nubo import accounts, security
+from nubo.root import open_root
 from nubo.server import auth as auth_routes
 from nubo.server.deps import dependencies
 from nubo.server.errors import EXCEPTION_HANDLERS
 from nubo.settings import Settings
-from nubo.stores import Stores, open_stores
+from nubo.stores import Stores
 from nubo.stores.redis import Keys
 from tests.harness import free_port
 from tests.test_auth_helpers import (
@@ -368,13 +369,13 @@ async def auth_only_client(settings: Settings) -> AsyncIterator[Client]:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        app.state.stores = await open_stores(settings)
+        app.state.root = await open_root(settings)
         try:
             yield
         finally:
-            await app.state.stores.close()
+            await app.state.root.close()
 
-    state = State({"stores": None})
+    state = State({"root": None})
     app = Litestar(
         route_handlers=auth_routes.ROUTES,
         lifespan=[lifespan],

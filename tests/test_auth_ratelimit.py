@@ -13,9 +13,10 @@ import pytest
 
 from nubo import accounts, ratelimit
 from nubo.errors import RateLimited
+from nubo.root import open_root
 from nubo.server.ratelimit import client_ip
 from nubo.settings import RateLimit, Settings
-from nubo.stores import Stores, open_stores
+from nubo.stores import Stores
 from nubo.stores.redis import scan_prefix
 from tests.harness import free_port, user_with_session, wait_until
 
@@ -29,7 +30,7 @@ async def test_concurrent_hits_never_exceed_the_limit(stores: Stores) -> None:
 
 async def test_two_processes_worth_of_clients_share_one_window(stores: Stores, settings: Settings) -> None:
     """Two independent connection pools (as two servers have) still share one atomic window."""
-    other = await open_stores(settings)
+    other = (await open_root(settings)).stores
     try:
         key, rate = uuid.uuid4().hex, RateLimit(7, 60)
         results = await asyncio.gather(*(ratelimit.hit(s, "t_shared", key, rate) for s in [stores, other] * 10))
@@ -59,7 +60,7 @@ async def test_rate_limit_raises_with_headers_and_keys_stay_under_prefix(stores:
 
 
 async def test_fails_open_when_redis_is_unreachable(settings: Settings) -> None:
-    down = await open_stores(dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    down = (await open_root(dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))).stores
     try:
         for _ in range(5):
             assert await ratelimit.rate_limit(down, "t_down", "k", RateLimit(1, 60)) is None
@@ -166,7 +167,7 @@ async def test_leased_hits_spare_redis_calls_and_two_instances_never_pass_the_li
 ) -> None:
     """A busy caller alternating between two instances: exactly `limit` requests pass, the rest get 429, and
     most allowed requests were served from leases (no Redis call)."""
-    other = await open_stores(settings)
+    other = (await open_root(settings)).stores
     tracking = [asyncio.create_task(instance.near.run()) for instance in (db, other)]
     try:
         await wait_until(lambda: db.near.live and other.near.live)
@@ -233,7 +234,7 @@ async def test_rate_limit_pays_big_limits_from_leases_and_two_instances_never_pa
 ) -> None:
     """`rate_limit` (message sends, reports): a caller alternating between two instances gets exactly `limit`
     hits, then 429s; most allowed hits needed no Redis call. Small limits stay one Redis call per hit."""
-    other = await open_stores(settings)
+    other = (await open_root(settings)).stores
     key, rate = uuid.uuid4().hex, RateLimit(100, 60)
     calls = count_calls(monkeypatch, ratelimit, "hit")
     allowed, refused, calls_while_allowed = 0, 0, 0

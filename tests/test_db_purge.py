@@ -18,8 +18,8 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from nubo.root import open_root
 from nubo.settings import load_settings
-from nubo.stores import open_stores
 from nubo.stores.mongo import server_from_build_info
 from nubo.stores.schema import purge_recent
 from tests.harness import free_port, run_nubo
@@ -116,7 +116,7 @@ def test_retention_setting_is_the_default(seeded: Any) -> None:
 
 async def test_purge_recent_reports_progress(seeded: Any) -> None:
     env, _ = seeded
-    stores = await open_stores(load_settings(env, env_file=None), wait_for_postgres=True)
+    stores = (await open_root(load_settings(env, env_file=None), wait_for_postgres=True)).stores
     try:
         seen: list[tuple[str, int, int]] = []
         counts = await purge_recent(stores, 28, dry_run=True, on_progress=lambda *a: seen.append(a))

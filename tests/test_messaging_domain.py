@@ -11,16 +11,15 @@ import pytest
 from nubo import messaging
 from nubo.errors import Forbidden, NotFound, RateLimited, ValidationFailed
 from nubo.ids import new_id
-from nubo.realtime.bus import bus_for
 from nubo.stores import Stores
-from nubo.stores.projection import Projector, projection_for
+from nubo.stores.projection import Projector
 from tests.test_messaging_support import make_users
 
 
 async def _settled(stores: Stores) -> None:
     """Let the background projection of recent sends finish, so the reads below are served by the upper
     tiers (what is being checked) rather than by the PostgreSQL fallback."""
-    await projection_for(stores).drain()
+    await stores.messaging_projector.drain()
 
 
 async def test_direct_conversation_is_unique_per_pair(db: Stores) -> None:
@@ -110,7 +109,7 @@ async def test_the_sender_learns_the_id_once_committed_and_before_the_publish(db
             await conn.execute("SELECT content FROM messaging.message_index WHERE id = %s", (message_id,))
         ).fetchone()
     assert row is not None and row["content"] == "hi"
-    assert await bus_for(db).current_seq(bob.id) == 1  # delivered once
+    assert await db.events.current_seq(bob.id) == 1  # delivered once
 
 
 async def test_read_delete_and_unread_stay_in_step(db: Stores) -> None:
@@ -235,7 +234,7 @@ async def test_a_send_updates_unread_and_publishes_without_a_script_check(db: St
         await messaging.send_message(db, alice.id, conv["id"], f"m{i}")
     assert await _script_checks(db) == checks
     assert (await messaging.unread_counts(db, bob.id))[conv["id"]] == 5
-    assert await bus_for(db).current_seq(bob.id) == 5
+    assert await db.events.current_seq(bob.id) == 5
 
 
 async def test_presence_goes_to_peers_of_direct_conversations_and_small_groups_only(db: Stores) -> None:
@@ -320,7 +319,7 @@ async def test_sends_are_rate_limited_per_user(db: Stores) -> None:
 
 async def test_events_are_published_after_commit_to_members_only(db: Stores) -> None:
     alice, bob, eve = await make_users(db, "alice", "bob", "eve")
-    bus = bus_for(db)
+    bus = db.events
     conv, _ = await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])
     before = {u.id: await bus.current_seq(u.id) for u in (alice, bob, eve)}
     sent = await messaging.send_message(db, alice.id, conv["id"], "hi")

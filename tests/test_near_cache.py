@@ -19,8 +19,9 @@ from redis.asyncio import Redis
 
 from nubo import accounts
 from nubo.errors import Unauthorized
+from nubo.root import open_root
 from nubo.settings import Settings
-from nubo.stores import Stores, open_stores
+from nubo.stores import Stores
 from nubo.stores.near import MISSING, NearCache
 from nubo.stores.redis import Keys, open_redis
 from tests.harness import DedicatedRedis, service_env, user_with_session, wait_until
@@ -163,7 +164,7 @@ async def test_flushall_drops_every_copy(near_own: Near) -> None:
 async def test_a_session_revoked_on_one_instance_is_refused_by_another_holding_a_copy(
     db: Stores, settings: Settings
 ) -> None:
-    other = await open_stores(settings)
+    other = (await open_root(settings)).stores
     task = asyncio.create_task(other.near.run())
     try:
         await wait_until(lambda: other.near.live)

@@ -19,7 +19,6 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from nubo import accounts, messaging, notifications, security, social
-from nubo.realtime.bus import Bus
 from nubo.stores import Stores
 from tests.harness import ServerProcess
 from tests.test_messaging_support import ChatUser, WsClient, make_users
@@ -338,7 +337,7 @@ async def test_full_send_queue_closes_with_4008(db: Stores, tight: ServerProcess
     client = await WsClient.connect(tight.ws_url, slow.token, max_queue=1, max_size=None)
     await client.hello()
     client._task.cancel() if client._task else None  # stop reading: frames pile up on the server
-    bus = Bus(db.redis, db.keys)
+    bus = db.events
     payload = "y" * 50_000
     for i in range(400):  # ~20 MB: more than the kernel socket buffers, so the server's queue must fill
         await bus.publish([slow.id], {"type": "notification", "i": i, "pad": payload})

@@ -17,11 +17,10 @@ import pytest
 
 from nubo import accounts, messaging
 from nubo.ids import new_id
-from nubo.realtime import bus as bus_module
-from nubo.realtime.bus import Bus
 from nubo.realtime.hub import CLOSE_QUEUE_OVERFLOW, CLOSE_SESSION_REVOKED, Connection, Durable, Hub
 from nubo.realtime.presence import online_among
 from nubo.stores import BACKGROUND_PG_SLOTS, Stores
+from nubo.stores import events as bus_module
 from tests.harness import user_with_session
 
 
@@ -61,7 +60,7 @@ async def hub(db: Stores) -> Any:
     async def revoked_among(session_keys: list[str]) -> set[str]:
         return await accounts.revoked_among(db, session_keys)
 
-    hub = Hub(db.settings, db.redis, db.keys, revoked_among=revoked_among)
+    hub = Hub(db.settings, db.events, db.redis, revoked_among=revoked_among)
     await hub.start()
     yield hub
     await hub.stop()
@@ -89,7 +88,7 @@ async def test_ids_increase_per_user_and_only_recipients_get_events(db: Stores, 
     alice, bob = new_id(), new_id()
     conn_a, sock_a = await _open(hub, alice)
     conn_b, sock_b = await _open(hub, bob)
-    bus = Bus(db.redis, db.keys)
+    bus = db.events
     for i in range(5):
         await bus.publish([alice], {"type": "t", "i": i})
     await _until(lambda: len(sock_a.durable_ids()) == 5)
@@ -104,7 +103,7 @@ async def test_ids_increase_per_user_and_only_recipients_get_events(db: Stores, 
 async def test_duplicates_dropped_and_gaps_filled_from_history(db: Stores, hub: Hub) -> None:
     user = new_id()
     conn, sock = await _open(hub, user)
-    bus = Bus(db.redis, db.keys)
+    bus = db.events
     # Publish while the socket is not registered, as if pub/sub lost these messages on the way.
     hub.detach_now(conn)
     for i in range(3):
@@ -125,7 +124,7 @@ async def test_resume_replays_in_order_then_resync_when_trimmed(
     db: Stores, hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     user = new_id()
-    bus = Bus(db.redis, db.keys)
+    bus = db.events
     for i in range(10):
         await bus.publish([user], {"type": "t", "i": i})
     conn, sock = await _open(hub, user, resume_from=6)
@@ -148,7 +147,7 @@ async def test_heartbeat_check_catches_up_a_lost_last_event(db: Stores, hub: Hub
     user = new_id()
     conn, sock = await _open(hub, user)
     hub.detach_now(conn)
-    await Bus(db.redis, db.keys).publish([user], {"type": "t"})  # never routed to the socket
+    await db.events.publish([user], {"type": "t"})  # never routed to the socket
     hub.local.setdefault(conn.user_key, set()).add(conn)
     await hub._check_positions()
     await _until(lambda: sock.durable_ids() == [1])
@@ -159,7 +158,7 @@ async def test_full_queue_closes_with_distinct_code(db: Stores, hub: Hub) -> Non
     user = new_id()
     conn, sock = await _open(hub, user)
     sock.block.clear()  # the client stops reading
-    bus = Bus(db.redis, db.keys)
+    bus = db.events
     for i in range(hub.queue_size + 5):
         await bus.publish([user], {"type": "t", "i": i})
     await _until(lambda: conn.close_code is not None)
@@ -192,10 +191,10 @@ async def test_presence_follows_sockets(db: Stores, hub: Hub) -> None:
 
 async def test_big_fan_out_is_chunked_with_one_id_each(db: Stores, hub: Hub) -> None:
     users = [new_id() for _ in range(bus_module.PUBLISH_CHUNK + 20)]
-    ids = await Bus(db.redis, db.keys).publish(users, {"type": "t"})
+    ids = await db.events.publish(users, {"type": "t"})
     assert set(ids) == set(users) and set(ids.values()) == {1}
     with pytest.raises(ValueError):
-        await Bus(db.redis, db.keys).publish(users[:1], {})
+        await db.events.publish(users[:1], {})
 
 
 async def test_revoked_sessions_are_closed_by_message_and_by_the_periodic_check(db: Stores, hub: Hub) -> None:
@@ -242,10 +241,8 @@ async def test_a_burst_of_connecting_sockets_leaves_most_postgres_connections_fr
         await db.redis.expire(db.keys("session", session_id), 5)
     monkeypatch.setattr(db.pg, "connection", counted_connection)
     for user_id, session_id in sessions:  # what each handshake's session check does for such a mirror
-        accounts._refresh_soon(db, user_id, session_id)
-    refresh: accounts.MirrorRefresh = db.__dict__[accounts._REFRESH_ATTR]
-    assert refresh.task is not None
-    await refresh.task
+        db.mirror_refresh.add(session_id, user_id)
+    await db.mirror_refresh.drain()
     assert checkouts == 1  # 20 mirrors, one query
     peers = await asyncio.gather(*(messaging.conversation_peers(db, user_id) for user_id, _ in sessions))
     assert peers == [[] for _ in range(20)]

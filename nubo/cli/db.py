@@ -20,8 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from nubo.cli.common import console, err_console, fail, print_json, settings_or_exit
+from nubo.root import open_root
 from nubo.settings import Settings
-from nubo.stores import Stores, open_stores
+from nubo.stores import Stores
 from nubo.stores.schema import InitReport, SchemaError, init_databases, purge_cutoff, purge_recent
 
 db_app = typer.Typer(
@@ -63,7 +64,7 @@ async def _probe_postgres(url: str) -> None:
 
 async def _with_stores(settings: Settings, work: Callable[[Stores], Awaitable[T]]) -> T:
     await _probe_postgres(settings.postgres_url)
-    stores = await open_stores(settings, wait_for_postgres=True, pg_max_size=2)
+    stores = (await open_root(settings, wait_for_postgres=True, pg_max_size=2)).stores
     try:
         return await work(stores)
     finally:

@@ -16,14 +16,14 @@ import typer
 from nubo import accounts
 from nubo.cli.common import console, fail, print_json, settings_or_exit
 from nubo.errors import NuboError
+from nubo.root import open_root
 from nubo.settings import Settings, SettingsError, parse_duration
-from nubo.stores import open_stores
 
 MAX_TTL = 366 * 86400
 
 
 async def _issue(settings: Settings, ref: str, ttl: int) -> accounts.IssuedTokens:
-    stores = await open_stores(settings, pg_max_size=2)
+    stores = (await open_root(settings, pg_max_size=2)).stores
     try:
         return await accounts.issue_operator_token(stores, ref, ttl)
     finally:

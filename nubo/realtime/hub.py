@@ -36,10 +36,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
-from nubo.realtime.bus import Bus, frame, to_json
 from nubo.realtime.presence import HEARTBEAT_SECONDS, Presence
 from nubo.settings import Settings
-from nubo.stores.redis import Keys
+from nubo.stores.events import EventBus, frame, to_json
 
 log = get_logger(__name__)
 
@@ -243,18 +242,18 @@ class Hub:
     def __init__(
         self,
         settings: Settings,
+        events: EventBus,
         redis: Redis,
-        keys: Keys,
         *,
         on_presence: PresenceCallback | None = None,
         revoked_among: RevokedCheck | None = None,
     ) -> None:
         self.settings = settings
-        self.keys = keys
+        self.keys = events.channels.keys
         self.queue_size = settings.ws_queue_size
         self.instance_id = f"{socket_module.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.bus = Bus(redis, keys)
-        self.presence = Presence(redis, keys, self.instance_id)
+        self.bus = events
+        self.presence = Presence(redis, self.keys, self.instance_id)
         self.on_presence = on_presence
         self.revoked_among = revoked_among
         self.local: dict[str, set[Connection]] = {}

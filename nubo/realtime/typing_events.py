@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nubo.logs import get_logger
-from nubo.realtime.bus import bus_for, to_json
 from nubo.realtime.hub import Hub
 from nubo.stores import Stores
+from nubo.stores.events import to_json
 
 log = get_logger(__name__)
 
@@ -38,7 +38,7 @@ async def publish_typing(
         return
     flux = _flux()
     if flux is None:
-        await bus_for(stores).publish_ephemeral(recipients, _event(conversation_id, user_id), TYPING_TTL_MS)
+        await stores.events.publish_ephemeral(recipients, _event(conversation_id, user_id), TYPING_TTL_MS)
         return
     body = {
         "to": [str(uid) for uid in recipients],

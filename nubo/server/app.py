@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +13,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from nubo import __version__
 from nubo.logs import configure_logging, get_logger
+from nubo.root import open_root
 from nubo.server import auth as auth_routes
 from nubo.server import feed as feed_routes
 from nubo.server import health
@@ -25,9 +25,6 @@ from nubo.server import users as users_routes
 from nubo.server.deps import dependencies
 from nubo.server.errors import EXCEPTION_HANDLERS
 from nubo.settings import Settings, load_settings
-from nubo.stores import open_stores
-from nubo.stores.redis_governor import run_governor
-from nubo.stores.tiered import run_outbox_worker
 
 log = get_logger(__name__)
 
@@ -49,31 +46,17 @@ async def frozen_startup_heap(_app: Litestar) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the API for `settings` (default: read from the environment)."""
     settings = settings or load_settings()
-    # The app's state: its lifespan puts the stores there, handlers get them from it. Not empty, since
-    # Litestar replaces a falsy (empty) state with a new one.
-    state = State({"stores": None})
+    # The app's state: its lifespan puts the running root there, handlers get its services from it. Not
+    # empty, since Litestar replaces a falsy (empty) state with a new one.
+    state = State({"root": None})
 
     @asynccontextmanager
-    async def stores_lifespan(app: Litestar) -> AsyncIterator[None]:
-        stores = await open_stores(settings)
-        app.state.stores = stores
+    async def root_lifespan(app: Litestar) -> AsyncIterator[None]:
+        root = await open_root(settings)
         log.info("stores_opened", extra={"mongo_db": settings.mongo_db, "redis_prefix": settings.redis_prefix})
-        workers = [
-            asyncio.create_task(run_outbox_worker(stores.tiered), name="outbox"),
-            asyncio.create_task(stores.near.run(), name="near-cache"),
-            asyncio.create_task(
-                run_governor(stores.redis, stores.keys, settings.redis_memory_budget, settings.memory_margin_bytes),
-                name="cache-governor",
-            ),
-        ]
-        try:
+        async with root.running():
+            app.state.root = root
             yield
-        finally:
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            await stores.close()
-            log.info("stores_closed")
 
     return Litestar(
         route_handlers=[
@@ -86,7 +69,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *posts_routes.ROUTES,
             *feed_routes.ROUTES,
         ],
-        lifespan=[stores_lifespan, realtime_routes.realtime_lifespan, frozen_startup_heap],
+        lifespan=[root_lifespan, frozen_startup_heap],
         state=state,
         dependencies=dependencies(state),
         exception_handlers=EXCEPTION_HANDLERS,

@@ -145,7 +145,7 @@ class NuboJWTMiddleware(JWTAuthenticationMiddleware):
             issuer=_one(self.token_issuer),
             audience=_one(self.token_audience),
         )
-        stores: Stores = scope["litestar_app"].state.stores
+        stores: Stores = scope["litestar_app"].state.root.stores
         user, status = await accounts.authenticate_and_limit(
             stores, claims.sub, claims.sid, stores.settings.rate_default
         )
@@ -200,7 +200,7 @@ async def deny_websocket(scope: Scope, receive: Receive, send: Send, exc: NuboEr
 async def retrieve_user(token: AccessToken, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthUser:
     """The session check: one Redis GET (PostgreSQL when Redis is down or the mirror is missing). Revocation
     is decided here too, since the same lookup says whether the session is live."""
-    stores: Stores = connection.app.state.stores
+    stores: Stores = connection.app.state.root.stores
     return await accounts.authenticate_session(stores, uuid.UUID(token.sub), uuid.UUID(token.sid))
 
 

@@ -31,24 +31,23 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from litestar import Litestar, WebSocket, websocket
+from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from nubo import accounts, messaging, ratelimit
+from nubo import messaging, ratelimit
 from nubo.errors import Forbidden, NuboError, Unauthorized, ValidationFailed
 from nubo.ids import parse_id
 from nubo.logs import get_logger
 from nubo.realtime import typing_events
 from nubo.realtime.hub import CLOSE_REASONS, CLOSE_TIMEOUT_SECONDS, Connection, Hub, Resume
+from nubo.root import Root
 from nubo.server.auth import deny_websocket
 from nubo.settings import Settings
 from nubo.stores import Stores
-from nubo.stores.projection import projection_for
 
 log = get_logger(__name__)
 
@@ -95,8 +94,8 @@ def _caller(socket: WebSocket[Any, Any, Any]) -> uuid.UUID | None:
 @websocket("/ws", name="ws")
 async def ws_endpoint(socket: WebSocket[Any, Any, Any]) -> None:
     """The realtime socket: authenticated events in, JSON envelopes and lobby text out."""
-    settings: Settings = socket.app.state.stores.settings
-    hub: Hub = socket.app.state.hub
+    root: Root = socket.app.state.root
+    settings, hub = root.settings, root.hub
     user_id = _caller(socket)
     if user_id is None:  # only when the auth guard is not installed: never serve anonymous sockets
         await deny(socket, Unauthorized("Authentication required", code="missing_token"))
@@ -111,7 +110,7 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any]) -> None:
         return
     await socket.accept()
     session_id = getattr(socket.scope.get("user"), "session_id", None)
-    await Session(socket, hub, socket.app.state.stores, user_id, resume_from, session_id).run()
+    await Session(socket, hub, root.stores, user_id, resume_from, session_id).run()
 
 
 # ---- one connection --------------------------------------------------------------------------------------
@@ -288,37 +287,6 @@ class Session:
     async def on_lobby(self, text: str) -> None:
         await ratelimit.rate_limit(self.stores, "lobby", str(self.user_id), self.settings.rate_messages)
         await self.hub.bus.publish_lobby(text)
-
-
-# ---- lifespan --------------------------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def realtime_lifespan(app: Litestar) -> AsyncIterator[None]:
-    """Start this instance's hub (subscribed before the server takes connections); stop it at shutdown."""
-    stores: Stores = app.state.stores
-
-    async def announce(user_id: uuid.UUID, online: bool) -> None:
-        peers = await messaging.conversation_peers(stores, user_id)
-        await hub.bus.publish_ephemeral(
-            peers, {"type": "presence", "user_id": user_id, "online": online}, ttl_ms=10_000
-        )
-
-    async def revoked_among(session_keys: list[str]) -> set[str]:
-        return await accounts.revoked_among(stores, session_keys)
-
-    hub = Hub(stores.settings, stores.redis, stores.keys, on_presence=announce, revoked_among=revoked_among)
-    await hub.start()
-    stop_typing = await typing_events.start_listener(stores, hub)
-    app.state.hub = hub
-    log.info("realtime_started", extra={"instance": hub.instance_id})
-    try:
-        yield
-    finally:
-        await stop_typing()
-        await hub.stop()
-        with contextlib.suppress(Exception):  # what is left is repaired by the outbox worker
-            await projection_for(stores).drain()
 
 
 ROUTES = [ws_endpoint]

@@ -20,7 +20,7 @@ from nubo.errors import Unauthorized
 from nubo.ids import parse_id
 from nubo.pagination import MAX_LIMIT, Page
 from nubo.stores import Stores
-from nubo.stores.tiered import Row
+from nubo.stores.entities import Row
 
 AnyRequest = Request[Any, Any, Any]
 StoresDep = NamedDependency[Stores]

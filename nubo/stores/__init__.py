@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -16,77 +17,66 @@ from redis.commands.core import AsyncScript
 from nubo.logs import get_logger
 from nubo.settings import Settings
 from nubo.stores import mongo, postgres, redis
+from nubo.stores.batching import BatchQueue
+from nubo.stores.derived import DerivedCache
+from nubo.stores.entities import ENTITIES
+from nubo.stores.events import EventBus
 from nubo.stores.mongo import MongoDoc
+from nubo.stores.near import NearCache
 from nubo.stores.postgres import PgPool
+from nubo.stores.projection import Projector
 from nubo.stores.redis import Keys
-
-if TYPE_CHECKING:
-    from nubo.stores.derived import DerivedCache
-    from nubo.stores.near import NearCache
-    from nubo.stores.redis_cache import RedisCache
-    from nubo.stores.tiered import TieredStore
+from nubo.stores.redis_cache import RedisCache
+from nubo.stores.tiered import TieredStore
+from nubo.stores.transaction import Transaction, transaction
 
 log = get_logger(__name__)
 
 BACKGROUND_PG_SLOTS = 4  # pooled PostgreSQL connections that background work may hold at once (of 20)
+MIRROR_REFRESH_BATCH = 500  # session mirrors re-checked per query
 
 
 @dataclass
 class Stores:
-    """Open handles on PostgreSQL, MongoDB and Redis for one process."""
+    """The store layer of one process: the three connections and every per-process service that works on them.
+
+    Built in one place (:func:`open_stores`, called by the composition root :mod:`nubo.root`); every field is
+    created there, none later. Background tasks that run for the life of the process (the near cache's
+    invalidation listener, the outbox worker, the cache governor) are started and stopped by the root's
+    lifespan; the queues (projectors, batch queues) run a task while they hold work and are drained by it.
+    """
 
     settings: Settings
     pg: PgPool
     mongo_client: AsyncMongoClient[MongoDoc]
     redis: Redis
     keys: Keys
-    failures: dict[str, int] = field(default_factory=dict)
+    near: NearCache
+    cache: RedisCache
+    derived: DerivedCache
+    tiered: TieredStore
+    projector: Projector  # the tiered writes' projections: the request waits for them
+    messaging_projector: Projector  # messaging's: sends do not wait, rows are coalesced (nubo.stores.projection)
+    events: EventBus
+    feed_fan_out: BatchQueue[uuid.UUID, uuid.UUID]  # post id -> author, fanned out to followers' feeds
+    mirror_refresh: BatchQueue[uuid.UUID, uuid.UUID]  # session id -> user id, re-checked before its mirror lapses
+    # Held around PostgreSQL work nobody waits for (session mirror refreshes, presence peers): it takes at most
+    # BACKGROUND_PG_SLOTS pooled connections at once. A burst of sockets connecting started one such query per
+    # socket, took every connection, and a message send waited 350 ms for one.
+    background_pg: asyncio.Semaphore
+    failures: StoreFailures
     _scripts: dict[str, AsyncScript] = field(default_factory=dict)
 
     @property
     def mongo(self) -> AsyncDatabase[MongoDoc]:
         return self.mongo_client[self.settings.mongo_db]
 
-    @cached_property
-    def background_pg(self) -> asyncio.Semaphore:
-        """Held around PostgreSQL work nobody waits for (session mirror refreshes, presence peers): it takes at
-        most :data:`BACKGROUND_PG_SLOTS` pooled connections at once. A burst of sockets connecting started one
-        such query per socket, took every connection, and a message send waited 350 ms for one."""
-        return asyncio.Semaphore(BACKGROUND_PG_SLOTS)
-
-    @cached_property
-    def cache(self) -> RedisCache:
-        """The Redis cache collections (hot copies of rows)."""
-        from nubo.stores.redis_cache import RedisCache
-
-        return RedisCache(self.redis, self.keys)
-
-    @cached_property
-    def tiered(self) -> TieredStore:
-        """The tiered read/write path every domain module uses for mirrored rows."""
-        from nubo.stores.tiered import TieredStore
-
-        return TieredStore(self)
-
-    @cached_property
-    def derived(self) -> DerivedCache:
-        """Values computed from PostgreSQL, cached in Redis until a write changes one of their tags."""
-        from nubo.stores.derived import DerivedCache
-
-        return DerivedCache(self.redis, self.keys, self.count_failure, self.near)
-
-    @cached_property
-    def near(self) -> NearCache:
-        """In-process copies of the hottest Redis values (session mirrors, hot rows, derived values and their
-        tags), invalidated by Redis; live once the app lifespan runs :meth:`NearCache.run`."""
-        from nubo.stores.near import NearCache
-        from nubo.stores.tiered import ENTITIES
-
-        families = ["session", "derived", "tag"]
-        families += [f"cache:{entity.cache_collection}" for entity in ENTITIES.values() if entity.near]
-        return NearCache(
-            self.settings.redis_url, self.redis, self.keys, families, max_entries=self.settings.near_cache_entries
-        )
+    def transaction(
+        self, *, projector: Projector | None = None, wait: bool = True, reread: bool = False
+    ) -> AbstractAsyncContextManager[Transaction]:
+        """A PostgreSQL transaction whose rows are projected, and whose registered side effects run, after its
+        commit (:func:`nubo.stores.transaction.transaction`)."""
+        return transaction(self, projector=projector, wait=wait, reread=reread)
 
     def script(self, source: str) -> AsyncScript:
         """The Lua script `source` registered on this Redis client (hashed once per process, not per call)."""
@@ -96,8 +86,8 @@ class Stores:
         return found
 
     def count_failure(self, store: str) -> None:
-        """Count a projection write that failed after the PostgreSQL commit (repaired later)."""
-        self.failures[store] = self.failures.get(store, 0) + 1
+        """Count a store write that failed after the PostgreSQL commit (repaired later)."""
+        self.failures.count(store)
 
     async def check(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:  # noqa: ASYNC109 - a per-store timeout, not the whole call
         """Ping each store concurrently; each entry has `status` ("up"/"down") and details or the error."""
@@ -123,12 +113,51 @@ class Stores:
 
 
 async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg_max_size: int = 20) -> Stores:
-    """Open all three connections. Only PostgreSQL may be awaited: Mongo and Redis connect lazily."""
+    """Open the three connections and build the store-level services on them. Only PostgreSQL may be awaited:
+    Mongo and Redis connect lazily."""
     pg = await postgres.open_pool(settings.postgres_url, wait=wait_for_postgres, max_size=pg_max_size)
+    mongo_client = mongo.open_client(settings.mongo_url)
+    redis_client = redis.open_redis(settings.redis_url)
+    keys = Keys(settings.redis_prefix)
+    failures = StoreFailures()
+    near = NearCache(settings.redis_url, redis_client, keys, _near_families(), max_entries=settings.near_cache_entries)
+    cache = RedisCache(redis_client, keys)
+    tiered = TieredStore(pg, mongo_client[settings.mongo_db], cache, near, failures.count)
     return Stores(
         settings=settings,
         pg=pg,
-        mongo_client=mongo.open_client(settings.mongo_url),
-        redis=redis.open_redis(settings.redis_url),
-        keys=Keys(settings.redis_prefix),
+        mongo_client=mongo_client,
+        redis=redis_client,
+        keys=keys,
+        near=near,
+        cache=cache,
+        derived=DerivedCache(redis_client, keys, failures.count, near),
+        tiered=tiered,
+        projector=Projector("tiered", tiered),
+        messaging_projector=Projector("messaging", tiered),
+        events=EventBus(redis_client, keys, failures.count),
+        feed_fan_out=BatchQueue("feed-fan-out"),
+        mirror_refresh=BatchQueue("session-mirror-refresh", max_batch=MIRROR_REFRESH_BATCH),
+        background_pg=asyncio.Semaphore(BACKGROUND_PG_SLOTS),
+        failures=failures,
     )
+
+
+def _near_families() -> list[str]:
+    """The key families whose values are kept in-process: session mirrors, derived values and their tags, and
+    the cache collections of the hot entities."""
+    families = ["session", "derived", "tag"]
+    return families + [f"cache:{entity.cache_collection}" for entity in ENTITIES.values() if entity.near]
+
+
+@dataclass
+class StoreFailures:
+    """Writes to Mongo or Redis that failed after their PostgreSQL commit (each repaired later), by store."""
+
+    by_store: dict[str, int] = field(default_factory=dict)
+
+    def count(self, store: str) -> None:
+        self.by_store[store] = self.by_store.get(store, 0) + 1
+
+    def get(self, store: str, default: int = 0) -> int:
+        return self.by_store.get(store, default)

@@ -1,11 +1,11 @@
 """When rows committed in PostgreSQL are projected to Mongo and Redis: one scheduler, :class:`Projector`.
 
 Each process runs two of them, so a burst of messages never delays a post's projection: the tiered store's
-(``tiered.transaction()``: the request waits, its rows are projected at once) and messaging's (sends do not
-wait; rows are coalesced and re-read from PostgreSQL at flush). Both project through
-:meth:`nubo.stores.tiered.TieredStore.project`, each from one task (so one writer per document), and delete
-the rows' outbox entries once their copies are written; the outbox worker repairs whatever they could not
-write.
+(``stores.projector``: the request waits, its rows are projected at once) and messaging's
+(``stores.messaging_projector``: sends do not wait; rows are coalesced and re-read from PostgreSQL at flush).
+Both project through :meth:`nubo.stores.tiered.TieredStore.project`, each from one task (so one writer per
+document), and delete the rows' outbox entries once their copies are written; the outbox worker repairs
+whatever they could not write.
 """
 
 from __future__ import annotations
@@ -15,18 +15,16 @@ import contextlib
 import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nubo.logs import get_logger
-from nubo.stores import Stores
-from nubo.stores.tiered import (
-    OUTBOX_MIN_AGE_SECONDS,
-    REREAD,
-    Row,
-    Transaction,
-    pg_read,
-    project_safely,
-)
+from nubo.stores.entities import REREAD, Row
+from nubo.stores.outbox import OUTBOX_MIN_AGE_SECONDS, project_safely
+from nubo.stores.postgres import pg_read
+from nubo.stores.tiered import TieredStore
+
+if TYPE_CHECKING:
+    from nubo.stores.transaction import Transaction
 
 log = get_logger(__name__)
 
@@ -63,8 +61,8 @@ class Projector:
     # benchmark) would otherwise flush in step every interval, each burst landing on Mongo at the same time.
     LAZY_JITTER = 0.4
 
-    def __init__(self, stores: Stores, name: str) -> None:
-        self.stores = stores
+    def __init__(self, name: str, tiered: TieredStore) -> None:
+        self.tiered = tiered
         self.name = name
         self.pending: dict[str, dict[uuid.UUID, Any]] = {}
         self.outbox_ids: list[int] = []
@@ -185,12 +183,12 @@ class Projector:
             for start in range(0, len(ordered), self.CHUNK):
                 chunk = ordered[start : start + self.CHUNK]
                 states = {i: rows[i] for i in chunk}
-                ok = await project_safely(self.stores.tiered, name, chunk, states) and ok
+                ok = await project_safely(self.tiered, name, chunk, states) and ok
         return ok
 
     async def _clear_outbox(self, outbox: list[int]) -> None:
         try:
-            async with pg_read(self.stores) as conn:
+            async with pg_read(self.tiered) as conn:
                 await conn.execute("DELETE FROM logic.outbox WHERE id = ANY(%s)", (outbox,))
         except Exception as exc:  # the worker will redo the (idempotent) projection later
             log.warning("outbox_cleanup_failed", extra={"projector": self.name, "error": str(exc)[:200]})
@@ -202,12 +200,3 @@ class Projector:
             self.urgent.set()
             self.wakeup.set()
             await asyncio.wait_for(self.idle.wait(), seconds)
-
-
-def projection_for(stores: Stores) -> Projector:
-    """Messaging's projector (the tiered store's own is ``stores.tiered.projector``)."""
-    projector = getattr(stores, "_messaging_projection", None)
-    if projector is None:
-        projector = Projector(stores, "messaging")
-        stores._messaging_projection = projector  # type: ignore[attr-defined]
-    return projector

@@ -11,7 +11,10 @@ Keys (all under the configured prefix):
 - ``rt:lobby`` — channel of the public plain-text lobby: the text itself.
 - ``rt:revoked`` — channel of revoked session ids (a JSON list): every instance closes their open sockets.
 
-Publish only after the PostgreSQL commit of what the event describes (callers do).
+Publish only after the PostgreSQL commit of what the event describes: domain code registers its events
+inside the transaction (:meth:`nubo.stores.transaction.Transaction.emit`), which publishes them after the
+commit. The receiving side (one pub/sub connection per instance, routing to sockets) is
+:class:`nubo.realtime.hub.Hub`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
-from nubo.stores import Stores
 from nubo.stores.redis import Keys
 
 log = get_logger(__name__)
@@ -102,11 +104,13 @@ class Channels:
         return self.keys("rt", "user", user_id, "events")
 
 
-class Bus:
-    """Publishes events for one process (holds the registered Lua script)."""
+class EventBus:
+    """Publishes events for one process (holds the registered Lua script); one per process, built with the
+    stores."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, count_failure: Callable[[str], None]) -> None:
         self.redis = redis
+        self.count_failure = count_failure
         self.channels = Channels(keys)
         self._publish = redis.register_script(_PUBLISH_LUA)
 
@@ -181,24 +185,14 @@ class Bus:
         )
         return [(int(entry_id.split("-", 1)[0]), fields["b"]) for entry_id, fields in entries]
 
+    async def publish_safely(self, user_ids: Iterable[uuid.UUID], event: Mapping[str, Any]) -> None:
+        """Publish after a commit; a Redis failure is logged and counted, never turned into a failed request.
 
-async def publish_safely(stores: Stores, user_ids: Iterable[uuid.UUID], event: Mapping[str, Any]) -> None:
-    """Publish after a commit; a Redis failure is logged and counted, never turned into a failed request.
-
-    The write is already committed in PostgreSQL, so nothing is lost: clients that miss the event see it over
-    REST (and a reconnect reports ``resync`` when its ids do not line up).
-    """
-    try:
-        await bus_for(stores).publish(user_ids, event)
-    except (RedisError, OSError) as exc:
-        stores.count_failure("realtime")
-        log.warning("event_publish_failed", extra={"type": event.get("type"), "error": str(exc)[:200]})
-
-
-def bus_for(stores: Stores) -> Bus:
-    """The process-wide :class:`Bus` of these stores (created on first use)."""
-    bus = getattr(stores, "_realtime_bus", None)
-    if bus is None:
-        bus = Bus(stores.redis, stores.keys)
-        stores._realtime_bus = bus  # type: ignore[attr-defined]
-    return bus
+        The write is already committed in PostgreSQL, so nothing is lost: clients that miss the event see it
+        over REST (and a reconnect reports ``resync`` when its ids do not line up).
+        """
+        try:
+            await self.publish(user_ids, event)
+        except (RedisError, OSError) as exc:
+            self.count_failure("realtime")
+            log.warning("event_publish_failed", extra={"type": event.get("type"), "error": str(exc)[:200]})
