@@ -75,7 +75,7 @@ class Root:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await stores.close()
-            log.info("process_stopped")
+            log.info("stores_closed")
 
     async def _drain_queues(self) -> None:
         stores = self.stores

@@ -41,9 +41,10 @@ async def moderator(client: Client, db: Stores, settings: Settings) -> Member:
 
 async def make_post(db: Stores, author: uuid.UUID, visibility: int = social.VISIBILITY_PUBLIC) -> uuid.UUID:
     """A post row through the tiered path (the posts routes belong to another module)."""
-    row = await db.tiered.insert(
-        "posts", {"id": new_id(), "user_id": author, "content": "hello", "visibility": visibility}
-    )
+    async with db.transaction() as tx:
+        row = await tx.insert(
+            "posts", {"id": new_id(), "user_id": author, "content": "hello", "visibility": visibility}
+        )
     post_id: uuid.UUID = row["id"]
     return post_id
 

@@ -43,7 +43,8 @@ async def new_member(
 
 async def set_user_fields(stores: Stores, user_id: uuid.UUID, **changes: Any) -> None:
     """Change a user row through the tiered path (PostgreSQL, then Mongo and Redis copies)."""
-    assert await stores.tiered.update("users", user_id, changes) is not None
+    async with stores.transaction() as tx:
+        assert await tx.update("users", user_id, changes) is not None
 
 
 async def redis_hash(stores: Stores, collection: str, entity_id: uuid.UUID) -> dict[str, str]:
