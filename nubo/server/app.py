@@ -26,7 +26,7 @@ from nubo.server.deps import dependencies
 from nubo.server.errors import EXCEPTION_HANDLERS
 from nubo.settings import Settings, load_settings
 from nubo.stores import open_stores
-from nubo.stores.redis_governor import run_governor
+from nubo.stores.cache.governor import run_governor
 from nubo.stores.tiered import run_outbox_worker
 
 log = get_logger(__name__)

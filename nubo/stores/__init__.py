@@ -21,9 +21,9 @@ from nubo.stores.postgres import PgPool
 from nubo.stores.redis import Keys
 
 if TYPE_CHECKING:
+    from nubo.stores.cache.collection import RedisCache
     from nubo.stores.derived import DerivedCache
     from nubo.stores.near import NearCache
-    from nubo.stores.redis_cache import RedisCache
     from nubo.stores.tiered import TieredStore
 
 log = get_logger(__name__)
@@ -57,7 +57,7 @@ class Stores:
     @cached_property
     def cache(self) -> RedisCache:
         """The Redis cache collections (hot copies of rows)."""
-        from nubo.stores.redis_cache import RedisCache
+        from nubo.stores.cache.collection import RedisCache
 
         return RedisCache(self.redis, self.keys)
 

@@ -28,15 +28,15 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
-from nubo.stores.cache_schemas import CacheError
+from nubo.stores.cache.schema import CacheError
 from nubo.stores.derived import entity_has_tags, tags_of
 from nubo.stores.mongo import MongoDoc, server_info
 from nubo.stores.near import MISSING
 
 if TYPE_CHECKING:
     from nubo.stores import Stores
+    from nubo.stores.cache.collection import CacheCollection
     from nubo.stores.projection import Projector
-    from nubo.stores.redis_cache import CacheCollection
 
 log = get_logger(__name__)
 

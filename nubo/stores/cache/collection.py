@@ -2,13 +2,13 @@
 
 Keys (DESIGN §3, all under the configured prefix):
 
-* ``cache:{collection}:{id}`` — the element, a hash of typed values (see :mod:`nubo.stores.cache_schemas`)
+* ``cache:{collection}:{id}`` — the element, a hash of typed values (see :mod:`nubo.stores.cache.schema`)
   plus ``_rev``, a revision counter used for compare-and-set by filtered writes;
 * ``idx:{collection}:{field}:{value}`` — the ids whose indexed `field` has `value` (null is not indexed);
 * ``ids:{collection}`` — every id of the collection: filters no index can narrow walk it with SSCAN, whose
   cost follows the collection's size (a SCAN of the keyspace would walk every collection and index);
 * ``lru`` — one sorted set shared by all instances, members ``{collection}:{id}`` scored by the Redis server
-  time (µs) of their last use; the memory governor (:mod:`nubo.stores.redis_governor`) purges from its head.
+  time (µs) of their last use; the memory governor (:mod:`nubo.stores.cache.governor`) purges from its head.
 
 Every change of an element — set, modify, delete, purge — is one Lua script that updates the hash, its index
 entries, the id set and the usage order together, so no reader sees an element without its index entries and
@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from nubo.stores.cache_filter import (
+from nubo.stores.cache.filter import (
     CacheFilterError,
     CompiledFilter,
     IndexKey,
@@ -42,7 +42,7 @@ from nubo.stores.cache_filter import (
     compile_filter,
     sort_key,
 )
-from nubo.stores.cache_schemas import (
+from nubo.stores.cache.schema import (
     DECODERS,
     NULL,
     REV_FIELD,

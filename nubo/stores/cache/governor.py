@@ -1,7 +1,7 @@
 """The memory governor: keeps Redis's own memory use under a budget by purging least recently used elements.
 
 Every instance may run :func:`run_governor`; the usage order lives in Redis (the ``lru`` sorted set written by
-:mod:`nubo.stores.redis_cache`), not in any process, so all instances agree on what is coldest. When
+:mod:`nubo.stores.cache.collection`), not in any process, so all instances agree on what is coldest. When
 ``used_memory`` (INFO memory — Redis's figure, not this process's heap) rises above ``budget - margin``, the
 governor deletes the coldest elements in batches, each batch one Lua script that removes every element with
 its index entries, id and usage entry (the cache's own delete path), until memory is back under the threshold.
@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
+from nubo.stores.cache.collection import ScriptRunner
 from nubo.stores.redis import Keys
-from nubo.stores.redis_cache import ScriptRunner
 
 log = get_logger(__name__)
 
