@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nubo.stores import Stores
-from nubo.stores.cache.collection import CacheCollection, RedisCache, audit_cache
+from nubo.stores.cache.admin import audit_cache
+from nubo.stores.cache.collection import CacheCollection, RedisCache
 from nubo.stores.cache.filter import CacheFilterError
 from nubo.stores.cache.schema import CacheValidationError, schema
 from nubo.stores.mongo import server_info

@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 import pytest
 
 from nubo.stores import Stores
-from nubo.stores.cache.collection import RedisCache, audit_cache
-from nubo.stores.cache.governor import enforce_budget, run_governor, used_memory
+from nubo.stores.cache.admin import audit_cache, used_memory
+from nubo.stores.cache.collection import RedisCache
+from nubo.stores.cache.governor import enforce_budget, run_governor
 from nubo.stores.redis import Keys, delete_prefix
 
 COUNT = 1500

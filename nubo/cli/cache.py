@@ -11,8 +11,8 @@ from rich.table import Table
 
 from nubo.cli.common import console, fail, print_json, settings_or_exit
 from nubo.settings import Settings
-from nubo.stores.cache.collection import RedisCache, cache_stats
-from nubo.stores.cache.governor import resolve_budget, used_memory
+from nubo.stores.cache.admin import cache_stats, resolve_budget, used_memory
+from nubo.stores.cache.collection import RedisCache
 from nubo.stores.cache.schema import SCHEMAS
 from nubo.stores.redis import Keys, delete_prefix, key_families, open_redis
 

@@ -21,7 +21,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
-from nubo.stores.cache.collection import ScriptRunner
+from nubo.stores.cache.admin import resolve_budget, used_memory
+from nubo.stores.cache.scripts import ScriptRunner
 from nubo.stores.redis import Keys
 
 log = get_logger(__name__)
@@ -54,18 +55,6 @@ class PurgeReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-async def used_memory(redis: Redis) -> int:
-    """Redis's own memory use in bytes (INFO memory `used_memory`)."""
-    return int((await redis.info("memory"))["used_memory"])
-
-
-async def resolve_budget(redis: Redis, configured: int) -> int:
-    """The budget in bytes: the configured one, else Redis `maxmemory` (0 when neither is set)."""
-    if configured > 0:
-        return configured
-    return int((await redis.info("memory")).get("maxmemory", 0))
 
 
 def margin_bytes(margin: Margin, budget: int) -> int:
