@@ -42,9 +42,9 @@ from bench.common import (  # noqa: E402
     now_iso,
     write_json,
 )
+from nubo.stores.cache.admin import used_memory  # noqa: E402
+from nubo.stores.cache.collection import CacheCollection, RedisCache  # noqa: E402
 from nubo.stores.redis import Keys, delete_prefix, open_redis  # noqa: E402
-from nubo.stores.redis_cache import CacheCollection, RedisCache  # noqa: E402
-from nubo.stores.redis_governor import used_memory  # noqa: E402
 from tests.harness import service_env  # noqa: E402
 
 PER_CONVERSATION = 10  # results of one indexed equality get (<= 20)

@@ -30,8 +30,8 @@ from nubo.realtime import typing_events
 from nubo.realtime.hub import Hub
 from nubo.settings import Settings
 from nubo.stores import Stores, open_stores
+from nubo.stores.cache.governor import run_governor
 from nubo.stores.outbox import run_outbox_worker
-from nubo.stores.redis_governor import run_governor
 
 log = get_logger(__name__)
 

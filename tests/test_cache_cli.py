@@ -13,8 +13,8 @@ from redis import Redis as SyncRedis
 from nubo.cli.cache import flush_prefix
 from nubo.settings import Settings
 from nubo.stores import Stores
+from nubo.stores.cache.collection import RedisCache
 from nubo.stores.redis import Keys
-from nubo.stores.redis_cache import RedisCache
 from tests.harness import run_nubo
 
 

@@ -25,11 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nubo.stores import Stores
-from nubo.stores.cache_filter import CacheFilterError
-from nubo.stores.cache_schemas import CacheValidationError, schema
+from nubo.stores.cache.admin import audit_cache
+from nubo.stores.cache.collection import CacheCollection, RedisCache
+from nubo.stores.cache.filter import CacheFilterError
+from nubo.stores.cache.schema import CacheValidationError, schema
 from nubo.stores.mongo import server_info
 from nubo.stores.redis import Keys, delete_prefix
-from nubo.stores.redis_cache import CacheCollection, RedisCache, audit_cache
 
 # Every filterable type, indexed and not: u/s/i/b indexed by default, d/f indexed on request, t/n never.
 PROBE = schema(

@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 import pytest
 
 from nubo.stores import Stores
+from nubo.stores.cache.admin import audit_cache, used_memory
+from nubo.stores.cache.collection import RedisCache
+from nubo.stores.cache.governor import enforce_budget, run_governor
 from nubo.stores.redis import Keys, delete_prefix
-from nubo.stores.redis_cache import RedisCache, audit_cache
-from nubo.stores.redis_governor import enforce_budget, run_governor, used_memory
 
 COUNT = 1500
 
@@ -64,7 +65,7 @@ async def test_purges_least_recently_used_first(
     assert await posts.get_by_id(post(0)["id"]) is not None  # touch the oldest by id...
     assert len(await posts.get({"id": post(1)["id"]})) == 1  # ...and another through a filter
     budget = baseline + growth // 2
-    with caplog.at_level(logging.INFO, logger="nubo.stores.redis_governor"):
+    with caplog.at_level(logging.INFO, logger="nubo.stores.cache.governor"):
         report = await enforce_budget(cache.redis, cache.keys, budget, growth // 10, batch=50)
 
     assert report.status == "purged", report

@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nubo.stores import Stores
+from nubo.stores.cache.admin import audit_cache
+from nubo.stores.cache.collection import CacheCollection, RedisCache
 from nubo.stores.redis import Keys, delete_prefix, scan_prefix
-from nubo.stores.redis_cache import CacheCollection, RedisCache, audit_cache
 
 IDS = [uuid.UUID(int=1000 + n) for n in range(6)]
 CONVERSATIONS = [uuid.UUID(int=50 + n) for n in range(3)]

@@ -11,10 +11,10 @@ from rich.table import Table
 
 from nubo.cli.common import console, fail, print_json, settings_or_exit
 from nubo.settings import Settings
-from nubo.stores.cache_schemas import SCHEMAS
+from nubo.stores.cache.admin import cache_stats, resolve_budget, used_memory
+from nubo.stores.cache.collection import RedisCache
+from nubo.stores.cache.schema import SCHEMAS
 from nubo.stores.redis import Keys, delete_prefix, key_families, open_redis
-from nubo.stores.redis_cache import RedisCache, cache_stats
-from nubo.stores.redis_governor import resolve_budget, used_memory
 
 cache_app = typer.Typer(
     help="Inspect or flush nubo's Redis cache (only keys under NUBO_REDIS_PREFIX).", no_args_is_help=True

@@ -18,6 +18,7 @@ from nubo.logs import get_logger
 from nubo.settings import Settings
 from nubo.stores import mongo, postgres, redis
 from nubo.stores.batching import BatchQueue
+from nubo.stores.cache.collection import RedisCache
 from nubo.stores.derived import DerivedCache
 from nubo.stores.entities import ENTITIES
 from nubo.stores.events import EventBus
@@ -26,7 +27,6 @@ from nubo.stores.near import NearCache
 from nubo.stores.postgres import PgPool
 from nubo.stores.projection import Projector
 from nubo.stores.redis import Keys
-from nubo.stores.redis_cache import RedisCache
 from nubo.stores.tiered import TieredStore
 from nubo.stores.transaction import Transaction, transaction
 

@@ -24,12 +24,12 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
-from nubo.stores.cache_schemas import CacheError
+from nubo.stores.cache.collection import CacheCollection, RedisCache
+from nubo.stores.cache.schema import CacheError
 from nubo.stores.entities import ENTITIES, REREAD, Entity, Row, from_document, normalize_row, to_document
 from nubo.stores.mongo import MongoDoc, server_info
 from nubo.stores.near import MISSING, NearCache
 from nubo.stores.postgres import PgPool, pg_read
-from nubo.stores.redis_cache import CacheCollection, RedisCache
 
 log = get_logger(__name__)
 

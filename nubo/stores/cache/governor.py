@@ -1,7 +1,7 @@
 """The memory governor: keeps Redis's own memory use under a budget by purging least recently used elements.
 
 Every instance may run :func:`run_governor`; the usage order lives in Redis (the ``lru`` sorted set written by
-:mod:`nubo.stores.redis_cache`), not in any process, so all instances agree on what is coldest. When
+:mod:`nubo.stores.cache.collection`), not in any process, so all instances agree on what is coldest. When
 ``used_memory`` (INFO memory — Redis's figure, not this process's heap) rises above ``budget - margin``, the
 governor deletes the coldest elements in batches, each batch one Lua script that removes every element with
 its index entries, id and usage entry (the cache's own delete path), until memory is back under the threshold.
@@ -21,8 +21,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
+from nubo.stores.cache.admin import resolve_budget, used_memory
+from nubo.stores.cache.scripts import ScriptRunner
 from nubo.stores.redis import Keys
-from nubo.stores.redis_cache import ScriptRunner
 
 log = get_logger(__name__)
 
@@ -54,18 +55,6 @@ class PurgeReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-async def used_memory(redis: Redis) -> int:
-    """Redis's own memory use in bytes (INFO memory `used_memory`)."""
-    return int((await redis.info("memory"))["used_memory"])
-
-
-async def resolve_budget(redis: Redis, configured: int) -> int:
-    """The budget in bytes: the configured one, else Redis `maxmemory` (0 when neither is set)."""
-    if configured > 0:
-        return configured
-    return int((await redis.info("memory")).get("maxmemory", 0))
 
 
 def margin_bytes(margin: Margin, budget: int) -> int:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nubo.stores.cache_schemas import (
+from nubo.stores.cache.schema import (
     MAX_INDEXED_CHARS,
     NULL,
     NUMERIC,
