@@ -18,7 +18,8 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from nubo import accounts, messaging, notifications, security, social
+from nubo import accounts, messaging, notifications, social
+from nubo.accounts import security
 from nubo.realtime.bus import Bus
 from nubo.stores import Stores
 from tests.harness import ServerProcess

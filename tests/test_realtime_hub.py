@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from nubo import accounts, messaging
+from nubo.accounts import mirrors
 from nubo.ids import new_id
 from nubo.realtime import bus as bus_module
 from nubo.realtime.bus import Bus
@@ -242,8 +243,8 @@ async def test_a_burst_of_connecting_sockets_leaves_most_postgres_connections_fr
         await db.redis.expire(db.keys("session", session_id), 5)
     monkeypatch.setattr(db.pg, "connection", counted_connection)
     for user_id, session_id in sessions:  # what each handshake's session check does for such a mirror
-        accounts._refresh_soon(db, user_id, session_id)
-    refresh: accounts.MirrorRefresh = db.__dict__[accounts._REFRESH_ATTR]
+        mirrors.refresh_soon(db, user_id, session_id)
+    refresh: mirrors.MirrorRefresh = db.__dict__[mirrors._REFRESH_ATTR]
     assert refresh.task is not None
     await refresh.task
     assert checkouts == 1  # 20 mirrors, one query
