@@ -45,7 +45,8 @@ ENV = {"NUBO_RATE_LOGIN": "1000000/minute", "NUBO_LOG_LEVEL": "warning"}
 
 async def _make_users(env: Mapping[str, str], count: int) -> list[tuple[str, str]]:
     """(username, access token) for `count` new users, each with one live session."""
-    from nubo import accounts, security
+    from nubo import accounts
+    from nubo.accounts import security
     from nubo.ids import new_id
     from nubo.root import open_root
     from nubo.settings import load_settings

@@ -54,7 +54,8 @@ from bench.common import (  # noqa: E402
     isolated_env,
     nubo_server,
 )
-from nubo import accounts, messaging, security  # noqa: E402
+from nubo import accounts, messaging  # noqa: E402
+from nubo.accounts import security  # noqa: E402
 from nubo.ids import new_id  # noqa: E402
 from nubo.root import open_root  # noqa: E402
 from nubo.settings import load_settings  # noqa: E402

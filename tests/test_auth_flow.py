@@ -16,7 +16,9 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.testing import AsyncTestClient
 
-from nubo import accounts, security
+from nubo import accounts
+from nubo.accounts import mirrors, security
+from nubo.errors import Unauthorized
 from nubo.root import open_root
 from nubo.server import auth as auth_routes
 from nubo.server.deps import dependencies
@@ -321,8 +323,8 @@ async def test_session_check_falls_back_to_postgres_and_remirrors(client: Client
 async def test_mark_revoked_beats_a_late_live_mirror(account: Account, db: Stores) -> None:
     await accounts.mark_revoked(db, [account.session_id])
     row = {"id": account.id, "username": account.username, "grade": 1}
-    await accounts._mirror_live(db, account.session_id, row, 600)  # a slow request re-mirroring afterwards
-    with pytest.raises(accounts.Unauthorized):
+    await mirrors.mirror_live(db, account.session_id, row, 600)  # a slow request re-mirroring afterwards
+    with pytest.raises(Unauthorized):
         await accounts.authenticate_session(db, account.id, account.session_id)
 
 
@@ -358,7 +360,7 @@ async def test_an_active_sessions_mirror_is_checked_again_in_the_background_befo
 
 async def test_session_of_another_user_is_refused(account: Account, client: Client, db: Stores) -> None:
     other = await new_account(client)
-    with pytest.raises(accounts.Unauthorized):
+    with pytest.raises(Unauthorized):
         await accounts.authenticate_session(db, other.id, account.session_id)
 
 

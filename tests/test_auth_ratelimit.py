@@ -173,7 +173,7 @@ async def test_leased_hits_spare_redis_calls_and_two_instances_never_pass_the_li
         await wait_until(lambda: db.near.live and other.near.live)
         user_id, session_id = await user_with_session(db)
         rate = RateLimit(100, 60)
-        calls = count_calls(monkeypatch, accounts, "guarded_hit")
+        calls = count_calls(monkeypatch, accounts.guard, "guarded_hit")
         allowed, refused, calls_while_allowed = 0, 0, 0
         for index in range(160):
             instance = (db, other)[index % 2]
@@ -215,7 +215,7 @@ async def test_concurrent_requests_of_one_caller_wait_for_one_lease_call(
         user_id, session_id = await user_with_session(db)
         rate = RateLimit(100_000, 60)
         await accounts.authenticate_and_limit(db, user_id, session_id, rate, "t_flight")  # session copy held
-        calls = count_calls(monkeypatch, accounts, "guarded_hit")
+        calls = count_calls(monkeypatch, accounts.guard, "guarded_hit")
         results = await asyncio.gather(
             *(accounts.authenticate_and_limit(db, user_id, session_id, rate, "t_flight") for _ in range(50))
         )

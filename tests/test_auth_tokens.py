@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 import pytest
 
-from nubo import security
+from nubo.accounts import security
 from nubo.errors import Unauthorized
 from nubo.settings import Settings
 from tests.test_auth_helpers import (

@@ -18,7 +18,8 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from nubo import accounts, messaging, notifications, security, social
+from nubo import accounts, messaging, notifications, social
+from nubo.accounts import security
 from nubo.stores import Stores
 from tests.harness import ServerProcess
 from tests.test_messaging_support import ChatUser, WsClient, make_users

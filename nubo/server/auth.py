@@ -34,8 +34,8 @@ from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 from litestar.types import Receive, Scope, Send
 from msgspec import UNSET, Meta, UnsetType
 
-from nubo import accounts, security
-from nubo.accounts import AuthUser, ClientInfo
+from nubo import accounts
+from nubo.accounts import AuthUser, ClientInfo, security
 from nubo.errors import NuboError, Unauthorized, ValidationFailed
 from nubo.ids import parse_id
 from nubo.pagination import Page
@@ -81,7 +81,7 @@ class AccessToken(Token):
         verify_nbf: bool = True,
         strict_audience: bool = False,
     ) -> AccessToken:
-        """Verify with :func:`nubo.security.verify_access_token` (HS256 only, every claim required), raising
+        """Verify with :func:`nubo.accounts.security.verify_access_token` (HS256 only, every claim required), raising
         our 401 codes instead of Litestar's generic one."""
         claims = security.verify_access_token(
             encoded_token, secret=secret, issuer=_one(issuer), audience=_one(audience)
@@ -92,7 +92,7 @@ class AccessToken(Token):
 @lru_cache(maxsize=8192)
 def _access_token(claims: security.AccessClaims) -> AccessToken:
     """One token object per verified token (the claims are already cached and `exp` is re-checked on each
-    request by :func:`nubo.security.verify_access_token`): skips the datetime building on the hot path."""
+    request by :func:`nubo.accounts.security.verify_access_token`): skips the datetime building on the hot path."""
     try:
         return AccessToken(
             exp=datetime.fromtimestamp(claims.exp, UTC),

@@ -17,7 +17,8 @@ from litestar import delete, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter, QueryParameter
 from msgspec import UNSET, UnsetType
 
-from nubo import posts, users
+from nubo import posts
+from nubo.accounts import users
 from nubo.ids import parse_id
 from nubo.pagination import Page
 from nubo.server.users import AnyRequest, Before, Limit, PublicUser, StoresDep, caller_id

@@ -1,6 +1,6 @@
 """Routes for users and their relations: profiles, search, follows, blocks and relationships.
 
-Handlers are thin: parse, call `nubo.users` / `nubo.social`, shape the answer. Every route needs an
+Handlers are thin: parse, call `nubo.accounts.users` / `nubo.social`, shape the answer. Every route needs an
 authenticated caller; users hidden from the caller (deactivated, banned, blocked either way) are 404.
 """
 
@@ -15,7 +15,8 @@ from litestar import Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, Parameter
 
-from nubo import notifications, social, users
+from nubo import notifications, social
+from nubo.accounts import users
 from nubo.errors import Unauthorized
 from nubo.ids import parse_id
 from nubo.pagination import MAX_LIMIT, Page

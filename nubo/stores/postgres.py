@@ -5,15 +5,22 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, LiteralString, Protocol
+from typing import Any, LiteralString, Protocol, TypeAlias
 
+import psycopg
 from psycopg import AsyncConnection
+from psycopg.errors import UniqueViolation as UniqueViolation
 from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb as Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+# Re-exported for domain modules, which never import psycopg themselves: a pooled connection as they receive
+# it, the base of every PostgreSQL error, a unique-constraint violation and the JSONB parameter wrapper.
+PgConnection: TypeAlias = AsyncConnection[DictRow]
+PgError = psycopg.Error
+
 PgPool = AsyncConnectionPool[AsyncConnection[DictRow]]
-PgConnection = AsyncConnection[DictRow]
 
 
 class HasPool(Protocol):

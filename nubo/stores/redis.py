@@ -12,7 +12,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import ConnectionError, DataError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, DataError, RedisError, ResponseError, TimeoutError
+
+# What a Redis call raises when the server cannot answer (or refuses): redis-py's errors and the socket errors it
+# lets through. Domain modules catch these, never a redis class, so redis stays behind nubo.stores.
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, OSError)
 
 # Commands that may wait on the server (or change the connection's state) must keep a connection of their own.
 _UNBATCHED = frozenset(

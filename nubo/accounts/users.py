@@ -1,19 +1,24 @@
-"""User lookup and search as other users see them: public fields only, hidden users absent.
+"""User rows and their shapes: the public view anyone may see, the owner's own view, lookups, search.
 
-A user is hidden from a viewer when deactivated or banned (state != 1) or when either blocks the other; hidden
-users answer 404 (`user_not_found`) and are left out of search results, never revealed as "blocked".
+A user is hidden from a viewer when deactivated or banned (not :attr:`UserState.ACTIVE`) or when either blocks
+the other; hidden users answer 404 (`user_not_found`) and are left out of search results, never revealed as
+"blocked". The public and own views are defined once here, for every route and socket that shows a user.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from datetime import date
 from typing import Any
 
 from nubo import social
 from nubo.errors import ValidationFailed
+from nubo.ids import parse_id
+from nubo.model import FollowState, UserState, active_user, blocked_either_way
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
-from nubo.stores.entities import Row
+from nubo.stores.entities import Row, normalize_row
 
 # What anyone may see of a user; never email, phone, password hash, birthdate, grade or state.
 PUBLIC_FIELDS = (
@@ -30,11 +35,50 @@ PUBLIC_FIELDS = (
     "created_at",
 )
 MAX_QUERY_LENGTH = 64
+_ACTIVE_FOLLOW = f"f.state = {int(FollowState.ACTIVE)} AND {active_user('u')}"  # an approved follow, active user
 
 
-def public_user(row: Row) -> dict[str, Any]:
+def public_user(row: Mapping[str, Any]) -> dict[str, Any]:
     """The public projection of a user row (from any tier)."""
     return {name: row.get(name) for name in PUBLIC_FIELDS}
+
+
+def me_user(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The owner's own view: the public fields plus email, birthdate, sex and grade. Never the hash."""
+    return {
+        **public_user(row),
+        "email": row.get("email"),
+        "email_verified": bool(row.get("email_verified")),
+        "birthdate": _iso_date(row.get("birthdate")),
+        "sex": row.get("sex"),
+        "grade": row.get("grade", 1),
+    }
+
+
+def _iso_date(value: object) -> str | None:
+    return value.isoformat() if isinstance(value, date) else (str(value) if value else None)
+
+
+async def get_active_user(stores: Stores, user_id: uuid.UUID) -> Row | None:
+    """The user row (through the tiers) when the account is active, else None."""
+    row = await stores.tiered.get("users", user_id)
+    return row if row is not None and row.get("state") == UserState.ACTIVE else None
+
+
+async def find_user(stores: Stores, ref: str) -> Row | None:
+    """A user by id (UUID) or by username (case-insensitive), whatever its state."""
+    try:
+        user_id: uuid.UUID | None = parse_id(ref.strip(), "sub")
+    except ValidationFailed:
+        user_id = None
+    async with stores.pg.connection() as conn:
+        if user_id is not None:
+            row = await (await conn.execute("SELECT * FROM auth.users WHERE id = %s", (user_id,))).fetchone()
+        else:
+            row = await (
+                await conn.execute("SELECT * FROM auth.users WHERE lower(username) = lower(%s)", (ref.strip(),))
+            ).fetchone()
+    return normalize_row(row) if row else None
 
 
 async def get_profile(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID) -> dict[str, Any]:
@@ -44,9 +88,9 @@ async def get_profile(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID) 
         counts = await (
             await conn.execute(
                 "SELECT (SELECT count(*) FROM auth.follows f JOIN auth.users u ON u.id = f.follower_id "
-                "        WHERE f.followed_id = %(id)s AND f.state = 1 AND u.state = 1) AS followers_count, "
+                f"        WHERE f.followed_id = %(id)s AND {_ACTIVE_FOLLOW}) AS followers_count, "
                 "       (SELECT count(*) FROM auth.follows f JOIN auth.users u ON u.id = f.followed_id "
-                "        WHERE f.follower_id = %(id)s AND f.state = 1 AND u.state = 1) AS following_count",
+                f"        WHERE f.follower_id = %(id)s AND {_ACTIVE_FOLLOW}) AS following_count",
                 {"id": user_id},
             )
         ).fetchone()
@@ -83,10 +127,10 @@ async def search(
             await conn.execute(
                 "SELECT u.id, u.username, u.first_name, u.last_name, u.bio, u.profile_picture_id, u.location, "
                 "u.school, u.works, u.badges, u.created_at FROM auth.users u "
-                "WHERE u.state = 1 AND (%(before)s::uuid IS NULL OR u.id < %(before)s) "
+                f"WHERE {active_user('u')} AND (%(before)s::uuid IS NULL OR u.id < %(before)s) "
                 "AND (lower(u.username) LIKE %(p)s OR lower(u.first_name) LIKE %(p)s "
                 "     OR lower(u.last_name) LIKE %(p)s) "
-                f"AND NOT {social.BLOCKED_EITHER_WAY} ORDER BY u.id DESC LIMIT %(n)s",
+                f"AND NOT {blocked_either_way('u.id', '%(viewer)s')} ORDER BY u.id DESC LIMIT %(n)s",
                 {"p": prefix, "before": before, "viewer": viewer_id, "n": limit + 1},
             )
         ).fetchall()
