@@ -40,14 +40,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-
-from psycopg import AsyncConnection, sql
-from psycopg.rows import DictRow
-from redis.exceptions import RedisError
 
 from nubo import posts, ratelimit
 from nubo.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -57,9 +53,11 @@ from nubo.pagination import Page, make_page
 from nubo.realtime.bus import bus_for, publish_safely
 from nubo.realtime.presence import online_among
 from nubo.stores import Stores
-from nubo.stores.postgres import single_statement
+from nubo.stores.postgres import PgConnection, single_statement
 from nubo.stores.projection import projection_for
+from nubo.stores.redis import REDIS_FAILURES
 from nubo.stores.tiered import Row, Transaction, normalize_row
+from nubo.stores.unread import SCRIPT_CHUNK, Delta, unread_counters
 
 log = get_logger(__name__)
 
@@ -79,7 +77,6 @@ MAX_CLIENT_ID = 64
 MAX_MEMBERS = 1000
 PREVIEW_CHARS = 200
 PRESENCE_GROUP_LIMIT = 100  # presence changes are pushed to peers of groups up to this size
-UNREAD_TTL_SECONDS = 86400
 
 
 @dataclass(frozen=True)
@@ -194,11 +191,12 @@ def conversation_view(row: Row) -> dict[str, Any]:
 # ---- reads shared by writes ------------------------------------------------------------------------------
 
 
-async def _lock_conversation(conn: AsyncConnection[DictRow], conversation_id: uuid.UUID, user_id: uuid.UUID) -> Row:
-    """Lock the conversation row and return it with the caller's role; 404 unless the caller is a member."""
+async def _lock_conversation(conn: PgConnection, conversation_id: uuid.UUID, user_id: uuid.UUID) -> Row:
+    """Lock the conversation row and return it with the caller's role and membership row id (`member_id`);
+    404 unless the caller is a member."""
     row = await (
         await conn.execute(
-            "SELECT c.*, m.role FROM messaging.conversations_meta c "
+            "SELECT c.*, m.role, m.id AS member_id FROM messaging.conversations_meta c "
             "JOIN messaging.conversation_members m ON m.conversation_id = c.id AND m.user_id = %s "
             "WHERE c.id = %s AND c.state = 0 FOR UPDATE OF c",
             (user_id, conversation_id),
@@ -209,7 +207,7 @@ async def _lock_conversation(conn: AsyncConnection[DictRow], conversation_id: uu
     return normalize_row(row)
 
 
-async def _member_ids(conn: AsyncConnection[DictRow], conversation_id: uuid.UUID) -> list[uuid.UUID]:
+async def _member_ids(conn: PgConnection, conversation_id: uuid.UUID) -> list[uuid.UUID]:
     rows = await (
         await conn.execute(
             "SELECT user_id FROM messaging.conversation_members WHERE conversation_id = %s",
@@ -241,7 +239,7 @@ async def _require_member(stores: Stores, conversation_id: uuid.UUID, user_id: u
     return normalize_row(row)
 
 
-async def _active_users(conn: AsyncConnection[DictRow], user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+async def _active_users(conn: PgConnection, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     rows = await (
         await conn.execute("SELECT id FROM auth.users WHERE id = ANY(%s) AND state = 1", (list(user_ids),))
     ).fetchall()
@@ -249,7 +247,7 @@ async def _active_users(conn: AsyncConnection[DictRow], user_ids: Sequence[uuid.
 
 
 async def _blocked_pairs(
-    conn: AsyncConnection[DictRow], a: Sequence[uuid.UUID], b: Sequence[uuid.UUID]
+    conn: PgConnection, a: Sequence[uuid.UUID], b: Sequence[uuid.UUID]
 ) -> list[tuple[uuid.UUID, uuid.UUID]]:
     """Blocks (either way) between any user of `a` and any user of `b`."""
     rows = await (
@@ -311,7 +309,7 @@ async def _create_direct(stores: Stores, creator_id: uuid.UUID, other_id: uuid.U
     return await get_conversation(stores, creator_id, conv["id"]), True
 
 
-async def _check_can_meet(conn: AsyncConnection[DictRow], user_id: uuid.UUID, others: Sequence[uuid.UUID]) -> None:
+async def _check_can_meet(conn: PgConnection, user_id: uuid.UUID, others: Sequence[uuid.UUID]) -> None:
     """Others must be active and not blocked either way with `user_id` (else they look absent: 404)."""
     active = await _active_users(conn, others)
     blocked = {a if b == user_id else b for a, b in await _blocked_pairs(conn, [user_id], others)}
@@ -320,9 +318,7 @@ async def _check_can_meet(conn: AsyncConnection[DictRow], user_id: uuid.UUID, ot
         raise NotFound("No such user", code="user_not_found", fields={"user_ids": ",".join(map(str, missing))})
 
 
-async def _check_no_blocks(
-    conn: AsyncConnection[DictRow], newcomers: Sequence[uuid.UUID], present: Sequence[uuid.UUID]
-) -> None:
+async def _check_no_blocks(conn: PgConnection, newcomers: Sequence[uuid.UUID], present: Sequence[uuid.UUID]) -> None:
     if newcomers and await _blocked_pairs(conn, newcomers, present):
         raise Forbidden(
             "These users cannot be in one conversation (a block exists between them)", code="blocked_member"
@@ -391,7 +387,7 @@ async def get_conversation(stores: Stores, user_id: uuid.UUID, conversation_id: 
 async def _online(stores: Stores, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     try:
         return await online_among(stores.redis, stores.keys, user_ids)
-    except (RedisError, OSError):
+    except REDIS_FAILURES:
         return set()  # presence is decoration: without Redis everybody looks offline
 
 
@@ -456,7 +452,7 @@ async def remove_member(stores: Stores, actor_id: uuid.UUID, conversation_id: uu
         _require_group_admin(conv)
         target = await (
             await tx.conn.execute(
-                "SELECT role FROM messaging.conversation_members WHERE conversation_id = %s AND user_id = %s",
+                "SELECT id, role FROM messaging.conversation_members WHERE conversation_id = %s AND user_id = %s",
                 (conversation_id, user_id),
             )
         ).fetchone()
@@ -464,16 +460,15 @@ async def remove_member(stores: Stores, actor_id: uuid.UUID, conversation_id: uu
             raise NotFound("Not a member of this conversation", code="member_not_found")
         if target["role"] == ROLE_CREATOR or (target["role"] == ROLE_ADMIN and conv["role"] != ROLE_CREATOR):
             raise Forbidden("You cannot remove this member", code="cannot_remove")
-        removed = await _delete_member(tx, conversation_id, user_id)
-    await _apply_unread(stores, [(user_id, conversation_id, -removed)])
+        removed = await _delete_member(tx, target["id"])
+    await unread_counters(stores).apply([(user_id, conversation_id, -removed)])
 
 
-async def _delete_member(tx: Transaction, conversation_id: uuid.UUID, user_id: uuid.UUID) -> int:
-    """Delete one membership; returns its unread count (to take out of Redis)."""
-    rows = await tx.delete_where(
-        "conversation_members", sql.SQL("conversation_id = %s AND user_id = %s"), (conversation_id, user_id)
-    )
-    return int(rows[0]["unread_count"]) if rows else 0
+async def _delete_member(tx: Transaction, member_id: uuid.UUID) -> int:
+    """Delete one membership row (its conversation is locked); returns its unread count (to take out of
+    Redis)."""
+    row = await tx.delete("conversation_members", member_id)
+    return int(row["unread_count"]) if row else 0
 
 
 async def leave_conversation(stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID) -> None:
@@ -482,7 +477,7 @@ async def leave_conversation(stores: Stores, user_id: uuid.UUID, conversation_id
         conv = await _lock_conversation(tx.conn, conversation_id, user_id)
         if conv["type"] != GROUP:
             raise ValidationFailed("you cannot leave a direct conversation", fields={"conversation_id": "direct"})
-        removed = await _delete_member(tx, conversation_id, user_id)
+        removed = await _delete_member(tx, conv["member_id"])
         if conv["role"] == ROLE_CREATOR:
             heir = await (
                 await tx.conn.execute(
@@ -495,7 +490,7 @@ async def leave_conversation(stores: Stores, user_id: uuid.UUID, conversation_id
             ).fetchone()
             if heir is not None:
                 tx.touch("conversation_members", heir["id"], normalize_row(heir))
-    await _apply_unread(stores, [(user_id, conversation_id, -removed)])
+    await unread_counters(stores).apply([(user_id, conversation_id, -removed)])
 
 
 async def conversation_peers(stores: Stores, user_id: uuid.UUID, limit: int = 5000) -> list[uuid.UUID]:
@@ -565,28 +560,24 @@ async def _publish_with_unread(
     stores: Stores,
     recipients: list[uuid.UUID],
     event: dict[str, Any],
-    deltas: list[tuple[uuid.UUID, uuid.UUID, int]],
+    deltas: list[Delta],
 ) -> None:
     """Unread deltas then the event, in one Redis round trip (see `before` in :meth:`Bus.publish
-    <nubo.realtime.bus.Bus.publish>`); failures as in :func:`_apply_unread`
-    and :func:`publish_safely`: logged and counted, never a failed send (PostgreSQL already committed)."""
-    if len(deltas) > 1000:  # big groups: the chunked paths
-        await _apply_unread(stores, deltas)
+    <nubo.realtime.bus.Bus.publish>`); failures as in :meth:`UnreadCounters.apply
+    <nubo.stores.unread.UnreadCounters.apply>` and :func:`publish_safely`: logged and counted, never a failed
+    send (PostgreSQL already committed)."""
+    counters = unread_counters(stores)
+    if len(deltas) > SCRIPT_CHUNK:  # big groups: the chunked paths
+        await counters.apply(deltas)
         await publish_safely(stores, recipients, event)
         return
-    script = stores.script(_APPLY_UNREAD_LUA)
-    keys = [unread_key(stores, uid) for uid, _, _ in deltas]
-    args = [item for _, cid, delta in deltas for item in (str(cid), delta)]
     try:
-        await bus_for(stores).publish(
-            recipients, event, before=(lambda: script(keys=keys, args=args)) if deltas else None
-        )
-    except (RedisError, OSError) as exc:
+        await bus_for(stores).publish(recipients, event, before=counters.applier(deltas))
+    except REDIS_FAILURES as exc:
         stores.count_failure("realtime")
         log.warning("event_publish_failed", extra={"type": event.get("type"), "error": str(exc)[:200]})
         # Which part failed is unknown: drop the hashes so reads rebuild them from PostgreSQL.
-        with contextlib.suppress(RedisError, OSError):
-            await stores.redis.delete(*{unread_key(stores, uid) for uid, _, _ in deltas})
+        await counters.forget(uid for uid, _, _ in deltas)
 
 
 async def _store_send(
@@ -784,7 +775,7 @@ async def _set_preview(tx: Transaction, conversation_id: uuid.UUID, text: str | 
 
 async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID) -> dict[str, Any]:
     """Tombstone a message (content removed, place kept); members who had not read it count one less."""
-    deltas: list[tuple[uuid.UUID, uuid.UUID, int]] = []
+    deltas: list[Delta] = []
     async with _write(stores) as tx:
         conv, message = await _lock_message(tx, user_id, message_id)
         if message["state"] != STATE_DELETED:
@@ -812,7 +803,7 @@ async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UU
             if conv.get("last_message_id") == message_id:
                 await _set_preview(tx, conv["id"], None)
         members = await _member_ids(tx.conn, conv["id"])
-    await _apply_unread(stores, deltas)
+    await unread_counters(stores).apply(deltas)
     await publish_safely(
         stores, members, {"type": "message.deleted", "conversation_id": conv["id"], "message_id": message_id}
     )
@@ -878,7 +869,7 @@ async def mark_read(
         row = normalize_row(updated)
         tx.touch("conversation_members", row["id"], row)
         members = await _member_ids(tx.conn, conversation_id)
-    await _apply_unread(stores, [(user_id, conversation_id, row["unread_count"] - member["unread_count"])])
+    await unread_counters(stores).apply([(user_id, conversation_id, row["unread_count"] - member["unread_count"])])
     await publish_safely(
         stores,
         members,
@@ -891,7 +882,7 @@ async def mark_read(
     }
 
 
-async def _require_member_in(conn: AsyncConnection[DictRow], conversation_id: uuid.UUID, user_id: uuid.UUID) -> Row:
+async def _require_member_in(conn: PgConnection, conversation_id: uuid.UUID, user_id: uuid.UUID) -> Row:
     row = await (
         await conn.execute(
             "SELECT c.* FROM messaging.conversations_meta c JOIN messaging.conversation_members m "
@@ -904,70 +895,14 @@ async def _require_member_in(conn: AsyncConnection[DictRow], conversation_id: uu
     return normalize_row(row)
 
 
-def unread_key(stores: Stores, user_id: uuid.UUID) -> str:
-    return stores.keys("unread", user_id)
-
-
-# KEYS: unread hashes; ARGV: field1, delta1, field2, delta2, ... (one pair per key).
-# Only existing hashes move.
-_APPLY_UNREAD_LUA = """
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('HINCRBY', KEYS[i], ARGV[2 * i - 1], ARGV[2 * i])
-  end
-end
-return #KEYS
-"""
-
-# KEYS: unread hash; ARGV: ttl, field1, value1, ... Fills the hash only if it is still absent.
-_REBUILD_UNREAD_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], '_', '1')
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-
-
-async def _apply_unread(stores: Stores, deltas: Iterable[tuple[uuid.UUID, uuid.UUID, int]]) -> None:
-    """Apply post-commit differences to the Redis counters (failures are repaired by the daily rebuild)."""
-    pairs = [(uid, cid, delta) for uid, cid, delta in deltas if delta]
-    if not pairs:
-        return
-    script = stores.script(_APPLY_UNREAD_LUA)
-    try:
-        for start in range(0, len(pairs), 1000):
-            chunk = pairs[start : start + 1000]
-            await script(
-                keys=[unread_key(stores, uid) for uid, _, _ in chunk],
-                args=[item for _, cid, delta in chunk for item in (str(cid), delta)],
-            )
-    except (RedisError, OSError) as exc:
-        stores.count_failure("redis_unread")
-        log.warning("unread_update_failed", extra={"error": str(exc)[:200]})
-        # A hash that missed an update would stay wrong until it expires: drop them so reads rebuild.
-        with contextlib.suppress(RedisError, OSError):
-            await stores.redis.delete(*{unread_key(stores, uid) for uid, _, _ in pairs})
-
-
 async def unread_counts(stores: Stores, user_id: uuid.UUID) -> dict[uuid.UUID, int]:
     """The caller's unread count per conversation, from Redis (rebuilt from PostgreSQL when absent)."""
-    key = unread_key(stores, user_id)
-    try:
-        raw = await stores.redis.hgetall(key)
-    except (RedisError, OSError):
-        raw = {}
-    if raw:
-        return {uuid.UUID(str(field)): int(value) for field, value in raw.items() if field != "_" and int(value) != 0}
+    counters = unread_counters(stores)
+    cached = await counters.read(user_id)
+    if cached is not None:
+        return cached
     counts = await unread_counts_from_postgres(stores, user_id)
-    script = stores.script(_REBUILD_UNREAD_LUA)
-    try:
-        await script(
-            keys=[key],
-            args=[UNREAD_TTL_SECONDS, *(item for cid, n in counts.items() for item in (str(cid), n))],
-        )
-    except (RedisError, OSError) as exc:
-        log.warning("unread_rebuild_failed", extra={"error": str(exc)[:200]})
+    await counters.rebuild(user_id, counts)
     return {cid: n for cid, n in counts.items() if n}
 
 

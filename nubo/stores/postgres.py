@@ -11,6 +11,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 PgPool = AsyncConnectionPool[AsyncConnection[DictRow]]
+PgConnection = AsyncConnection[DictRow]  # a pooled connection (rows as dicts), for domain type hints
 
 
 async def open_pool(url: str, *, min_size: int = 2, max_size: int = 20, wait: bool = False) -> PgPool:

@@ -12,7 +12,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import ConnectionError, DataError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, DataError, RedisError, ResponseError, TimeoutError
+
+# What a Redis call raises when Redis is down, slow or refuses: domain code catches these to degrade (a copy
+# is dropped, a decoration left out) without importing redis itself.
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, OSError)
 
 # Commands that may wait on the server (or change the connection's state) must keep a connection of their own.
 _UNBATCHED = frozenset(
