@@ -49,6 +49,15 @@ from nubo import posts, ratelimit
 from nubo.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from nubo.ids import new_id, parse_id
 from nubo.logs import get_logger
+from nubo.model import (
+    ConversationKind,
+    ConversationState,
+    LikeTarget,
+    MemberRole,
+    MessageState,
+    active_user,
+    blocked_either_way,
+)
 from nubo.pagination import Page, make_page
 from nubo.realtime.bus import bus_for, publish_safely
 from nubo.realtime.presence import online_among
@@ -61,15 +70,9 @@ from nubo.stores.unread import SCRIPT_CHUNK, Delta, unread_counters
 
 log = get_logger(__name__)
 
-DIRECT, GROUP = 0, 1
-KINDS = {"direct": DIRECT, "group": GROUP}
-KIND_NAMES = {DIRECT: "direct", GROUP: "group", 2: "community", 3: "announcement"}
-ROLE_MEMBER, ROLE_ADMIN, ROLE_CREATOR = 0, 1, 2
-ROLE_NAMES = {ROLE_MEMBER: "member", ROLE_ADMIN: "admin", ROLE_CREATOR: "creator"}
-STATE_SENT, STATE_EDITED, STATE_DELETED = 0, 1, 2
-CONVERSATION_ACTIVE = 0
-USER_ACTIVE = 1
-LIKE_MESSAGE = 1  # content.likes.target_type
+KINDS = {"direct": ConversationKind.DIRECT, "group": ConversationKind.GROUP}  # the kinds a client may create
+KIND_NAMES = {kind: kind.name.lower() for kind in ConversationKind}
+ROLE_NAMES = {role: role.name.lower() for role in MemberRole}
 
 MAX_CONTENT = 4000
 MAX_TITLE = 100
@@ -153,13 +156,13 @@ def _user_ids(raw: object, field: str = "user_ids") -> list[uuid.UUID]:
 
 def message_view(row: Row) -> dict[str, Any]:
     """The public shape of a message (a deleted one keeps its place with no content)."""
-    deleted = row.get("state") == STATE_DELETED
+    deleted = row.get("state") == MessageState.DELETED
     return {
         "id": row["id"],
         "conversation_id": row["conversation_id"],
         "sender_id": row["sender_id"],
         "content": None if deleted else row.get("content"),
-        "state": row.get("state", STATE_SENT),
+        "state": row.get("state", MessageState.SENT),
         "message_type": row.get("message_type", 0),
         "client_id": row.get("client_id"),
         "created_at": row.get("created_at"),
@@ -198,7 +201,7 @@ async def _lock_conversation(conn: PgConnection, conversation_id: uuid.UUID, use
         await conn.execute(
             "SELECT c.*, m.role, m.id AS member_id FROM messaging.conversations_meta c "
             "JOIN messaging.conversation_members m ON m.conversation_id = c.id AND m.user_id = %s "
-            "WHERE c.id = %s AND c.state = 0 FOR UPDATE OF c",
+            f"WHERE c.id = %s AND c.state = {ConversationState.ACTIVE:d} FOR UPDATE OF c",
             (user_id, conversation_id),
         )
     ).fetchone()
@@ -230,35 +233,13 @@ async def _require_member(stores: Stores, conversation_id: uuid.UUID, user_id: u
                 "SELECT c.*, m.role, m.unread_count, m.last_read_message_id "
                 "FROM messaging.conversations_meta c "
                 "JOIN messaging.conversation_members m ON m.conversation_id = c.id AND m.user_id = %s "
-                "WHERE c.id = %s AND c.state = 0",
+                f"WHERE c.id = %s AND c.state = {ConversationState.ACTIVE:d}",
                 (user_id, conversation_id),
             )
         ).fetchone()
     if row is None:
         raise NotFound("No such conversation", code="conversation_not_found")
     return normalize_row(row)
-
-
-async def _active_users(conn: PgConnection, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    rows = await (
-        await conn.execute("SELECT id FROM auth.users WHERE id = ANY(%s) AND state = 1", (list(user_ids),))
-    ).fetchall()
-    return {row["id"] for row in rows}
-
-
-async def _blocked_pairs(
-    conn: PgConnection, a: Sequence[uuid.UUID], b: Sequence[uuid.UUID]
-) -> list[tuple[uuid.UUID, uuid.UUID]]:
-    """Blocks (either way) between any user of `a` and any user of `b`."""
-    rows = await (
-        await conn.execute(
-            "SELECT blocker_id, blocked_id FROM auth.blocks "
-            "WHERE (blocker_id = ANY(%(a)s) AND blocked_id = ANY(%(b)s)) "
-            "OR (blocker_id = ANY(%(b)s) AND blocked_id = ANY(%(a)s))",
-            {"a": list(a), "b": list(b)},
-        )
-    ).fetchall()
-    return [(row["blocker_id"], row["blocked_id"]) for row in rows]
 
 
 # ---- conversations ---------------------------------------------------------------------------------------
@@ -271,7 +252,7 @@ async def create_conversation(
     if kind not in KINDS:
         raise ValidationFailed("type must be 'direct' or 'group'", fields={"type": "direct or group"})
     others = [uid for uid in _user_ids(user_ids) if uid != creator_id]
-    if KINDS[kind] == DIRECT:
+    if KINDS[kind] == ConversationKind.DIRECT:
         if len(others) != 1:
             raise ValidationFailed(
                 "a direct conversation has exactly one other user",
@@ -292,13 +273,13 @@ async def _create_direct(stores: Stores, creator_id: uuid.UUID, other_id: uuid.U
         try:
             conv = await tx.insert(
                 "conversations",
-                {"id": new_id(), "type": DIRECT, "direct_key": direct_key, "created_by": creator_id},
+                {"id": new_id(), "type": ConversationKind.DIRECT, "direct_key": direct_key, "created_by": creator_id},
                 on_conflict_do_nothing=True,
             )
         except LookupError:
             conv = None
         if conv is not None:
-            await _insert_members(tx, conv["id"], [(creator_id, ROLE_CREATOR), (other_id, ROLE_MEMBER)])
+            await _insert_members(tx, conv["id"], [(creator_id, MemberRole.CREATOR), (other_id, MemberRole.MEMBER)])
     if conv is None:  # it already existed (maybe created by the other user at the same moment)
         async with stores.pg.connection() as conn:
             row = await (
@@ -311,15 +292,30 @@ async def _create_direct(stores: Stores, creator_id: uuid.UUID, other_id: uuid.U
 
 async def _check_can_meet(conn: PgConnection, user_id: uuid.UUID, others: Sequence[uuid.UUID]) -> None:
     """Others must be active and not blocked either way with `user_id` (else they look absent: 404)."""
-    active = await _active_users(conn, others)
-    blocked = {a if b == user_id else b for a, b in await _blocked_pairs(conn, [user_id], others)}
-    missing = [uid for uid in others if uid not in active or uid in blocked]
+    rows = await (
+        await conn.execute(
+            f"SELECT u.id FROM auth.users u WHERE u.id = ANY(%(others)s) AND {active_user('u')} "
+            f"AND NOT {blocked_either_way('u.id', '%(me)s')}",
+            {"others": list(others), "me": user_id},
+        )
+    ).fetchall()
+    can_meet = {row["id"] for row in rows}
+    missing = [uid for uid in others if uid not in can_meet]
     if missing:
         raise NotFound("No such user", code="user_not_found", fields={"user_ids": ",".join(map(str, missing))})
 
 
 async def _check_no_blocks(conn: PgConnection, newcomers: Sequence[uuid.UUID], present: Sequence[uuid.UUID]) -> None:
-    if newcomers and await _blocked_pairs(conn, newcomers, present):
+    """No block, either way, between a newcomer and anyone present (newcomers included) (else 403)."""
+    if not newcomers:
+        return
+    row = await (
+        await conn.execute(
+            f"SELECT {blocked_either_way('ANY(%(newcomers)s)', 'ANY(%(present)s)')} AS blocked",
+            {"newcomers": list(newcomers), "present": list(present)},
+        )
+    ).fetchone()
+    if row is not None and row["blocked"]:
         raise Forbidden(
             "These users cannot be in one conversation (a block exists between them)", code="blocked_member"
         )
@@ -348,9 +344,11 @@ async def _create_group(stores: Stores, creator_id: uuid.UUID, others: list[uuid
         await _check_can_meet(tx.conn, creator_id, others)
         await _check_no_blocks(tx.conn, others, others)
         conv = await tx.insert(
-            "conversations", {"id": new_id(), "type": GROUP, "title": title, "created_by": creator_id}
+            "conversations", {"id": new_id(), "type": ConversationKind.GROUP, "title": title, "created_by": creator_id}
         )
-        await _insert_members(tx, conv["id"], [(creator_id, ROLE_CREATOR)] + [(uid, ROLE_MEMBER) for uid in others])
+        await _insert_members(
+            tx, conv["id"], [(creator_id, MemberRole.CREATOR)] + [(uid, MemberRole.MEMBER) for uid in others]
+        )
     return await get_conversation(stores, creator_id, conv["id"])
 
 
@@ -368,7 +366,7 @@ async def get_conversation(stores: Stores, user_id: uuid.UUID, conversation_id: 
         ).fetchall()
     online = await _online(stores, [row["user_id"] for row in rows])
     view = conversation_view(conv)
-    if conv["type"] == DIRECT:
+    if conv["type"] == ConversationKind.DIRECT:
         view["peer_id"] = next((row["user_id"] for row in rows if row["user_id"] != user_id), None)
     view["members"] = [
         {
@@ -399,11 +397,11 @@ async def list_conversations(
         rows = await (
             await conn.execute(
                 "SELECT c.*, m.role, m.unread_count, m.last_read_message_id, "
-                "  (SELECT o.user_id FROM messaging.conversation_members o WHERE c.type = 0 "
+                f"  (SELECT o.user_id FROM messaging.conversation_members o WHERE c.type = {ConversationKind.DIRECT:d} "
                 "   AND o.conversation_id = c.id AND o.user_id <> %(me)s LIMIT 1) AS peer_id "
                 "FROM messaging.conversation_members m "
                 "JOIN messaging.conversations_meta c ON c.id = m.conversation_id "
-                "WHERE m.user_id = %(me)s AND c.state = 0 AND (%(before)s::uuid IS NULL OR "
+                f"WHERE m.user_id = %(me)s AND c.state = {ConversationState.ACTIVE:d} AND (%(before)s::uuid IS NULL OR "
                 "  (coalesce(c.last_message_time, c.created_at), c.id) < "
                 "  (SELECT coalesce(b.last_message_time, "
                 "   b.created_at), b.id FROM messaging.conversations_meta b WHERE b.id = %(before)s)) "
@@ -431,14 +429,14 @@ async def add_members(
             raise ValidationFailed(f"a group has at most {MAX_MEMBERS} members", fields={"user_ids": "too many"})
         await _check_can_meet(tx.conn, actor_id, newcomers)
         await _check_no_blocks(tx.conn, newcomers, [*present, *newcomers])
-        await _insert_members(tx, conversation_id, [(uid, ROLE_MEMBER) for uid in newcomers])
+        await _insert_members(tx, conversation_id, [(uid, MemberRole.MEMBER) for uid in newcomers])
     return await get_conversation(stores, actor_id, conversation_id)
 
 
 def _require_group_admin(conv: Row) -> None:
-    if conv["type"] != GROUP:
+    if conv["type"] != ConversationKind.GROUP:
         raise ValidationFailed("members of a direct conversation cannot change", fields={"conversation_id": "direct"})
-    if conv["role"] < ROLE_ADMIN:
+    if conv["role"] < MemberRole.ADMIN:
         raise Forbidden("Only admins can change the members", code="not_admin")
 
 
@@ -458,7 +456,9 @@ async def remove_member(stores: Stores, actor_id: uuid.UUID, conversation_id: uu
         ).fetchone()
         if target is None:
             raise NotFound("Not a member of this conversation", code="member_not_found")
-        if target["role"] == ROLE_CREATOR or (target["role"] == ROLE_ADMIN and conv["role"] != ROLE_CREATOR):
+        if target["role"] == MemberRole.CREATOR or (
+            target["role"] == MemberRole.ADMIN and conv["role"] != MemberRole.CREATOR
+        ):
             raise Forbidden("You cannot remove this member", code="cannot_remove")
         removed = await _delete_member(tx, target["id"])
     await unread_counters(stores).apply([(user_id, conversation_id, -removed)])
@@ -475,14 +475,14 @@ async def leave_conversation(stores: Stores, user_id: uuid.UUID, conversation_id
     """Leave a group; a leaving creator hands the role to the longest-standing admin, else member."""
     async with _write(stores) as tx:
         conv = await _lock_conversation(tx.conn, conversation_id, user_id)
-        if conv["type"] != GROUP:
+        if conv["type"] != ConversationKind.GROUP:
             raise ValidationFailed("you cannot leave a direct conversation", fields={"conversation_id": "direct"})
         removed = await _delete_member(tx, conv["member_id"])
-        if conv["role"] == ROLE_CREATOR:
+        if conv["role"] == MemberRole.CREATOR:
             heir = await (
                 await tx.conn.execute(
-                    "UPDATE messaging.conversation_members SET role = 2 WHERE id = (SELECT id FROM "
-                    "messaging.conversation_members WHERE conversation_id = %s "
+                    f"UPDATE messaging.conversation_members SET role = {MemberRole.CREATOR:d} WHERE id = ("
+                    "SELECT id FROM messaging.conversation_members WHERE conversation_id = %s "
                     "ORDER BY role DESC, joined_at, id "
                     "LIMIT 1) RETURNING *",
                     (conversation_id,),
@@ -622,16 +622,15 @@ async def _store_send(
 # - outbox: the outbox rows of all three (same commit).
 # The FOR UPDATE in `conv` makes concurrent sends to one conversation wait for each other, and the waiting one
 # then reads the committed last id. PostgreSQL runs every data-modifying CTE to completion, referenced or not.
-_SEND_SQL = """
+_SEND_SQL = f"""
 WITH conv AS (
-    SELECT c.id, c.last_message_id, (c.type = 0 AND EXISTS (
+    SELECT c.id, c.last_message_id, (c.type = {ConversationKind.DIRECT:d} AND EXISTS (
         SELECT 1 FROM messaging.conversation_members o JOIN auth.users u ON u.id = o.user_id
-        WHERE o.conversation_id = c.id AND o.user_id <> %(sender)s AND (u.state <> 1 OR EXISTS (
-            SELECT 1 FROM auth.blocks b WHERE (b.blocker_id = o.user_id AND b.blocked_id = %(sender)s)
-            OR (b.blocker_id = %(sender)s AND b.blocked_id = o.user_id))))) AS closed
+        WHERE o.conversation_id = c.id AND o.user_id <> %(sender)s
+            AND (NOT {active_user("u")} OR {blocked_either_way("o.user_id", "%(sender)s")}))) AS closed
     FROM messaging.conversations_meta c JOIN messaging.conversation_members m
         ON m.conversation_id = c.id AND m.user_id = %(sender)s
-    WHERE c.id = %(conv)s AND c.state = 0
+    WHERE c.id = %(conv)s AND c.state = {ConversationState.ACTIVE:d}
     FOR UPDATE OF c
 ), msg AS (
     INSERT INTO messaging.message_index (id, conversation_id, sender_id, content, client_id)
@@ -657,10 +656,10 @@ WITH conv AS (
     UNION ALL SELECT 'conversation_members', id, 'upsert' FROM bumped
     RETURNING id, collection
 )
-SELECT conv.closed, msg.*, coalesce((SELECT array_agg(user_id) FROM bumped), '{}') AS recipients,
-       coalesce((SELECT array_agg(id) FROM bumped), '{}') AS member_row_ids,
-       coalesce((SELECT array_agg(id) FROM outbox WHERE collection = 'messages'), '{}') AS message_outbox_ids,
-       coalesce((SELECT array_agg(id) FROM outbox WHERE collection <> 'messages'), '{}') AS summary_outbox_ids
+SELECT conv.closed, msg.*, coalesce((SELECT array_agg(user_id) FROM bumped), '{{}}') AS recipients,
+       coalesce((SELECT array_agg(id) FROM bumped), '{{}}') AS member_row_ids,
+       coalesce((SELECT array_agg(id) FROM outbox WHERE collection = 'messages'), '{{}}') AS message_outbox_ids,
+       coalesce((SELECT array_agg(id) FROM outbox WHERE collection <> 'messages'), '{{}}') AS summary_outbox_ids
 FROM conv LEFT JOIN msg ON true
 """
 
@@ -742,11 +741,12 @@ async def edit_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID
     text = _clean_content(content)
     async with _write(stores) as tx:
         conv, message = await _lock_message(tx, user_id, message_id)
-        if message["state"] == STATE_DELETED:
+        if message["state"] == MessageState.DELETED:
             raise Conflict("This message was deleted", code="message_deleted")
         updated = await (
             await tx.conn.execute(
-                "UPDATE messaging.message_index SET content = %s, state = 1, edited_at = now() WHERE id = %s "
+                f"UPDATE messaging.message_index SET content = %s, state = {MessageState.EDITED:d}, edited_at = now() "
+                "WHERE id = %s "
                 "RETURNING *",
                 (text, message_id),
             )
@@ -778,11 +778,11 @@ async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UU
     deltas: list[Delta] = []
     async with _write(stores) as tx:
         conv, message = await _lock_message(tx, user_id, message_id)
-        if message["state"] != STATE_DELETED:
+        if message["state"] != MessageState.DELETED:
             updated = await (
                 await tx.conn.execute(
                     "UPDATE messaging.message_index SET content = NULL, attachments = '{}'::jsonb, "
-                    "state = 2, edited_at = now() WHERE id = %s RETURNING *",
+                    f"state = {MessageState.DELETED:d}, edited_at = now() WHERE id = %s RETURNING *",
                     (message_id,),
                 )
             ).fetchone()
@@ -815,7 +815,7 @@ async def like_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID
 
     Likes of every kind share one implementation (`nubo.posts.like`, membership checked there)."""
     change = posts.like if liked else posts.unlike
-    state = await change(stores, user_id, posts.TARGET_MESSAGE, message_id)
+    state = await change(stores, user_id, LikeTarget.MESSAGE, message_id)
     return {"message_id": message_id, "liked": state["liked"], "likes": state["like_count"]}
 
 
@@ -860,7 +860,7 @@ async def mark_read(
             await tx.conn.execute(
                 "UPDATE messaging.conversation_members m SET last_read_message_id = %(mid)s, unread_count = "
                 "(SELECT count(*) FROM messaging.message_index x WHERE x.conversation_id = m.conversation_id "
-                " AND x.id > %(mid)s AND x.sender_id <> m.user_id AND x.state <> 2) "
+                f" AND x.id > %(mid)s AND x.sender_id <> m.user_id AND x.state <> {MessageState.DELETED:d}) "
                 "WHERE m.id = %(id)s RETURNING *",
                 {"mid": target, "id": member["id"]},
             )
@@ -886,7 +886,8 @@ async def _require_member_in(conn: PgConnection, conversation_id: uuid.UUID, use
     row = await (
         await conn.execute(
             "SELECT c.* FROM messaging.conversations_meta c JOIN messaging.conversation_members m "
-            "ON m.conversation_id = c.id AND m.user_id = %s WHERE c.id = %s AND c.state = 0",
+            "ON m.conversation_id = c.id AND m.user_id = %s "
+            f"WHERE c.id = %s AND c.state = {ConversationState.ACTIVE:d}",
             (user_id, conversation_id),
         )
     ).fetchone()

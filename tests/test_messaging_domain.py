@@ -11,6 +11,7 @@ import pytest
 from nubo import messaging
 from nubo.errors import Forbidden, NotFound, RateLimited, ValidationFailed
 from nubo.ids import new_id
+from nubo.model import MessageState
 from nubo.realtime.bus import bus_for
 from nubo.stores import Stores
 from nubo.stores.projection import Projector, projection_for
@@ -131,11 +132,11 @@ async def test_read_delete_and_unread_stay_in_step(db: Stores) -> None:
     with pytest.raises(Forbidden):
         await messaging.edit_message(db, bob.id, sent[2]["id"], "not mine")
     edited = await messaging.edit_message(db, alice.id, sent[2]["id"], "fixed")
-    assert edited["state"] == messaging.STATE_EDITED and edited["content"] == "fixed"
+    assert edited["state"] == MessageState.EDITED and edited["content"] == "fixed"
     await _settled(db)
     page = await messaging.list_messages(db, bob.id, cid, limit=10, before=None)
     assert [m["id"] for m in page.items] == [m["id"] for m in reversed(sent)]
-    assert page.items[0]["content"] is None and page.items[0]["state"] == messaging.STATE_DELETED
+    assert page.items[0]["content"] is None and page.items[0]["state"] == MessageState.DELETED
     assert page.items[2]["content"] == "fixed"
     await messaging.mark_read(db, bob.id, cid)
     assert (await messaging.unread_counts(db, bob.id)).get(cid, 0) == 0
