@@ -11,6 +11,7 @@ import pytest
 from nubo import messaging
 from nubo.errors import Forbidden, NotFound, RateLimited, ValidationFailed
 from nubo.ids import new_id
+from nubo.messaging import messages as message_module
 from nubo.model import MessageState
 from nubo.realtime.bus import bus_for
 from nubo.stores import Stores
@@ -88,7 +89,7 @@ async def test_the_sender_learns_the_id_once_committed_and_before_the_publish(db
     alice, bob = await make_users(db, "alice", "bob")
     conv, _ = await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])
     steps: list[tuple[str, object]] = []
-    real_publish = messaging._publish_with_unread
+    real_publish = message_module._publish_with_unread
 
     async def publish(*args: Any, **kwargs: Any) -> None:
         steps.append(("published", None))
@@ -97,12 +98,12 @@ async def test_the_sender_learns_the_id_once_committed_and_before_the_publish(db
     def committed(result: messaging.SendResult) -> None:
         steps.append(("committed", (result.message["id"], result.created)))
 
-    messaging._publish_with_unread = publish  # type: ignore[assignment]  # records the order; the real one runs
+    message_module._publish_with_unread = publish  # type: ignore[assignment]  # records the order; the real one runs
     try:
         sent = await messaging.send_message(db, alice.id, conv["id"], "hi", "ack-1", committed=committed)
         retry = await messaging.send_message(db, alice.id, conv["id"], "hi", "ack-1", committed=committed)
     finally:
-        messaging._publish_with_unread = real_publish  # type: ignore[assignment]
+        message_module._publish_with_unread = real_publish  # type: ignore[assignment]
     message_id = sent.message["id"]
     assert steps == [("committed", (message_id, True)), ("published", None), ("committed", (message_id, False))]
     assert retry.message["id"] == message_id
