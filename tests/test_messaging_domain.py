@@ -11,6 +11,8 @@ import pytest
 from nubo import messaging
 from nubo.errors import Forbidden, NotFound, RateLimited, ValidationFailed
 from nubo.ids import new_id
+from nubo.messaging import messages as message_module
+from nubo.model import MessageState
 from nubo.stores import Stores
 from nubo.stores.projection import Projector
 from tests.test_messaging_support import make_users
@@ -86,7 +88,7 @@ async def test_the_sender_learns_the_id_once_committed_and_before_the_publish(db
     alice, bob = await make_users(db, "alice", "bob")
     conv, _ = await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])
     steps: list[tuple[str, object]] = []
-    real_publish = messaging._publish_with_unread
+    real_publish = message_module._publish_with_unread
 
     async def publish(*args: Any, **kwargs: Any) -> None:
         steps.append(("published", None))
@@ -95,12 +97,12 @@ async def test_the_sender_learns_the_id_once_committed_and_before_the_publish(db
     def committed(result: messaging.SendResult) -> None:
         steps.append(("committed", (result.message["id"], result.created)))
 
-    messaging._publish_with_unread = publish  # type: ignore[assignment]  # records the order; the real one runs
+    message_module._publish_with_unread = publish  # type: ignore[assignment]  # records the order; the real one runs
     try:
         sent = await messaging.send_message(db, alice.id, conv["id"], "hi", "ack-1", committed=committed)
         retry = await messaging.send_message(db, alice.id, conv["id"], "hi", "ack-1", committed=committed)
     finally:
-        messaging._publish_with_unread = real_publish  # type: ignore[assignment]
+        message_module._publish_with_unread = real_publish  # type: ignore[assignment]
     message_id = sent.message["id"]
     assert steps == [("committed", (message_id, True)), ("published", None), ("committed", (message_id, False))]
     assert retry.message["id"] == message_id
@@ -130,11 +132,11 @@ async def test_read_delete_and_unread_stay_in_step(db: Stores) -> None:
     with pytest.raises(Forbidden):
         await messaging.edit_message(db, bob.id, sent[2]["id"], "not mine")
     edited = await messaging.edit_message(db, alice.id, sent[2]["id"], "fixed")
-    assert edited["state"] == messaging.STATE_EDITED and edited["content"] == "fixed"
+    assert edited["state"] == MessageState.EDITED and edited["content"] == "fixed"
     await _settled(db)
     page = await messaging.list_messages(db, bob.id, cid, limit=10, before=None)
     assert [m["id"] for m in page.items] == [m["id"] for m in reversed(sent)]
-    assert page.items[0]["content"] is None and page.items[0]["state"] == messaging.STATE_DELETED
+    assert page.items[0]["content"] is None and page.items[0]["state"] == MessageState.DELETED
     assert page.items[2]["content"] == "fixed"
     await messaging.mark_read(db, bob.id, cid)
     assert (await messaging.unread_counts(db, bob.id)).get(cid, 0) == 0

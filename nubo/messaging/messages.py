@@ -1,0 +1,353 @@
+"""Messages: sending, the history, editing, deleting and likes.
+
+- Message ids follow commit order within a conversation: a new id is made greater than the conversation's
+  `last_message_id` under the conversation's lock, so "read up to id X" and "newest first" are exact.
+- `client_id` is unique per sender: a retried send returns the stored message, publishes nothing again and
+  counts nothing twice.
+- Delivery order: each member gets one sender's messages in the order they were sent; messages of two
+  senders committed a moment apart may be published (hence delivered) in either order, since publishing
+  happens after the commit. Clients order a conversation by message id, which is the commit order.
+- A send is one statement (:data:`_SEND_SQL`), committed before the sender is acknowledged; its rows reach
+  Mongo and Redis through messaging's projector without being waited for.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nubo import posts, ratelimit
+from nubo.errors import Conflict, Forbidden, NotFound
+from nubo.ids import new_id
+from nubo.logs import get_logger
+from nubo.messaging.shared import (
+    PREVIEW_CHARS,
+    clean_client_id,
+    clean_content,
+    fetch_member_ids,
+    lock_conversation,
+    require_member,
+    write,
+)
+from nubo.messaging.views import message_view
+from nubo.model import ConversationKind, ConversationState, LikeTarget, MessageState, active_user, blocked_either_way
+from nubo.pagination import Page, make_page
+from nubo.stores import Stores
+from nubo.stores.entities import Row, normalize_row
+from nubo.stores.postgres import single_statement
+from nubo.stores.redis import REDIS_FAILURES
+from nubo.stores.transaction import Transaction
+from nubo.stores.unread import SCRIPT_CHUNK, Delta, unread_counters
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """A stored message and whether this call created it (False: an idempotent retry)."""
+
+    message: dict[str, Any]
+    created: bool
+
+
+async def send_message(
+    stores: Stores,
+    sender_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    content: object,
+    client_id: object = None,
+    *,
+    committed: Callable[[SendResult], None] | None = None,
+) -> SendResult:
+    """Store a message (idempotent per `client_id`), count it unread for the others, then publish it.
+
+    `committed` (e.g. the WebSocket ack) is called once the message is committed in PostgreSQL, before it is
+    published: the sender learns its id without waiting for the delivery to others, which adds no guarantee
+    (a failed publish is logged, never reported to the sender)."""
+    text = clean_content(content)
+    cid = clean_client_id(client_id)
+    # Retries count against the limit too: a client stuck retrying is exactly what the limit is for.
+    await ratelimit.rate_limit(stores, "messages", str(sender_id), stores.settings.rate_messages)
+    row = await _store_send(stores, sender_id, conversation_id, text, cid)
+    if row is None:  # this client_id was used before: an idempotent retry
+        existing = await _existing_send(stores, sender_id, cid or "")
+        assert existing is not None
+        replayed = _replayed(existing, conversation_id)
+        if committed is not None:
+            committed(replayed)
+        return replayed
+    recipients = [sender_id, *row.pop("recipients")]
+    view = message_view(row)
+    result = SendResult(view, True)
+    if committed is not None:
+        committed(result)
+    await _publish_with_unread(
+        stores,
+        recipients,
+        {"type": "message.new", "conversation_id": conversation_id, "message": view},
+        [(uid, conversation_id, 1) for uid in recipients[1:]],
+    )
+    return result
+
+
+async def _publish_with_unread(
+    stores: Stores,
+    recipients: list[uuid.UUID],
+    event: dict[str, Any],
+    deltas: list[Delta],
+) -> None:
+    """Unread deltas then the event, in one Redis round trip (see `before` in :meth:`Bus.publish
+    <nubo.realtime.bus.Bus.publish>`); failures as in :meth:`UnreadCounters.apply
+    <nubo.stores.unread.UnreadCounters.apply>` and :func:`publish_safely`: logged and counted, never a failed
+    send (PostgreSQL already committed)."""
+    counters = unread_counters(stores)
+    if len(deltas) > SCRIPT_CHUNK:  # big groups: the chunked paths
+        await counters.apply(deltas)
+        await stores.events.publish_safely(recipients, event)
+        return
+    try:
+        await stores.events.publish(recipients, event, before=counters.applier(deltas))
+    except REDIS_FAILURES as exc:
+        stores.count_failure("realtime")
+        log.warning("event_publish_failed", extra={"type": event.get("type"), "error": str(exc)[:200]})
+        # Which part failed is unknown: drop the hashes so reads rebuild them from PostgreSQL.
+        await counters.forget(uid for uid, _, _ in deltas)
+
+
+async def _store_send(
+    stores: Stores, sender_id: uuid.UUID, conversation_id: uuid.UUID, text: str, cid: str | None
+) -> Row | None:
+    """The send in one statement (:data:`_SEND_SQL`: lock, checks, insert, counters, outbox), so one round
+    trip, committed when it returns: our caller acks only after the commit. None: a replayed client_id. The
+    rows go to Mongo/Redis through messaging's projector without being waited for."""
+    params = {
+        "id": new_id(),
+        "conv": conversation_id,
+        "sender": sender_id,
+        "content": text,
+        "client_id": cid,
+        "preview": PREVIEW_CHARS,
+    }
+    async with stores.pg.connection() as conn:
+        found = await single_statement(conn, _SEND_SQL, params)
+    if found is None:
+        raise NotFound("No such conversation", code="conversation_not_found")
+    if found["closed"]:
+        raise Forbidden("You cannot send messages in this conversation", code="conversation_closed")
+    if found["id"] is None:
+        return None
+    row = normalize_row({name: value for name, value in found.items() if name != "closed"})
+    projector = stores.messaging_projector
+    # Projected later from PostgreSQL's current state; only the message is read through the tiers.
+    projector.defer_rows({"messages": [row["id"]]}, row.pop("message_outbox_ids"))
+    summaries = {"conversations": [conversation_id], "conversation_members": row.pop("member_row_ids")}
+    projector.defer_rows(summaries, row.pop("summary_outbox_ids"), lazy=True)
+    return row
+
+
+# One statement for the whole send, so that it needs one round trip:
+# - conv: the conversation, locked, when the sender is a member (no row: 404); `closed` when it is a direct
+#   one whose other user is not active or blocks or is blocked by the sender (403);
+# - msg: the message (none when closed, or when its client_id was used: an idempotent retry). Its id is the
+#   UUIDv7 drawn in Python, or the conversation's last id plus one when that one is not above it (clocks of
+#   two instances may disagree by a ms): ids only grow within a conversation. The +1 bumps the random tail;
+#   version and variant bits stay;
+# - meta, bumped: the conversation's last message and +1 unread for every other member;
+# - outbox: the outbox rows of all three (same commit).
+# The FOR UPDATE in `conv` makes concurrent sends to one conversation wait for each other, and the waiting one
+# then reads the committed last id. PostgreSQL runs every data-modifying CTE to completion, referenced or not.
+_SEND_SQL = f"""
+WITH conv AS (
+    SELECT c.id, c.last_message_id, (c.type = {ConversationKind.DIRECT:d} AND EXISTS (
+        SELECT 1 FROM messaging.conversation_members o JOIN auth.users u ON u.id = o.user_id
+        WHERE o.conversation_id = c.id AND o.user_id <> %(sender)s
+            AND (NOT {active_user("u")} OR {blocked_either_way("o.user_id", "%(sender)s")}))) AS closed
+    FROM messaging.conversations_meta c JOIN messaging.conversation_members m
+        ON m.conversation_id = c.id AND m.user_id = %(sender)s
+    WHERE c.id = %(conv)s AND c.state = {ConversationState.ACTIVE:d}
+    FOR UPDATE OF c
+), msg AS (
+    INSERT INTO messaging.message_index (id, conversation_id, sender_id, content, client_id)
+    SELECT CASE WHEN conv.last_message_id IS NULL OR %(id)s::uuid > conv.last_message_id THEN %(id)s::uuid
+                ELSE (left(replace(conv.last_message_id::text, '-', ''), 16) || lpad(to_hex(
+                    ('x' || right(replace(conv.last_message_id::text, '-', ''), 16))::bit(64)::bigint + 1
+                ), 16, '0'))::uuid END,
+           conv.id, %(sender)s, %(content)s, %(client_id)s
+    FROM conv WHERE NOT conv.closed
+    ON CONFLICT (sender_id, client_id) DO NOTHING RETURNING *
+), meta AS (
+    UPDATE messaging.conversations_meta c SET last_message_id = msg.id, last_message_time = msg.created_at,
+        last_message_text = left(msg.content, %(preview)s)
+    FROM msg WHERE c.id = msg.conversation_id RETURNING c.id
+), bumped AS (
+    UPDATE messaging.conversation_members m SET unread_count = m.unread_count + 1
+    FROM msg WHERE m.conversation_id = msg.conversation_id AND m.user_id <> msg.sender_id
+    RETURNING m.id, m.user_id
+), outbox AS (
+    INSERT INTO logic.outbox (collection, entity_id, op)
+    SELECT 'messages', id, 'upsert' FROM msg
+    UNION ALL SELECT 'conversations', id, 'upsert' FROM meta
+    UNION ALL SELECT 'conversation_members', id, 'upsert' FROM bumped
+    RETURNING id, collection
+)
+SELECT conv.closed, msg.*, coalesce((SELECT array_agg(user_id) FROM bumped), '{{}}') AS recipients,
+       coalesce((SELECT array_agg(id) FROM bumped), '{{}}') AS member_row_ids,
+       coalesce((SELECT array_agg(id) FROM outbox WHERE collection = 'messages'), '{{}}') AS message_outbox_ids,
+       coalesce((SELECT array_agg(id) FROM outbox WHERE collection <> 'messages'), '{{}}') AS summary_outbox_ids
+FROM conv LEFT JOIN msg ON true
+"""
+
+
+async def _existing_send(stores: Stores, sender_id: uuid.UUID, client_id: str) -> Row | None:
+    async with stores.pg.connection() as conn:
+        row = await (
+            await conn.execute(
+                "SELECT * FROM messaging.message_index WHERE sender_id = %s AND client_id = %s",
+                (sender_id, client_id),
+            )
+        ).fetchone()
+    return normalize_row(row) if row is not None else None
+
+
+def _replayed(existing: Row, conversation_id: uuid.UUID) -> SendResult:
+    if existing["conversation_id"] != conversation_id:
+        raise Conflict("client_id was already used for a message in another conversation", code="client_id_reused")
+    return SendResult(message_view(existing), False)
+
+
+async def list_messages(
+    stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
+) -> Page[dict[str, Any]]:
+    """Newest first. The page's ids come from PostgreSQL's (conversation_id, id) index — always complete —
+    and the bodies through the tiers (Redis, then Mongo `messages_recent`, then PostgreSQL for older ones)."""
+    await require_member(stores, conversation_id, user_id)
+    async with stores.pg.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT id FROM messaging.message_index "
+                "WHERE conversation_id = %s AND (%s::uuid IS NULL OR id < %s) "
+                "ORDER BY id DESC LIMIT %s",
+                (conversation_id, before, before, limit + 1),
+            )
+        ).fetchall()
+    ids = [row["id"] for row in rows]
+    found = {row["id"]: row for row in await _messages_by_id(stores, ids)}
+    views = [message_view(found[mid]) for mid in ids if mid in found]
+    return make_page(views, limit)
+
+
+async def _messages_by_id(stores: Stores, ids: list[uuid.UUID]) -> list[Row]:
+    """Bodies through the tiers. FerretDB can answer a fill racing another instance's projection of the same
+    document with a bulk reply pymongo cannot parse (KeyError, not a PyMongoError): then read PostgreSQL."""
+    try:
+        return await stores.tiered.get_many("messages", ids)
+    except KeyError as exc:
+        log.warning("message_fill_failed", extra={"error": f"KeyError: {exc}"})
+        async with stores.pg.connection() as conn:
+            rows = await (
+                await conn.execute("SELECT * FROM messaging.message_index WHERE id = ANY(%s)", (ids,))
+            ).fetchall()
+        return [normalize_row(row) for row in rows]
+
+
+async def _lock_message(tx: Transaction, user_id: uuid.UUID, message_id: uuid.UUID) -> tuple[Row, Row]:
+    """Lock the message's conversation (then the message) for its sender; 404 for non-members, 403 others."""
+    found = await (
+        await tx.conn.execute("SELECT conversation_id FROM messaging.message_index WHERE id = %s", (message_id,))
+    ).fetchone()
+    if found is None:
+        raise NotFound("No such message", code="message_not_found")
+    try:
+        conv = await lock_conversation(tx.conn, found["conversation_id"], user_id)
+    except NotFound:
+        raise NotFound("No such message", code="message_not_found") from None
+    row = await (
+        await tx.conn.execute("SELECT * FROM messaging.message_index WHERE id = %s FOR UPDATE", (message_id,))
+    ).fetchone()
+    assert row is not None
+    message = normalize_row(row)
+    if message["sender_id"] != user_id:
+        raise Forbidden("Only the sender can change a message", code="not_sender")
+    return conv, message
+
+
+async def edit_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, content: object) -> dict[str, Any]:
+    text = clean_content(content)
+    async with write(stores) as tx:
+        conv, message = await _lock_message(tx, user_id, message_id)
+        if message["state"] == MessageState.DELETED:
+            raise Conflict("This message was deleted", code="message_deleted")
+        updated = await (
+            await tx.conn.execute(
+                f"UPDATE messaging.message_index SET content = %s, state = {MessageState.EDITED:d}, edited_at = now() "
+                "WHERE id = %s "
+                "RETURNING *",
+                (text, message_id),
+            )
+        ).fetchone()
+        assert updated is not None
+        row = normalize_row(updated)
+        tx.touch("messages", message_id, row)
+        if conv.get("last_message_id") == message_id:
+            await _set_preview(tx, conv["id"], text[:PREVIEW_CHARS])
+        members = await fetch_member_ids(tx.conn, conv["id"])
+        view = message_view(row)
+        tx.emit(members, {"type": "message.edited", "conversation_id": conv["id"], "message": view})
+    return view
+
+
+async def _set_preview(tx: Transaction, conversation_id: uuid.UUID, text: str | None) -> None:
+    row = await (
+        await tx.conn.execute(
+            "UPDATE messaging.conversations_meta SET last_message_text = %s WHERE id = %s RETURNING *",
+            (text, conversation_id),
+        )
+    ).fetchone()
+    if row is not None:
+        tx.touch("conversations", conversation_id, normalize_row(row))
+
+
+async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID) -> dict[str, Any]:
+    """Tombstone a message (content removed, place kept); members who had not read it count one less."""
+    deltas: list[Delta] = []
+    async with write(stores) as tx:
+        conv, message = await _lock_message(tx, user_id, message_id)
+        if message["state"] != MessageState.DELETED:
+            updated = await (
+                await tx.conn.execute(
+                    "UPDATE messaging.message_index SET content = NULL, attachments = '{}'::jsonb, "
+                    f"state = {MessageState.DELETED:d}, edited_at = now() WHERE id = %s RETURNING *",
+                    (message_id,),
+                )
+            ).fetchone()
+            assert updated is not None
+            message = normalize_row(updated)
+            tx.touch("messages", message_id, message)
+            lowered = await (
+                await tx.conn.execute(
+                    "UPDATE messaging.conversation_members SET unread_count = unread_count - 1 "
+                    "WHERE conversation_id = %s AND user_id <> %s AND unread_count > 0 "
+                    "AND (last_read_message_id IS NULL OR last_read_message_id < %s) RETURNING *",
+                    (conv["id"], user_id, message_id),
+                )
+            ).fetchall()
+            for member in lowered:
+                tx.touch("conversation_members", member["id"], normalize_row(member))
+                deltas.append((member["user_id"], conv["id"], -1))
+            if conv.get("last_message_id") == message_id:
+                await _set_preview(tx, conv["id"], None)
+        members = await fetch_member_ids(tx.conn, conv["id"])
+        tx.on_commit(lambda: unread_counters(stores).apply(deltas))
+        tx.emit(members, {"type": "message.deleted", "conversation_id": conv["id"], "message_id": message_id})
+    return message_view(message)
+
+
+async def like_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, liked: bool) -> dict[str, Any]:
+    """Like (or unlike) a message of a conversation the caller is in; returns the like count.
+
+    Likes of every kind share one implementation (`nubo.posts.like`, membership checked there)."""
+    change = posts.like if liked else posts.unlike
+    state = await change(stores, user_id, LikeTarget.MESSAGE, message_id)
+    return {"message_id": message_id, "liked": state["liked"], "likes": state["like_count"]}
