@@ -25,16 +25,15 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from psycopg import AsyncConnection, sql
-from psycopg.rows import DictRow
-
 from nubo import social
 from nubo.errors import Forbidden, NotFound, ValidationFailed
 from nubo.ids import new_id
 from nubo.logs import get_logger
+from nubo.model import FollowState, LikeTarget, MessageState, UserState, Visibility, active_user, blocked_either_way
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
 from nubo.stores.derived import post_tag, user_tag
+from nubo.stores.postgres import sql_text
 from nubo.stores.tiered import Row, Transaction, normalize_row, pg_read
 
 log = get_logger(__name__)
@@ -49,10 +48,9 @@ MAX_STORAGE_PATH_CHARS = 1024
 MAX_MEDIA_BYTES = 10 * 1024**3
 MAX_MEDIA_PIXELS_SIDE = 100_000
 
-TARGET_POST, TARGET_MESSAGE, TARGET_COMMENT = 0, 1, 2  # content.likes.target_type, as in the seed
-VISIBILITIES = {"public": social.VISIBILITY_PUBLIC, "followers": social.VISIBILITY_FOLLOWERS}
-USER_ACTIVE = 1
-MESSAGE_DELETED = 2
+# The like targets under the names the routes and nubo.messaging use.
+TARGET_POST, TARGET_MESSAGE, TARGET_COMMENT = LikeTarget.POST, LikeTarget.MESSAGE, LikeTarget.COMMENT
+VISIBILITIES = {"public": Visibility.PUBLIC, "followers": Visibility.FOLLOWERS}
 
 # `@name` where name follows the username rule of auth.users; not preceded by a word char (e-mail addresses).
 MENTION_RE = re.compile(r"(?<![\w@.])@([A-Za-z0-9_.]{3,30})")
@@ -61,7 +59,7 @@ HASHTAG_RE = re.compile(r"(?<![\w#&])#(\w{1,100})")
 MIME_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 
 # SQL: `%(viewer)s` may see user `u` (self, or active and not blocked either way).
-USER_VISIBLE_SQL = f"(u.id = %(viewer)s OR (u.state = 1 AND NOT {social.BLOCKED_EITHER_WAY}))"
+USER_VISIBLE_SQL = f"(u.id = %(viewer)s OR ({active_user('u')} AND NOT {blocked_either_way('u.id', '%(viewer)s')}))"
 
 
 # ---- parsing and validation --------------------------------------------------------------------------------
@@ -78,14 +76,15 @@ def parse_meta(content: str | None) -> dict[str, list[str]]:
     }
 
 
-async def build_meta(conn: AsyncConnection[DictRow], content: str | None) -> dict[str, Any]:
+async def build_meta(tx: Transaction, content: str | None) -> dict[str, Any]:
     """`meta` of a post: hashtags, and the mentions that name existing active users (with their ids)."""
     parsed = parse_meta(content)
     mentions: list[dict[str, str]] = []
     if parsed["mentions"]:
         rows = await (
-            await conn.execute(
-                "SELECT id, lower(username) AS name FROM auth.users WHERE lower(username) = ANY(%s) AND state = 1",
+            await tx.conn.execute(
+                "SELECT id, lower(username) AS name FROM auth.users u "
+                f"WHERE lower(username) = ANY(%s) AND {active_user('u')}",
                 (parsed["mentions"],),
             )
         ).fetchall()
@@ -114,12 +113,12 @@ def _text(value: object, field: str, maximum: int, *, required: bool) -> str | N
     return value
 
 
-def parse_visibility(value: object) -> int:
+def parse_visibility(value: object) -> Visibility:
     """`public`/`followers` (or the stored 0/1) into the stored small int."""
     if isinstance(value, str) and value in VISIBILITIES:
         return VISIBILITIES[value]
     if isinstance(value, int) and not isinstance(value, bool) and value in VISIBILITIES.values():
-        return value
+        return Visibility(value)
     raise ValidationFailed("visibility must be 'public' or 'followers'", fields={"visibility": "public|followers"})
 
 
@@ -142,12 +141,12 @@ def _media_list(value: object) -> list[uuid.UUID]:
     return ids
 
 
-async def _check_media_owner(conn: AsyncConnection[DictRow], owner: uuid.UUID, media_ids: list[uuid.UUID]) -> None:
+async def _check_media_owner(tx: Transaction, owner: uuid.UUID, media_ids: list[uuid.UUID]) -> None:
     """Every id must be media owned by `owner` (read in the write's transaction, from PostgreSQL)."""
     if not media_ids:
         return
     row = await (
-        await conn.execute(
+        await tx.conn.execute(
             "SELECT count(*) AS n FROM content.media WHERE id = ANY(%s) AND owner_id = %s", (media_ids, owner)
         )
     ).fetchone()
@@ -168,13 +167,12 @@ async def _post_context(stores: Stores, viewer: uuid.UUID, post: Row) -> dict[st
         row = await (
             await conn.execute(
                 "SELECT (SELECT state FROM auth.users WHERE id = %(a)s) AS author_state, "
-                "EXISTS (SELECT 1 FROM auth.blocks WHERE (blocker_id = %(a)s AND blocked_id = %(v)s) "
-                "        OR (blocker_id = %(v)s AND blocked_id = %(a)s)) AS blocked, "
+                f"{blocked_either_way('%(a)s', '%(v)s')} AS blocked, "
                 "EXISTS (SELECT 1 FROM auth.follows WHERE follower_id = %(v)s AND followed_id = %(a)s "
-                "        AND state = 1) AS following, "
-                "(SELECT count(*) FROM content.likes WHERE target_type = 0 AND target_id = %(p)s) "
+                f"        AND state = {FollowState.ACTIVE:d}) AS following, "
+                f"(SELECT count(*) FROM content.likes WHERE target_type = {LikeTarget.POST:d} AND target_id = %(p)s) "
                 "AS like_count, "
-                "EXISTS (SELECT 1 FROM content.likes WHERE target_type = 0 AND target_id = %(p)s "
+                f"EXISTS (SELECT 1 FROM content.likes WHERE target_type = {LikeTarget.POST:d} AND target_id = %(p)s "
                 "        AND user_id = %(v)s) AS liked, "
                 "(SELECT count(*) FROM content.comments WHERE post_id = %(p)s) AS comment_count",
                 {"a": post["user_id"], "v": viewer, "p": post["id"]},
@@ -188,9 +186,9 @@ def may_see(viewer: uuid.UUID, post: Row, ctx: Mapping[str, Any]) -> bool:
     """The visibility rule, applied to a post from any tier and relations fresh from PostgreSQL."""
     if post["user_id"] == viewer:
         return True
-    if ctx["author_state"] != USER_ACTIVE or ctx["blocked"]:
+    if ctx["author_state"] != UserState.ACTIVE or ctx["blocked"]:
         return False
-    return post.get("visibility") == social.VISIBILITY_PUBLIC or bool(ctx["following"])
+    return post.get("visibility") == Visibility.PUBLIC or bool(ctx["following"])
 
 
 async def visible_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) -> tuple[Row, dict[str, Any]]:
@@ -223,7 +221,7 @@ def post_view(post: Row, *, like_count: int = 0, liked: bool = False, comment_co
         "content": post.get("content"),
         "media_ids": list(post.get("media_ids") or []),
         "meta": post.get("meta") or {},
-        "visibility": post.get("visibility", 0),
+        "visibility": post.get("visibility", Visibility.PUBLIC),
         "location": post.get("location"),
         "created_at": post["created_at"],
         "updated_at": post.get("updated_at", post["created_at"]),
@@ -274,10 +272,10 @@ async def decorate_posts(stores: Stores, viewer: uuid.UUID, posts: Sequence[Row]
         rows = await (
             await conn.execute(
                 "SELECT t.id, "
-                "(SELECT count(*) FROM content.likes l WHERE l.target_type = 0 AND l.target_id = t.id) "
-                "AS like_count, "
-                "EXISTS (SELECT 1 FROM content.likes l WHERE l.target_type = 0 AND l.target_id = t.id "
-                "        AND l.user_id = %(v)s) AS liked, "
+                "(SELECT count(*) FROM content.likes l "
+                f"WHERE l.target_type = {LikeTarget.POST:d} AND l.target_id = t.id) AS like_count, "
+                "EXISTS (SELECT 1 FROM content.likes l "
+                f"WHERE l.target_type = {LikeTarget.POST:d} AND l.target_id = t.id AND l.user_id = %(v)s) AS liked, "
                 "(SELECT count(*) FROM content.comments c WHERE c.post_id = t.id) AS comment_count "
                 "FROM unnest(%(ids)s::uuid[]) AS t(id)",
                 {"v": viewer, "ids": list(dict.fromkeys(ids))},
@@ -325,8 +323,8 @@ async def create_post(
         "location": _text(location, "location", MAX_LOCATION_CHARS, required=False),
     }
     async with stores.tiered.transaction() as tx:
-        await _check_media_owner(tx.conn, author, media)
-        values["meta"] = await build_meta(tx.conn, text)
+        await _check_media_owner(tx, author, media)
+        values["meta"] = await build_meta(tx, text)
         row = await tx.insert("posts", values)
     from nubo import feed  # feed imports this module; the fan-out hook is looked up at call time
 
@@ -370,9 +368,9 @@ async def update_post(
         if not ((merged.get("content") or "").strip() or merged.get("media_ids")):
             raise ValidationFailed("a post needs content or media", code="empty_post", fields={"content": "empty"})
         if "media_ids" in values:
-            await _check_media_owner(tx.conn, viewer, values["media_ids"])
+            await _check_media_owner(tx, viewer, values["media_ids"])
         if "content" in values:
-            values["meta"] = await build_meta(tx.conn, values["content"])
+            values["meta"] = await build_meta(tx, values["content"])
         # Always write (even with no change) so updated_at moves and the copies are refreshed.
         row = await tx.update("posts", post_id, values or {"visibility": current["visibility"]})
     assert row is not None
@@ -384,10 +382,13 @@ async def delete_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) -> 
     await visible_post(stores, viewer, post_id)
     async with stores.tiered.transaction() as tx:
         await _lock_own_post(tx, viewer, post_id)
-        comments = await tx.delete_where("comments", sql.SQL("post_id = %s"), (post_id,))
+        comments = await tx.delete_where("comments", sql_text("post_id = %s"), (post_id,))
         await tx.delete_where(
             "likes",
-            sql.SQL("(target_type = 0 AND target_id = %s) OR (target_type = 2 AND target_id = ANY(%s))"),
+            sql_text(
+                f"(target_type = {LikeTarget.POST:d} AND target_id = %s) "
+                f"OR (target_type = {LikeTarget.COMMENT:d} AND target_id = ANY(%s))"
+            ),
             (post_id, [c["id"] for c in comments]),
         )
         await tx.delete("posts", post_id)
@@ -409,8 +410,9 @@ async def list_posts(
                 "WHERE (%(user)s::uuid IS NULL OR p.user_id = %(user)s) "
                 "AND (%(before)s::uuid IS NULL OR p.id < %(before)s) "
                 f"AND {USER_VISIBLE_SQL} "
-                "AND (p.visibility = 0 OR p.user_id = %(viewer)s OR EXISTS (SELECT 1 FROM auth.follows f "
-                "     WHERE f.follower_id = %(viewer)s AND f.followed_id = p.user_id AND f.state = 1)) "
+                f"AND (p.visibility = {Visibility.PUBLIC:d} OR p.user_id = %(viewer)s OR EXISTS (SELECT 1 "
+                "     FROM auth.follows f WHERE f.follower_id = %(viewer)s AND f.followed_id = p.user_id "
+                f"     AND f.state = {FollowState.ACTIVE:d})) "
                 "ORDER BY p.id DESC LIMIT %(n)s",
                 {"user": user, "before": before, "viewer": viewer, "n": limit + 1},
             )
@@ -445,7 +447,7 @@ async def list_comments(
             )
         ).fetchall()
     page = make_page([normalize_row(r) for r in rows], limit)
-    likes = await like_counts(stores, viewer, TARGET_COMMENT, [c["id"] for c in page.items])
+    likes = await like_counts(stores, viewer, LikeTarget.COMMENT, [c["id"] for c in page.items])
     items = [
         comment_view(c, like_count=likes.get(c["id"], (0, False))[0], liked=likes.get(c["id"], (0, False))[1])
         for c in page.items
@@ -477,7 +479,9 @@ async def delete_comment(stores: Stores, viewer: uuid.UUID, comment_id: uuid.UUI
         await visible_comment(stores, viewer, comment_id)
         raise Forbidden("Only the comment's author or the post's author can delete it", code="not_author")
     async with stores.tiered.transaction() as tx:
-        await tx.delete_where("likes", sql.SQL("target_type = 2 AND target_id = %s"), (comment_id,))
+        await tx.delete_where(
+            "likes", sql_text(f"target_type = {LikeTarget.COMMENT:d} AND target_id = %s"), (comment_id,)
+        )
         await tx.delete("comments", comment_id)
 
 
@@ -492,7 +496,7 @@ async def _check_message_member(stores: Stores, viewer: uuid.UUID, message_id: u
                 "SELECT 1 FROM messaging.message_index m JOIN messaging.conversation_members cm "
                 "ON cm.conversation_id = m.conversation_id AND cm.user_id = %s "
                 "WHERE m.id = %s AND m.state <> %s",
-                (viewer, message_id, MESSAGE_DELETED),
+                (viewer, message_id, MessageState.DELETED),
             )
         ).fetchone()
     if row is None:
@@ -501,11 +505,11 @@ async def _check_message_member(stores: Stores, viewer: uuid.UUID, message_id: u
 
 async def check_target(stores: Stores, viewer: uuid.UUID, target_type: int, target_id: uuid.UUID) -> None:
     """NotFound unless the viewer may see (hence like) the target."""
-    if target_type == TARGET_POST:
+    if target_type == LikeTarget.POST:
         await visible_post(stores, viewer, target_id)
-    elif target_type == TARGET_COMMENT:
+    elif target_type == LikeTarget.COMMENT:
         await visible_comment(stores, viewer, target_id)
-    elif target_type == TARGET_MESSAGE:
+    elif target_type == LikeTarget.MESSAGE:
         await _check_message_member(stores, viewer, target_id)
     else:
         raise ValidationFailed("unknown like target", fields={"target_type": "0, 1 or 2"})
@@ -535,7 +539,7 @@ async def unlike(stores: Stores, viewer: uuid.UUID, target_type: int, target_id:
     async with stores.tiered.transaction() as tx:
         await tx.delete_where(
             "likes",
-            sql.SQL("target_type = %s AND target_id = %s AND user_id = %s"),
+            sql_text("target_type = %s AND target_id = %s AND user_id = %s"),
             (target_type, target_id, viewer),
         )
     return await _like_state(stores, viewer, target_type, target_id)
@@ -553,7 +557,7 @@ async def list_likers(
         rows = await (
             await conn.execute(
                 "SELECT l.id AS like_id, u.* FROM content.likes l JOIN auth.users u ON u.id = l.user_id "
-                "WHERE l.target_type = 0 AND l.target_id = %(post)s "
+                f"WHERE l.target_type = {LikeTarget.POST:d} AND l.target_id = %(post)s "
                 "AND (%(before)s::uuid IS NULL OR l.id < %(before)s) "
                 f"AND {USER_VISIBLE_SQL} ORDER BY l.id DESC LIMIT %(n)s",
                 {"post": post_id, "before": before, "viewer": viewer, "n": limit + 1},

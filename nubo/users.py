@@ -1,6 +1,6 @@
 """User lookup and search as other users see them: public fields only, hidden users absent.
 
-A user is hidden from a viewer when deactivated or banned (state != 1) or when either blocks the other; hidden
+A user is hidden from a viewer when deactivated or banned (not active) or when either blocks the other; hidden
 users answer 404 (`user_not_found`) and are left out of search results, never revealed as "blocked".
 """
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from nubo import social
 from nubo.errors import ValidationFailed
+from nubo.model import FollowState, active_user, blocked_either_way
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
 from nubo.stores.tiered import Row
@@ -44,9 +45,11 @@ async def get_profile(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID) 
         counts = await (
             await conn.execute(
                 "SELECT (SELECT count(*) FROM auth.follows f JOIN auth.users u ON u.id = f.follower_id "
-                "        WHERE f.followed_id = %(id)s AND f.state = 1 AND u.state = 1) AS followers_count, "
+                f"        WHERE f.followed_id = %(id)s AND f.state = {FollowState.ACTIVE:d} AND {active_user('u')}) "
+                "        AS followers_count, "
                 "       (SELECT count(*) FROM auth.follows f JOIN auth.users u ON u.id = f.followed_id "
-                "        WHERE f.follower_id = %(id)s AND f.state = 1 AND u.state = 1) AS following_count",
+                f"        WHERE f.follower_id = %(id)s AND f.state = {FollowState.ACTIVE:d} AND {active_user('u')}) "
+                "        AS following_count",
                 {"id": user_id},
             )
         ).fetchone()
@@ -83,10 +86,10 @@ async def search(
             await conn.execute(
                 "SELECT u.id, u.username, u.first_name, u.last_name, u.bio, u.profile_picture_id, u.location, "
                 "u.school, u.works, u.badges, u.created_at FROM auth.users u "
-                "WHERE u.state = 1 AND (%(before)s::uuid IS NULL OR u.id < %(before)s) "
+                f"WHERE {active_user('u')} AND (%(before)s::uuid IS NULL OR u.id < %(before)s) "
                 "AND (lower(u.username) LIKE %(p)s OR lower(u.first_name) LIKE %(p)s "
                 "     OR lower(u.last_name) LIKE %(p)s) "
-                f"AND NOT {social.BLOCKED_EITHER_WAY} ORDER BY u.id DESC LIMIT %(n)s",
+                f"AND NOT {blocked_either_way('u.id', '%(viewer)s')} ORDER BY u.id DESC LIMIT %(n)s",
                 {"p": prefix, "before": before, "viewer": viewer_id, "n": limit + 1},
             )
         ).fetchall()

@@ -5,12 +5,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, LiteralString
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 PgPool = AsyncConnectionPool[AsyncConnection[DictRow]]
+
+
+def sql_text(text: LiteralString) -> sql.SQL:
+    """A fixed piece of SQL as psycopg composes it (e.g. the condition of `Transaction.delete_where`), for
+    domain modules, which do not import psycopg."""
+    return sql.SQL(text)
+
+
+def jsonb(value: Any) -> Jsonb:
+    """`value` sent as a JSONB parameter (a plain dict or list would be refused by the driver)."""
+    return Jsonb(value)
 
 
 async def open_pool(url: str, *, min_size: int = 2, max_size: int = 20, wait: bool = False) -> PgPool:
