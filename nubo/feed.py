@@ -201,7 +201,7 @@ async def fan_out(stores: Stores, posts: Sequence[tuple[uuid.UUID, uuid.UUID]]) 
 # ---- the feed document -------------------------------------------------------------------------------------
 
 
-async def _rebuild(stores: Stores, viewer: uuid.UUID, authors: set[uuid.UUID]) -> FeedDocument:
+async def _rebuild(stores: Stores, cache: FeedCache, viewer: uuid.UUID, authors: set[uuid.UUID]) -> FeedDocument:
     """A fresh document from PostgreSQL (newest FEED_CAP posts of `authors`); saved when Mongo answers."""
     checked = uuid7_floor(datetime.now(UTC) - timedelta(seconds=COMMIT_MARGIN_SECONDS))
     found = await _post_ids(stores, list(authors), limit=FEED_CAP)
@@ -215,23 +215,22 @@ async def _rebuild(stores: Stores, viewer: uuid.UUID, authors: set[uuid.UUID]) -
         floor=found[-1][0] if len(found) >= FEED_CAP else None,
         last_use=datetime.now(UTC),
     )
-    await FeedCache(stores).replace(doc)
+    await cache.replace(doc)
     return doc
 
 
-async def _catch_up(stores: Stores, doc: FeedDocument, authors: set[uuid.UUID]) -> FeedDocument:
+async def _catch_up(stores: Stores, cache: FeedCache, doc: FeedDocument, authors: set[uuid.UUID]) -> FeedDocument:
     """Merge posts newer than `checked_id` from PostgreSQL (repairs failed fan-outs, adds big authors'
     posts)."""
     checked = uuid7_floor(datetime.now(UTC) - timedelta(seconds=COMMIT_MARGIN_SECONDS))
     found = await _post_ids(stores, list(authors), after=doc.checked_id, limit=FEED_CAP)
     if len(found) >= FEED_CAP:
-        return await _rebuild(stores, doc.user, authors)
+        return await _rebuild(stores, cache, doc.user, authors)
     known = set(doc.items)
     new_items = [item for item in (pack(i, a) for i, a in found) if item not in known]
     doc.items.extend(new_items)
     doc.checked_id, doc.checked_at = checked, time.time()
     doc.big = await _big_authors(stores, list(authors - {doc.user}))
-    cache = FeedCache(stores)
     await cache.record_check(doc, new_items)
     await _trim(cache, doc)
     return doc
@@ -257,11 +256,11 @@ async def _candidates(
     cache = FeedCache(stores)
     doc = await cache.load(viewer)
     if doc is not None and doc.authors != _authors_hash(authors):
-        doc = await _rebuild(stores, viewer, authors)
+        doc = await _rebuild(stores, cache, viewer, authors)
     elif doc is not None and time.time() - doc.checked_at >= CATCHUP_SECONDS:
-        doc = await _catch_up(stores, doc, authors)
+        doc = await _catch_up(stores, cache, doc, authors)
     elif doc is None and before is None and cache.mongo_available:
-        doc = await _rebuild(stores, viewer, authors)  # a first read makes the user "recently active"
+        doc = await _rebuild(stores, cache, viewer, authors)  # a first read makes the user "recently active"
     if doc is None:
         found = await _post_ids(stores, list(authors), before=before, limit=want + 1)
         return found[:want], len(found) > want
