@@ -2,16 +2,11 @@
 
 Design (fan-out on write for small authors, pull on read for big ones, PostgreSQL as the safety net):
 
-- **Where it lives.** Recently active users (those who read their feed; the document's `last_use` is what
-  `nubo db purge` ages out) have one Mongo `feed_cache` document, `_id` = user id:
-  ``{items: ["<post id hex><author id hex>", ...], authors: <hash of the followed set>, big: [author ids],
-  checked_id: <uuid7 high-water mark>, floor: <oldest id the items are complete down to, or null>}``.
-  One document per user is read by `_id` (the cheapest lookup on MongoDB and FerretDB alike). Items are
-  64-character strings, not sub-documents: FerretDB decodes a 600-item document 3x faster so. They are kept
-  unsorted (FerretDB ignores `$push`'s `$sort`/`$slice`) and sorted at read time; writers only use
-  `$addToSet` (idempotent: a retried fan-out adds nothing twice) and `$pullAll` for trimming. Redis holds a
-  hot copy (`{p}feed:{user}:items` set + `:meta` hash), read first and refilled from Mongo on a miss, like the
-  tiered entities: reading a large document from FerretDB costs several ms of its CPU.
+- **Where it lives.** Recently active users (those who read their feed) have one cached document
+  (:class:`~nubo.stores.feed_cache.FeedDocument`: items "<post id hex><author id hex>", the hash of the
+  followed set, the big authors followed, `checked_id` (a uuid7 high-water mark) and `floor` (the oldest id
+  the items are complete down to)), kept in Mongo `feed_cache` with a hot copy in Redis by
+  :mod:`nubo.stores.feed_cache`. Items are unsorted and sorted at read time.
 - **Fan-out on write.** After a post commits, ``stores.feed_fan_out`` (a batch queue) adds it to the
   documents of the author and of each follower, only when the author has at most `FANOUT_MAX_FOLLOWERS`
   followers. Posts committed while a fan-out runs go out together in the next one (one follower query, one
@@ -35,37 +30,29 @@ Design (fan-out on write for small authors, pull on read for big ones, PostgreSQ
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import UpdateOne
-from pymongo.errors import PyMongoError
-from redis.exceptions import RedisError
-
 from nubo import posts as posts_domain
 from nubo.logs import get_logger
+from nubo.model import FollowState, active_user, blocked_either_way
 from nubo.pagination import Page
 from nubo.stores import Stores
 from nubo.stores.entities import Row
+from nubo.stores.feed_cache import FeedCache, FeedDocument
 from nubo.stores.postgres import pg_read
 
 log = get_logger(__name__)
 
-FEED_COLLECTION = "feed_cache"
 FANOUT_MAX_FOLLOWERS = 1000  # above this many followers an author's posts are pulled at read time
 FEED_CAP = 800  # items kept per document (older pages come from PostgreSQL)
 CATCHUP_SECONDS = 5.0  # how often a reader's document is reconciled with PostgreSQL
 COMMIT_MARGIN_SECONDS = 10.0  # a post id minted this long before its commit is still caught up
-LAST_USE_REFRESH = timedelta(hours=1)
-FEED_REDIS_TTL = 24 * 3600  # the Redis copy of an idle user's feed expires; Mongo keeps it
 PAGE_SLACK = 10  # extra candidates per page, for rows deleted since they were fanned out
-
-_background: set[asyncio.Task[None]] = set()
 
 
 def uuid7_floor(at: datetime) -> uuid.UUID:
@@ -96,10 +83,8 @@ async def followed_authors(stores: Stores, viewer: uuid.UUID) -> set[uuid.UUID]:
         rows = await (
             await conn.execute(
                 "SELECT f.followed_id FROM auth.follows f JOIN auth.users u ON u.id = f.followed_id "
-                "WHERE f.follower_id = %(viewer)s AND f.state = 1 AND u.state = 1 "
-                "AND NOT EXISTS (SELECT 1 FROM auth.blocks b "
-                "WHERE (b.blocker_id = u.id AND b.blocked_id = %(viewer)s) "
-                "OR (b.blocker_id = %(viewer)s AND b.blocked_id = u.id))",
+                f"WHERE f.follower_id = %(viewer)s AND f.state = {FollowState.ACTIVE:d} AND {active_user('u')} "
+                f"AND NOT {blocked_either_way('u.id', '%(viewer)s')}",
                 {"viewer": viewer},
             )
         ).fetchall()
@@ -139,7 +124,7 @@ async def _big_authors(stores: Stores, authors: Sequence[uuid.UUID]) -> list[uui
             await conn.execute(
                 "SELECT a FROM unnest(%(a)s::uuid[]) AS a "
                 "WHERE (SELECT count(*) FROM (SELECT 1 FROM auth.follows "
-                "WHERE followed_id = a AND state = 1 LIMIT %(n)s) s) > %(t)s",
+                f"WHERE followed_id = a AND state = {FollowState.ACTIVE:d} LIMIT %(n)s) s) > %(t)s",
                 {"a": list(authors), "n": FANOUT_MAX_FOLLOWERS + 1, "t": FANOUT_MAX_FOLLOWERS},
             )
         ).fetchall()
@@ -159,7 +144,7 @@ async def fan_out(stores: Stores, posts: Sequence[tuple[uuid.UUID, uuid.UUID]]) 
                 await conn.execute(
                     "SELECT a AS author, f.follower_id FROM unnest(%(a)s::uuid[]) AS a "
                     "CROSS JOIN LATERAL (SELECT follower_id FROM auth.follows "
-                    "WHERE followed_id = a AND state = 1 LIMIT %(n)s) f",
+                    f"WHERE followed_id = a AND state = {FollowState.ACTIVE:d} LIMIT %(n)s) f",
                     {"a": authors, "n": FANOUT_MAX_FOLLOWERS + 1},
                 )
             ).fetchall()
@@ -172,22 +157,10 @@ async def fan_out(stores: Stores, posts: Sequence[tuple[uuid.UUID, uuid.UUID]]) 
                 continue  # a big author: readers pull these posts
             for user in followers[author]:
                 targets.setdefault(user, []).append(pack(post_id, author))
-        if not targets or not stores.tiered.health.available("mongo"):
+        cache = FeedCache(stores)
+        if not targets or not cache.mongo_available:
             return 0
-        collection = stores.mongo[FEED_COLLECTION]
-        # Only users with a document (recently active). One `$in` query finds them: on FerretDB's SQLite
-        # backend an update by an absent UUID `_id` scans the collection, so misses are filtered out first.
-        active = {doc["_id"] async for doc in collection.find({"_id": {"$in": list(targets)}}, {"_id": 1})}
-        ops = [
-            UpdateOne({"_id": user}, {"$addToSet": {"items": {"$each": items}}})
-            for user, items in targets.items()
-            if user in active
-        ]
-        if not ops:
-            return 0
-        result = await collection.bulk_write(ops, ordered=False)
-        await _hot_add(stores, {user: items for user, items in targets.items() if user in active})
-        return result.modified_count
+        return await cache.add_items(targets)  # users without a document (not recently active) are skipped
     except Exception as exc:  # the read-time catch-up repairs it; a fan-out must never crash anything
         log.warning("feed_fan_out_failed", extra={"posts": len(posts), "error": f"{type(exc).__name__}: {exc}"[:200]})
         return 0
@@ -196,199 +169,49 @@ async def fan_out(stores: Stores, posts: Sequence[tuple[uuid.UUID, uuid.UUID]]) 
 # ---- the feed document -------------------------------------------------------------------------------------
 
 
-async def _load(stores: Stores, viewer: uuid.UUID) -> dict[str, Any] | None:
-    """The viewer's feed document: the Redis copy, else Mongo's (copied to Redis), else None."""
-    doc = await _hot_load(stores, viewer)
-    if doc is not None:
-        return doc
-    doc = await _cold_load(stores, viewer)
-    if doc is not None:
-        await _hot_store(stores, doc, replace=True)
-    return doc
-
-
-async def _cold_load(stores: Stores, viewer: uuid.UUID) -> dict[str, Any] | None:
-    if not stores.tiered.health.available("mongo"):
-        return None
-    try:
-        doc: dict[str, Any] | None = await stores.mongo[FEED_COLLECTION].find_one({"_id": viewer})
-    except PyMongoError as exc:
-        stores.tiered.tier_failed("mongo", "read", "feed", exc)
-        return None
-    return doc
-
-
-async def _rebuild(stores: Stores, viewer: uuid.UUID, authors: set[uuid.UUID]) -> dict[str, Any]:
+async def _rebuild(stores: Stores, cache: FeedCache, viewer: uuid.UUID, authors: set[uuid.UUID]) -> FeedDocument:
     """A fresh document from PostgreSQL (newest FEED_CAP posts of `authors`); saved when Mongo answers."""
     checked = uuid7_floor(datetime.now(UTC) - timedelta(seconds=COMMIT_MARGIN_SECONDS))
     found = await _post_ids(stores, list(authors), limit=FEED_CAP)
-    doc = {
-        "_id": viewer,
-        "items": [pack(i, a) for i, a in found],
-        "authors": _authors_hash(authors),
-        "big": await _big_authors(stores, list(authors - {viewer})),
-        "checked_id": checked,
-        "checked_at": time.time(),
-        "floor": found[-1][0] if len(found) >= FEED_CAP else None,
-        "last_use": datetime.now(UTC),
-    }
-    await _save(stores, doc, replace=True)
-    await _hot_store(stores, doc, replace=True)
+    doc = FeedDocument(
+        user=viewer,
+        items=[pack(i, a) for i, a in found],
+        authors=_authors_hash(authors),
+        big=await _big_authors(stores, list(authors - {viewer})),
+        checked_id=checked,
+        checked_at=time.time(),
+        floor=found[-1][0] if len(found) >= FEED_CAP else None,
+        last_use=datetime.now(UTC),
+    )
+    await cache.replace(doc)
     return doc
 
 
-async def _catch_up(stores: Stores, doc: dict[str, Any], authors: set[uuid.UUID]) -> dict[str, Any]:
+async def _catch_up(stores: Stores, cache: FeedCache, doc: FeedDocument, authors: set[uuid.UUID]) -> FeedDocument:
     """Merge posts newer than `checked_id` from PostgreSQL (repairs failed fan-outs, adds big authors'
     posts)."""
-    now = datetime.now(UTC)
-    checked = uuid7_floor(now - timedelta(seconds=COMMIT_MARGIN_SECONDS))
-    found = await _post_ids(stores, list(authors), after=doc.get("checked_id"), limit=FEED_CAP)
+    checked = uuid7_floor(datetime.now(UTC) - timedelta(seconds=COMMIT_MARGIN_SECONDS))
+    found = await _post_ids(stores, list(authors), after=doc.checked_id, limit=FEED_CAP)
     if len(found) >= FEED_CAP:
-        return await _rebuild(stores, doc["_id"], authors)
-    known = set(doc["items"])
+        return await _rebuild(stores, cache, doc.user, authors)
+    known = set(doc.items)
     new_items = [item for item in (pack(i, a) for i, a in found) if item not in known]
-    doc["items"].extend(new_items)
-    update: dict[str, Any] = {
-        "$set": {
-            "checked_id": checked,
-            "checked_at": time.time(),
-            "big": await _big_authors(stores, list(authors - {doc["_id"]})),
-        }
-    }
-    doc.update(update["$set"])
-    if new_items:
-        update["$addToSet"] = {"items": {"$each": new_items}}
-    if now - doc.get("last_use", now) >= LAST_USE_REFRESH or "last_use" not in doc:
-        update["$set"]["last_use"] = doc["last_use"] = now
-    if new_items:
-        await _update(stores, doc["_id"], update)
-    else:
-        # Only bookkeeping changed: the Redis copy (written below) is what the next reads use, so the reader
-        # does not wait for Mongo (a FerretDB update of a large document took tens of ms: the feed's p99).
-        _in_background(_update(stores, doc["_id"], update))
-    await _hot_store(stores, doc, replace=False, new_items=new_items)
-    await _trim(stores, doc)
+    doc.items.extend(new_items)
+    doc.checked_id, doc.checked_at = checked, time.time()
+    doc.big = await _big_authors(stores, list(authors - {doc.user}))
+    await cache.record_check(doc, new_items)
+    await _trim(cache, doc)
     return doc
 
 
-def _in_background(work: Coroutine[Any, Any, None]) -> None:
-    """Run `work` without waiting for it (a reference is kept so the task is not garbage-collected)."""
-    task = asyncio.create_task(work)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-async def _trim(stores: Stores, doc: dict[str, Any]) -> None:
+async def _trim(cache: FeedCache, doc: FeedDocument) -> None:
     """Keep the newest FEED_CAP items (with a little slack so trimming is rare)."""
-    if len(doc["items"]) <= FEED_CAP + FEED_CAP // 4:
+    if len(doc.items) <= FEED_CAP + FEED_CAP // 4:
         return
-    items = sorted(doc["items"], reverse=True)  # hex of UUIDv7 sorts like the ids: newest first
+    items = sorted(doc.items, reverse=True)  # hex of UUIDv7 sorts like the ids: newest first
     kept, dropped = items[:FEED_CAP], items[FEED_CAP:]
-    doc["items"], doc["floor"] = kept, unpack(kept[-1])[0]
-    await _update(stores, doc["_id"], {"$pullAll": {"items": dropped}, "$set": {"floor": doc["floor"]}})
-    await _hot_store(stores, doc, replace=False, dropped=dropped)
-
-
-async def _save(stores: Stores, doc: dict[str, Any], *, replace: bool) -> None:
-    if not stores.tiered.health.available("mongo"):
-        return
-    try:
-        await stores.mongo[FEED_COLLECTION].replace_one({"_id": doc["_id"]}, doc, upsert=replace)
-    except PyMongoError as exc:
-        stores.tiered.tier_failed("mongo", "write", "feed", exc)
-
-
-async def _update(stores: Stores, viewer: uuid.UUID, update: dict[str, Any]) -> None:
-    if not stores.tiered.health.available("mongo"):
-        return
-    try:
-        await stores.mongo[FEED_COLLECTION].update_one({"_id": viewer}, update)
-    except PyMongoError as exc:
-        stores.tiered.tier_failed("mongo", "write", "feed", exc)
-
-
-# ---- the Redis copy of feed documents (hot tier) -----------------------------------------------------------
-# `{p}feed:{user}:items` (a set: SADD is as idempotent as `$addToSet`) and `{p}feed:{user}:meta` (a hash of
-# the other fields). A copy without its meta hash is ignored and replaced from Mongo on the next read.
-
-
-def _hot_keys(stores: Stores, viewer: uuid.UUID) -> tuple[str, str]:
-    return stores.keys("feed", viewer, "items"), stores.keys("feed", viewer, "meta")
-
-
-def _id_or_none(raw: str | None) -> uuid.UUID | None:
-    return uuid.UUID(raw) if raw else None
-
-
-async def _hot_load(stores: Stores, viewer: uuid.UUID) -> dict[str, Any] | None:
-    if not stores.tiered.health.available("redis"):
-        return None
-    items_key, meta_key = _hot_keys(stores, viewer)
-    try:
-        async with stores.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(meta_key)
-            pipe.smembers(items_key)
-            meta, items = await pipe.execute()
-    except (RedisError, OSError) as exc:
-        stores.tiered.tier_failed("redis", "read", "feed", exc)
-        return None
-    if not meta or "checked_at" not in meta:
-        return None
-    return {
-        "_id": viewer,
-        "items": list(items),
-        "authors": meta.get("authors"),
-        "big": [uuid.UUID(b) for b in meta.get("big", "").split(",") if b],
-        "checked_id": _id_or_none(meta.get("checked_id")),
-        "checked_at": float(meta["checked_at"]),
-        "floor": _id_or_none(meta.get("floor")),
-    }
-
-
-async def _hot_store(
-    stores: Stores, doc: dict[str, Any], *, replace: bool, new_items: Sequence[str] = (), dropped: Sequence[str] = ()
-) -> None:
-    """Write the Redis copy: all of it (`replace`), or the items added/dropped and the meta fields."""
-    if not stores.tiered.health.available("redis"):
-        return
-    items_key, meta_key = _hot_keys(stores, doc["_id"])
-    meta: dict[str, str] = {
-        "authors": doc.get("authors") or "",
-        "big": ",".join(b.hex for b in doc.get("big", [])),
-        "checked_id": doc["checked_id"].hex if doc.get("checked_id") else "",
-        "checked_at": repr(float(doc.get("checked_at", 0))),
-        "floor": doc["floor"].hex if doc.get("floor") else "",
-    }
-    try:
-        async with stores.redis.pipeline(transaction=True) as pipe:
-            if replace:
-                pipe.delete(items_key, meta_key)
-            added = list(doc["items"]) if replace else list(new_items)
-            if added:
-                pipe.sadd(items_key, *added)
-            if dropped:
-                pipe.srem(items_key, *dropped)
-            pipe.hset(meta_key, mapping=meta)  # type: ignore[arg-type]  # stubs: invariant Mapping
-            pipe.expire(items_key, FEED_REDIS_TTL)
-            pipe.expire(meta_key, FEED_REDIS_TTL)
-            await pipe.execute()
-    except (RedisError, OSError) as exc:
-        stores.tiered.tier_failed("redis", "write", "feed", exc)
-
-
-async def _hot_add(stores: Stores, targets: dict[uuid.UUID, list[str]]) -> None:
-    """Fan-out into the Redis copies (a set left without meta expires and is ignored)."""
-    if not targets or not stores.tiered.health.available("redis"):
-        return
-    try:
-        async with stores.redis.pipeline(transaction=False) as pipe:
-            for user, items in targets.items():
-                items_key, _ = _hot_keys(stores, user)
-                pipe.sadd(items_key, *items)
-                pipe.expire(items_key, FEED_REDIS_TTL)
-            await pipe.execute()
-    except (RedisError, OSError) as exc:
-        stores.tiered.tier_failed("redis", "write", "feed", exc)
+    doc.items, doc.floor = kept, unpack(kept[-1])[0]
+    await cache.record_trim(doc, dropped)
 
 
 # ---- reading -----------------------------------------------------------------------------------------------
@@ -398,22 +221,23 @@ async def _candidates(
     stores: Stores, viewer: uuid.UUID, authors: set[uuid.UUID], before: uuid.UUID | None, want: int
 ) -> tuple[list[tuple[uuid.UUID, uuid.UUID]], bool]:
     """Up to `want` (post id, author) candidates older than `before`, newest first, and whether more exist."""
-    doc = await _load(stores, viewer)
-    if doc is not None and doc.get("authors") != _authors_hash(authors):
-        doc = await _rebuild(stores, viewer, authors)
-    elif doc is not None and time.time() - float(doc.get("checked_at", 0)) >= CATCHUP_SECONDS:
-        doc = await _catch_up(stores, doc, authors)
-    elif doc is None and before is None and stores.tiered.health.available("mongo"):
-        doc = await _rebuild(stores, viewer, authors)  # a first read makes the user "recently active"
+    cache = FeedCache(stores)
+    doc = await cache.load(viewer)
+    if doc is not None and doc.authors != _authors_hash(authors):
+        doc = await _rebuild(stores, cache, viewer, authors)
+    elif doc is not None and time.time() - doc.checked_at >= CATCHUP_SECONDS:
+        doc = await _catch_up(stores, cache, doc, authors)
+    elif doc is None and before is None and cache.mongo_available:
+        doc = await _rebuild(stores, cache, viewer, authors)  # a first read makes the user "recently active"
     if doc is None:
         found = await _post_ids(stores, list(authors), before=before, limit=want + 1)
         return found[:want], len(found) > want
-    floor = doc.get("floor")
+    floor = doc.floor
     if floor is not None and before is not None and before <= floor:
         found = await _post_ids(stores, list(authors), before=before, limit=want + 1)
         return found[:want], len(found) > want
-    merged = dict(map(unpack, _newest_items(doc["items"], authors, before, want + 1)))
-    big = [a for a in doc.get("big", []) if a in authors]
+    merged = dict(map(unpack, _newest_items(doc.items, authors, before, want + 1)))
+    big = [a for a in doc.big if a in authors]
     if big:
         merged.update(await _post_ids(stores, big, before=before, limit=want + 1))
     ordered = sorted(merged.items(), reverse=True)

@@ -11,25 +11,38 @@ from __future__ import annotations
 import ipaddress
 import json
 import uuid
+from enum import IntEnum
 from typing import Any
-
-from psycopg.types.json import Jsonb
 
 from nubo import accounts, social
 from nubo.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from nubo.ids import new_id
+from nubo.model import MessageState, ReportTarget, UserState
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
 from nubo.stores.entities import Row
+from nubo.stores.postgres import Jsonb
 from nubo.stores.transaction import Transaction
 
-TARGET_TYPES = {"user": 0, "post": 1, "comment": 2, "message": 3}
+
+class ReportState(IntEnum):
+    """`moderation.reports.state` (only this module reads or writes reports)."""
+
+    PENDING = 0
+    REVIEWED = 1
+    RESOLVED = 2
+
+
+TARGET_TYPES = {
+    "user": ReportTarget.USER,
+    "post": ReportTarget.POST,
+    "comment": ReportTarget.COMMENT,
+    "message": ReportTarget.MESSAGE,
+}
 TARGET_NAMES = {number: name for name, number in TARGET_TYPES.items()}
-REPORT_STATES = {"pending": 0, "reviewed": 1, "resolved": 2}
+REPORT_STATES = {"pending": ReportState.PENDING, "reviewed": ReportState.REVIEWED, "resolved": ReportState.RESOLVED}
 STATE_NAMES = {number: name for name, number in REPORT_STATES.items()}
 ACTIONS = ("dismiss", "remove_content", "ban_user")
-USER_BANNED = 2
-MESSAGE_DELETED = 2
 MAX_REASON_LENGTH = 1000
 
 
@@ -48,7 +61,7 @@ async def _check_user_target(stores: Stores, reporter_id: uuid.UUID, user_id: uu
             "You cannot report yourself", code="cannot_report_self", fields={"target_id": "is the caller"}
         )
     row = await stores.tiered.get("users", user_id)
-    if row is None or row.get("state") != social.USER_ACTIVE:
+    if row is None or row.get("state") != UserState.ACTIVE:
         raise _absent("user")
     async with stores.pg.connection() as conn:
         blocked_by = await (
@@ -78,7 +91,7 @@ async def _check_comment_target(stores: Stores, reporter_id: uuid.UUID, comment_
 async def _check_message_target(stores: Stores, reporter_id: uuid.UUID, message_id: uuid.UUID) -> None:
     """Only members of the conversation see a message (a blocked sender's messages stay reportable)."""
     message = await stores.tiered.get("messages", message_id)
-    if message is None or message.get("state") == MESSAGE_DELETED:
+    if message is None or message.get("state") == MessageState.DELETED:
         raise _absent("message")
     async with stores.pg.connection() as conn:
         member = await (
@@ -146,7 +159,7 @@ async def create_report(
         duplicate = await (
             await conn.execute(
                 "SELECT id FROM moderation.reports WHERE actor_id = %s AND target_type = %s AND target_id = %s "
-                "AND state <> 2",
+                f"AND state <> {ReportState.RESOLVED:d}",
                 (reporter_id, kind, target_id),
             )
         ).fetchone()
@@ -173,7 +186,7 @@ async def require_moderator(stores: Stores, user_id: uuid.UUID) -> Row:
     at once.
     """
     row = await stores.tiered.get("users", user_id)
-    active = row is not None and row.get("state") == social.USER_ACTIVE
+    active = row is not None and row.get("state") == UserState.ACTIVE
     if row is None or not active or row.get("grade", 0) < stores.settings.moderator_grade:
         raise Forbidden("Moderators only", code="forbidden")
     return row
@@ -230,7 +243,7 @@ async def _remove_content(tx: Transaction, target_type: str, target_id: uuid.UUI
             fields={"action": "not for user reports"},
         )
     if target_type == "message":  # messages are soft-deleted: the conversation keeps its ordering
-        changed = await tx.update("messages", target_id, {"state": MESSAGE_DELETED, "content": None})
+        changed = await tx.update("messages", target_id, {"state": MessageState.DELETED, "content": None})
         return {"removed": changed is not None}
     removed = await tx.delete("posts" if target_type == "post" else "comments", target_id)
     return {"removed": removed is not None}
@@ -243,7 +256,7 @@ async def _ban_user(
         return {"banned": None}
     if user_id == moderator_id:
         raise ValidationFailed("You cannot ban yourself", code="cannot_ban_self", fields={"action": "self"})
-    changed = await tx.update("users", user_id, {"state": USER_BANNED})
+    changed = await tx.update("users", user_id, {"state": UserState.BANNED})
     # A banned user's sessions end with the ban (same transaction); Redis learns it after the commit.
     revoked = await accounts.revoke_user_sessions(stores, user_id, "banned", conn=tx.conn)
     return {"banned": user_id if changed is not None else None, "revoked_sessions": revoked}
@@ -269,8 +282,9 @@ async def resolve_report(
     async with stores.transaction() as tx:
         report = await (
             await tx.conn.execute(
-                "UPDATE moderation.reports SET state = 2, resolved_by = %s, resolved_at = now(), resolution = %s "
-                "WHERE id = %s AND state <> 2 RETURNING *",
+                f"UPDATE moderation.reports SET state = {ReportState.RESOLVED:d}, resolved_by = %s, "
+                "resolved_at = now(), resolution = %s "
+                f"WHERE id = %s AND state <> {ReportState.RESOLVED:d} RETURNING *",
                 (moderator_id, text, report_id),
             )
         ).fetchone()

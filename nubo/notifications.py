@@ -1,8 +1,8 @@
 """Notifications (new follower, like, comment, mention...) and `post.new` pushes to online followers.
 
 Notifications are derived data: the follow, like or comment that causes one is committed in PostgreSQL first,
-and the notification is then stored in Mongo `notifications` (newest first by UUIDv7 `_id`, with `last_use` so
-`nubo db purge` ages them out like every `*_recent` collection) and pushed live as a durable ``notification``
+and the notification is then stored in Mongo `notifications` (:mod:`nubo.stores.notifications`: newest first
+by UUIDv7 `_id`, aged out by `nubo db purge`) and pushed live as a durable ``notification``
 event to its one target user. If Mongo is down the live event still goes out and the failure is counted: the
 notification is lost from the list, never the cause itself. This is a deliberate exception to "everything is
 in PostgreSQL": notifications can be regenerated from the relations, likes and comments they point at.
@@ -23,19 +23,16 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo.errors import PyMongoError
-
 from nubo.errors import Unavailable, ValidationFailed
 from nubo.ids import new_id
-from nubo.logs import get_logger
+from nubo.model import FollowState, active_user, blocked_either_way
 from nubo.pagination import Page, make_page
 from nubo.realtime.presence import online_among
 from nubo.social import blocked_between
 from nubo.stores import Stores
+from nubo.stores import notifications as notification_store
+from nubo.stores.notifications import NotificationsUnavailable
 
-log = get_logger(__name__)
-
-COLLECTION = "notifications"
 KINDS = frozenset({"follow", "follow_request", "like", "comment", "mention", "message", "system"})
 MAX_DATA_KEYS = 20
 
@@ -75,11 +72,7 @@ async def notify(
         "created_at": now,
         "last_use": now,
     }
-    try:
-        await stores.mongo[COLLECTION].insert_one(doc)
-    except PyMongoError as exc:
-        stores.count_failure("mongo_notifications")
-        log.warning("notification_store_failed", extra={"kind": kind, "error": str(exc)[:200]})
+    await notification_store.insert(stores, doc)  # a failure is counted; the live event still goes out
     view = notification_view(doc)
     await stores.events.publish_safely([user_id], {"type": "notification", "notification": view})
     return view
@@ -89,28 +82,19 @@ async def list_notifications(
     stores: Stores, user_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
 ) -> Page[dict[str, Any]]:
     """The caller's notifications, newest first (`before` = the last id of the previous page)."""
-    query: dict[str, Any] = {"user_id": user_id}
-    if before is not None:
-        query["_id"] = {"$lt": before}
     try:
-        docs = await stores.mongo[COLLECTION].find(query).sort("_id", -1).limit(limit + 1).to_list(None)
-    except PyMongoError as exc:
+        docs = await notification_store.newest(stores, user_id, before=before, limit=limit + 1)
+    except NotificationsUnavailable as exc:
         raise Unavailable("Notifications are unavailable right now", code="notifications_unavailable") from exc
     return make_page([notification_view(doc) for doc in docs], limit)
 
 
 async def mark_read(stores: Stores, user_id: uuid.UUID, up_to: uuid.UUID | None = None) -> int:
     """Mark the caller's notifications read (all, or those with id <= `up_to`); returns how many changed."""
-    query: dict[str, Any] = {"user_id": user_id, "read": False}
-    if up_to is not None:
-        query["_id"] = {"$lte": up_to}
     try:
-        result = await stores.mongo[COLLECTION].update_many(
-            query, {"$set": {"read": True, "last_use": datetime.now(UTC)}}
-        )
-    except PyMongoError as exc:
+        return await notification_store.mark_read(stores, user_id, up_to)
+    except NotificationsUnavailable as exc:
         raise Unavailable("Notifications are unavailable right now", code="notifications_unavailable") from exc
-    return int(result.modified_count)
 
 
 async def push_post_new(stores: Stores, post: Mapping[str, Any]) -> int:
@@ -125,11 +109,9 @@ async def push_post_new(stores: Stores, post: Mapping[str, Any]) -> int:
         rows = await (
             await conn.execute(
                 "SELECT f.follower_id FROM auth.follows f JOIN auth.users u ON u.id = f.follower_id "
-                "WHERE f.followed_id = %s AND f.state = 1 AND u.state = 1 "
-                "AND NOT EXISTS (SELECT 1 FROM auth.blocks b "
-                "WHERE (b.blocker_id = f.follower_id AND b.blocked_id = %s) "
-                "OR (b.blocker_id = %s AND b.blocked_id = f.follower_id))",
-                (author, author, author),
+                f"WHERE f.followed_id = %(author)s AND f.state = {FollowState.ACTIVE:d} AND {active_user('u')} "
+                f"AND NOT {blocked_either_way('f.follower_id', '%(author)s')}",
+                {"author": author},
             )
         ).fetchall()
     online = await online_among(stores.redis, stores.keys, [row["follower_id"] for row in rows])

@@ -16,28 +16,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg import sql
-
 from nubo.errors import NotFound, ValidationFailed
 from nubo.ids import new_id
+from nubo.model import FollowState, UserState, Visibility, active_user, blocked_either_way
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
 from nubo.stores.derived import user_tag
 from nubo.stores.entities import Row, normalize_row
-from nubo.stores.postgres import pg_read
+from nubo.stores.postgres import pg_read, sql_text
 from nubo.stores.transaction import Transaction
 
-VISIBILITY_PUBLIC = 0
-VISIBILITY_FOLLOWERS = 1
-USER_ACTIVE = 1
-FOLLOW_ACTIVE = 1
 MAX_RELATIONSHIP_IDS = 50
-# SQL: user `u.id` and `%(viewer)s` block each other in either direction.
-BLOCKED_EITHER_WAY = (
-    "EXISTS (SELECT 1 FROM auth.blocks b "
-    "WHERE (b.blocker_id = u.id AND b.blocked_id = %(viewer)s) "
-    "OR (b.blocker_id = %(viewer)s AND b.blocked_id = u.id))"
-)
 
 
 @dataclass(frozen=True)
@@ -58,7 +47,8 @@ async def is_following(stores: Stores, follower_id: uuid.UUID, followed_id: uuid
     async with pg_read(stores) as conn:
         row = await (
             await conn.execute(
-                "SELECT 1 FROM auth.follows WHERE follower_id = %s AND followed_id = %s AND state = 1",
+                "SELECT 1 FROM auth.follows WHERE follower_id = %s AND followed_id = %s "
+                f"AND state = {FollowState.ACTIVE:d}",
                 (follower_id, followed_id),
             )
         ).fetchone()
@@ -71,13 +61,9 @@ async def blocked_between(stores: Stores, a: uuid.UUID, b: uuid.UUID) -> bool:
         return False
     async with pg_read(stores) as conn:
         row = await (
-            await conn.execute(
-                "SELECT 1 FROM auth.blocks WHERE (blocker_id = %s AND blocked_id = %s) "
-                "OR (blocker_id = %s AND blocked_id = %s) LIMIT 1",
-                (a, b, b, a),
-            )
+            await conn.execute(f"SELECT {blocked_either_way('%(a)s', '%(b)s')} AS blocked", {"a": a, "b": b})
         ).fetchone()
-    return row is not None
+    return row is not None and bool(row["blocked"])
 
 
 async def hidden_authors(stores: Stores, viewer_id: uuid.UUID, author_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
@@ -88,7 +74,7 @@ async def hidden_authors(stores: Stores, viewer_id: uuid.UUID, author_ids: Seque
         rows = await (
             await conn.execute(
                 "SELECT u.id FROM auth.users u WHERE u.id = ANY(%(ids)s) AND u.id <> %(viewer)s "
-                f"AND (u.state <> 1 OR {BLOCKED_EITHER_WAY})",
+                f"AND (NOT {active_user('u')} OR {blocked_either_way('u.id', '%(viewer)s')})",
                 {"ids": list(set(author_ids)), "viewer": viewer_id},
             )
         ).fetchall()
@@ -102,7 +88,8 @@ async def followed_among(stores: Stores, viewer_id: uuid.UUID, author_ids: Seque
     async with pg_read(stores) as conn:
         rows = await (
             await conn.execute(
-                "SELECT followed_id FROM auth.follows WHERE follower_id = %s AND followed_id = ANY(%s) AND state = 1",
+                "SELECT followed_id FROM auth.follows WHERE follower_id = %s AND followed_id = ANY(%s) "
+                f"AND state = {FollowState.ACTIVE:d}",
                 (viewer_id, list(set(author_ids))),
             )
         ).fetchall()
@@ -117,7 +104,7 @@ async def can_see_post(stores: Stores, viewer_id: uuid.UUID, post: dict[str, obj
         return True
     if await hidden_authors(stores, viewer_id, [author]):
         return False
-    if post.get("visibility") == VISIBILITY_FOLLOWERS:
+    if post.get("visibility") == Visibility.FOLLOWERS:
         return await is_following(stores, viewer_id, author)
     return True
 
@@ -125,7 +112,7 @@ async def can_see_post(stores: Stores, viewer_id: uuid.UUID, post: dict[str, obj
 async def visible_user(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID) -> Row:
     """The user row (through the tiers) when the viewer may see it, else :class:`NotFound`.
 
-    Hidden: absent, deactivated or banned (state != 1), or blocked either way.
+    Hidden: absent, deactivated or banned (not `UserState.ACTIVE`), or blocked either way.
     One's own row is always visible.
     """
     row = await stores.tiered.get("users", user_id)
@@ -133,7 +120,7 @@ async def visible_user(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID)
         raise NotFound("No such user", code="user_not_found")
     if user_id == viewer_id:
         return row
-    if row.get("state") != USER_ACTIVE or await blocked_between(stores, viewer_id, user_id):
+    if row.get("state") != UserState.ACTIVE or await blocked_between(stores, viewer_id, user_id):
         raise NotFound("No such user", code="user_not_found")
     return row
 
@@ -166,10 +153,10 @@ async def follow(stores: Stores, follower_id: uuid.UUID, followed_id: uuid.UUID)
         # Re-checked under the pair lock: a block committed since the check above wins.
         row = await (
             await tx.conn.execute(
-                "INSERT INTO auth.follows (id, follower_id, followed_id, state) SELECT %(id)s, %(a)s, %(b)s, 1 "
-                "WHERE EXISTS (SELECT 1 FROM auth.users WHERE id = %(b)s AND state = 1) "
-                "AND NOT EXISTS (SELECT 1 FROM auth.blocks WHERE (blocker_id = %(a)s AND blocked_id = %(b)s) "
-                "OR (blocker_id = %(b)s AND blocked_id = %(a)s)) "
+                "INSERT INTO auth.follows (id, follower_id, followed_id, state) "
+                f"SELECT %(id)s, %(a)s, %(b)s, {FollowState.ACTIVE:d} "
+                f"WHERE EXISTS (SELECT 1 FROM auth.users u WHERE u.id = %(b)s AND {active_user('u')}) "
+                f"AND NOT {blocked_either_way('%(a)s', '%(b)s')} "
                 "ON CONFLICT (follower_id, followed_id) DO NOTHING RETURNING *",
                 {"id": new_id(), "a": follower_id, "b": followed_id},
             )
@@ -194,9 +181,27 @@ async def unfollow(stores: Stores, follower_id: uuid.UUID, followed_id: uuid.UUI
     await visible_user(stores, follower_id, followed_id)
     async with stores.transaction() as tx:
         rows = await tx.delete_where(
-            "follows", sql.SQL("follower_id = %s AND followed_id = %s"), (follower_id, followed_id)
+            "follows", sql_text("follower_id = %s AND followed_id = %s"), (follower_id, followed_id)
         )
     return rows[0] if rows else None
+
+
+def _follow_page_sql(mine: str, other: str) -> str:
+    """The follow page query where `mine` is the column of the user whose list it is and `other` the column of
+    the users listed."""
+    return (
+        f"SELECT f.* FROM auth.follows f JOIN auth.users u ON u.id = f.{other} "
+        f"WHERE f.{mine} = %(user)s AND f.state = {FollowState.ACTIVE:d} AND {active_user('u')} "
+        "AND (%(before)s::uuid IS NULL OR f.id < %(before)s) "
+        f"AND NOT {blocked_either_way('u.id', '%(viewer)s')} "
+        "ORDER BY f.id DESC LIMIT %(n)s"
+    )
+
+
+# (the listed user's column, the listed users' column) of each direction; fixed names, so the two queries are
+# plain text built once.
+_FOLLOW_COLUMNS = {"followers": ("followed_id", "follower_id"), "following": ("follower_id", "followed_id")}
+_FOLLOW_PAGE_SQL = {listed: _follow_page_sql(*columns) for listed, columns in _FOLLOW_COLUMNS.items()}
 
 
 async def follow_page(
@@ -208,16 +213,9 @@ async def follow_page(
     Items are `(follow_row, user_row)` pairs, user rows read through the tiers.
     """
     await visible_user(stores, viewer_id, user_id)
-    mine, other = ("followed_id", "follower_id")
-    if direction == "following":
-        mine, other = other, mine
-    query = sql.SQL(
-        "SELECT f.* FROM auth.follows f JOIN auth.users u ON u.id = f.{other} "
-        "WHERE f.{mine} = %(user)s AND f.state = 1 AND u.state = 1 "
-        "AND (%(before)s::uuid IS NULL OR f.id < %(before)s) "
-        f"AND NOT {BLOCKED_EITHER_WAY} "
-        "ORDER BY f.id DESC LIMIT %(n)s"
-    ).format(mine=sql.Identifier(mine), other=sql.Identifier(other))
+    listed = "following" if direction == "following" else "followers"
+    other = _FOLLOW_COLUMNS[listed][1]
+    query = _FOLLOW_PAGE_SQL[listed]
     async with pg_read(stores) as conn:
         follows = await (
             await conn.execute(query, {"user": user_id, "before": before, "viewer": viewer_id, "n": limit + 1})
@@ -226,7 +224,9 @@ async def follow_page(
     users = {u["id"]: u for u in await stores.tiered.get_many("users", [f[other] for f in page.items])}
     # A user deactivated between the two reads is dropped; the cursor still moves past it.
     items = [
-        (f, users[f[other]]) for f in page.items if f[other] in users and users[f[other]].get("state") == USER_ACTIVE
+        (f, users[f[other]])
+        for f in page.items
+        if f[other] in users and users[f[other]].get("state") == UserState.ACTIVE
     ]
     return Page(items=items, next=page.next)
 
@@ -236,7 +236,7 @@ async def follow_page(
 
 async def _user_exists_active(stores: Stores, user_id: uuid.UUID) -> None:
     row = await stores.tiered.get("users", user_id)
-    if row is None or row.get("state") != USER_ACTIVE:
+    if row is None or row.get("state") != UserState.ACTIVE:
         raise NotFound("No such user", code="user_not_found")
 
 
@@ -270,7 +270,7 @@ async def block(stores: Stores, blocker_id: uuid.UUID, blocked_id: uuid.UUID) ->
         ).fetchone()
         removed = await tx.delete_where(
             "follows",
-            sql.SQL("(follower_id = %s AND followed_id = %s) OR (follower_id = %s AND followed_id = %s)"),
+            sql_text("(follower_id = %s AND followed_id = %s) OR (follower_id = %s AND followed_id = %s)"),
             (blocker_id, blocked_id, blocked_id, blocker_id),
         )
     assert row is not None
@@ -318,14 +318,14 @@ async def relationships(stores: Stores, viewer_id: uuid.UUID, ids: Sequence[uuid
             await conn.execute(
                 "SELECT u.id, "
                 "EXISTS (SELECT 1 FROM auth.follows f WHERE f.follower_id = %(v)s AND f.followed_id = u.id "
-                "        AND f.state = 1) AS following, "
+                f"        AND f.state = {FollowState.ACTIVE:d}) AS following, "
                 "EXISTS (SELECT 1 FROM auth.follows f WHERE f.follower_id = u.id AND f.followed_id = %(v)s "
-                "        AND f.state = 1) AS followed_by, "
+                f"        AND f.state = {FollowState.ACTIVE:d}) AS followed_by, "
                 "EXISTS (SELECT 1 FROM auth.blocks b WHERE b.blocker_id = %(v)s AND b.blocked_id = u.id) "
                 "        AS blocking, "
                 "EXISTS (SELECT 1 FROM auth.blocks b WHERE b.blocker_id = u.id AND b.blocked_id = %(v)s) "
                 "        AS blocked_by "
-                "FROM auth.users u WHERE u.id = ANY(%(ids)s) AND (u.state = 1 OR u.id = %(v)s)",
+                f"FROM auth.users u WHERE u.id = ANY(%(ids)s) AND ({active_user('u')} OR u.id = %(v)s)",
                 {"v": viewer_id, "ids": list(ids)},
             )
         ).fetchall()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from nubo import feed
-from nubo.stores import Stores
+from nubo.stores import Stores, feed_cache
 from tests.test_social_helpers import Client, Member, new_member
 
 
@@ -32,7 +32,7 @@ async def feed_ids(client: Client, reader: Member, **params: Any) -> list[str]:
 
 
 async def feed_doc(db: Stores, user: Member) -> dict[str, Any] | None:
-    doc: dict[str, Any] | None = await db.mongo[feed.FEED_COLLECTION].find_one({"_id": user.id})
+    doc: dict[str, Any] | None = await db.mongo[feed_cache.COLLECTION].find_one({"_id": user.id})
     return doc
 
 
@@ -140,7 +140,7 @@ async def test_feed_without_cached_document_pages_from_postgres(client: Client, 
     made = [await post(client, author, f"p{i}") for i in range(5)]
     assert await feed_ids(client, fan, limit=2) == [made[4], made[3]]
     assert await db.redis.exists(db.keys("feed", fan.id, "meta"))  # the hot copy
-    await db.mongo[feed.FEED_COLLECTION].delete_one({"_id": fan.id})
+    await db.mongo[feed_cache.COLLECTION].delete_one({"_id": fan.id})
     await db.redis.delete(db.keys("feed", fan.id, "items"), db.keys("feed", fan.id, "meta"))
     page = (await client.get("/feed", params={"limit": 3}, headers=fan.headers)).json()
     assert [p["id"] for p in page["items"]] == [made[4], made[3], made[2]]

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from nubo import social
 from nubo.ids import new_id
+from nubo.model import Visibility
 from nubo.settings import Settings
 from nubo.stores import Stores
 from tests.test_social_helpers import (
@@ -39,7 +39,7 @@ async def moderator(client: Client, db: Stores, settings: Settings) -> Member:
     return member
 
 
-async def make_post(db: Stores, author: uuid.UUID, visibility: int = social.VISIBILITY_PUBLIC) -> uuid.UUID:
+async def make_post(db: Stores, author: uuid.UUID, visibility: int = Visibility.PUBLIC) -> uuid.UUID:
     """A post row through the tiered path (the posts routes belong to another module)."""
     async with db.transaction() as tx:
         row = await tx.insert(
@@ -77,7 +77,7 @@ async def test_reports_on_what_the_reporter_cannot_see_are_404(client: Client, t
     assert_error(await report(client, alice, "comment", uuid.uuid4()), 404, "comment_not_found")
     assert_error(await report(client, alice, "message", uuid.uuid4()), 404, "message_not_found")
 
-    private = await make_post(db, bob.id, social.VISIBILITY_FOLLOWERS)
+    private = await make_post(db, bob.id, Visibility.FOLLOWERS)
     assert_error(await report(client, alice, "post", private), 404, "post_not_found")
     assert (await client.post(f"/users/{bob.id}/follow", headers=alice.headers)).status_code == 200
     assert (await report(client, alice, "post", private)).status_code == 201

@@ -10,6 +10,7 @@ import pytest
 from nubo import social
 from nubo.errors import NotFound
 from nubo.ids import new_id
+from nubo.model import Visibility
 from nubo.stores import Stores
 from tests.test_social_helpers import (
     Client,
@@ -110,7 +111,7 @@ async def test_hidden_authors_covers_blocks_either_way(client: Client, pair: tup
     assert (await client.post(f"/users/{alice.id}/block", headers=bob.headers)).status_code == 200
     assert await social.hidden_authors(db, alice.id, [bob.id, carol.id, alice.id]) == {bob.id}
     assert await social.hidden_authors(db, bob.id, [alice.id, carol.id]) == {alice.id}
-    post = {"id": new_id(), "user_id": bob.id, "visibility": social.VISIBILITY_PUBLIC}
+    post = {"id": new_id(), "user_id": bob.id, "visibility": Visibility.PUBLIC}
     assert not await social.can_see_post(db, alice.id, post)
     assert await social.can_see_post(db, carol.id, post)
 

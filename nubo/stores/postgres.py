@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any, LiteralString, Protocol, TypeAlias
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.errors import UniqueViolation as UniqueViolation
 from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
@@ -28,6 +28,12 @@ class HasPool(Protocol):
 
     @property
     def pg(self) -> PgPool: ...
+
+
+def sql_text(text: LiteralString) -> sql.SQL:
+    """A fixed piece of SQL as psycopg composes it (e.g. the condition of `Transaction.delete_where`), for
+    domain modules, which do not import psycopg."""
+    return sql.SQL(text)
 
 
 async def open_pool(url: str, *, min_size: int = 2, max_size: int = 20, wait: bool = False) -> PgPool:
