@@ -104,5 +104,5 @@ async def open_root(settings: Settings, *, wait_for_postgres: bool = False, pg_m
     async def revoked_among(session_keys: list[str]) -> set[str]:
         return await accounts.revoked_among(stores, session_keys)
 
-    hub = Hub(settings, stores.events, stores.redis, on_presence=announce, revoked_among=revoked_among)
+    hub = Hub(stores, on_presence=announce, revoked_among=revoked_among)
     return Root(settings=settings, stores=stores, hub=hub)

@@ -12,7 +12,7 @@ Delivery guarantees and how they hold:
   user's current id or replays history, so an event is either in that snapshot or arrives live afterwards;
   both paths meet in the writer, which drops ids it already sent.
 - *Lost pub/sub messages* (the subscription dropped and came back): any id jump is filled from the history;
-  after a resubscribe and every :data:`~nubo.realtime.presence.HEARTBEAT_SECONDS`, each socket also compares
+  after a resubscribe and every :data:`~nubo.stores.presence.HEARTBEAT_SECONDS`, each socket also compares
   its position with the user's current id, so a lost *last* event is caught up without waiting for the next
   one.
 - *History too short* (or Redis lost the counters): the client receives ``resync`` and refetches over REST.
@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
-from nubo.realtime.presence import HEARTBEAT_SECONDS, Presence
-from nubo.settings import Settings
-from nubo.stores.events import EventBus, frame, to_json
+from nubo.stores import Stores
+from nubo.stores.events import frame, to_json
+from nubo.stores.presence import HEARTBEAT_SECONDS, Presence
+from nubo.stores.redis import REDIS_FAILURES
 
 log = get_logger(__name__)
 
@@ -241,19 +241,16 @@ class Hub:
 
     def __init__(
         self,
-        settings: Settings,
-        events: EventBus,
-        redis: Redis,
+        stores: Stores,
         *,
         on_presence: PresenceCallback | None = None,
         revoked_among: RevokedCheck | None = None,
     ) -> None:
-        self.settings = settings
-        self.keys = events.channels.keys
-        self.queue_size = settings.ws_queue_size
+        self.settings = stores.settings
+        self.queue_size = self.settings.ws_queue_size
         self.instance_id = f"{socket_module.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.bus = events
-        self.presence = Presence(redis, self.keys, self.instance_id)
+        self.bus = stores.events
+        self.presence = Presence(stores, self.instance_id)
         self.on_presence = on_presence
         self.revoked_among = revoked_among
         self.local: dict[str, set[Connection]] = {}
@@ -315,7 +312,7 @@ class Hub:
         if first:
             try:
                 came_online = await self.presence.connected(conn.user_id)
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 log.warning("presence_failed", extra={"error": str(exc)[:200]})
                 return
             if came_online:
@@ -346,7 +343,7 @@ class Hub:
             return  # reconnected on this instance meanwhile
         try:
             gone = await self.presence.disconnected(user_id)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("presence_failed", extra={"error": str(exc)[:200]})
             return
         if gone:
