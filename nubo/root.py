@@ -63,7 +63,7 @@ class Root:
         stop_typing: Callable[[], Awaitable[None]] | None = None
         try:
             await self.hub.start()
-            stop_typing = await typing_events.start_listener(stores, self.hub)
+            stop_typing = await typing_events.start_listener(self.hub)
             log.info("process_started", extra={"instance": self.hub.instance_id})
             yield self
         finally:

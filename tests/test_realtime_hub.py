@@ -189,6 +189,26 @@ async def test_presence_follows_sockets(db: Stores, hub: Hub) -> None:
     assert await online_among(db, [user]) == set()
 
 
+async def test_malformed_messages_are_skipped_and_the_subscription_goes_on(db: Stores, hub: Hub) -> None:
+    user = new_id()
+    conn, sock = await _open(hub, user)
+    channels = db.events.channels
+    for channel, data in [
+        (channels.events, "not json\n{}"),
+        (channels.events, "[1]\n{}"),
+        (channels.ephemeral, "[]"),
+        (channels.ephemeral, '{"body": {}}'),
+        (channels.revoked, "7"),
+    ]:
+        await db.redis.publish(channel, data)
+    await db.events.publish_ephemeral([user], {"type": "t", "live": True})
+    await db.events.publish([user], {"type": "t"})
+    await _until(lambda: sock.durable_ids() == [1])
+    assert [f.get("live") for f in sock.sent[1:]] == [True, None]
+    assert hub.stats["resubscribes"] == 0
+    await _close(hub, conn)
+
+
 async def test_big_fan_out_is_chunked_with_one_id_each(db: Stores, hub: Hub) -> None:
     users = [new_id() for _ in range(bus_module.PUBLISH_CHUNK + 20)]
     ids = await db.events.publish(users, {"type": "t"})
