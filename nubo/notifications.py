@@ -27,11 +27,11 @@ from nubo.errors import Unavailable, ValidationFailed
 from nubo.ids import new_id
 from nubo.model import FollowState, active_user, blocked_either_way
 from nubo.pagination import Page, make_page
-from nubo.realtime.presence import online_among
 from nubo.social import blocked_between
 from nubo.stores import Stores
 from nubo.stores import notifications as notification_store
 from nubo.stores.notifications import NotificationsUnavailable
+from nubo.stores.presence import online_among
 
 KINDS = frozenset({"follow", "follow_request", "like", "comment", "mention", "message", "system"})
 MAX_DATA_KEYS = 20
@@ -114,7 +114,7 @@ async def push_post_new(stores: Stores, post: Mapping[str, Any]) -> int:
                 {"author": author},
             )
         ).fetchall()
-    online = await online_among(stores.redis, stores.keys, [row["follower_id"] for row in rows])
+    online = await online_among(stores, [row["follower_id"] for row in rows])
     if online:
         summary = {
             key: post.get(key)

@@ -63,7 +63,7 @@ class Root:
         stop_typing: Callable[[], Awaitable[None]] | None = None
         try:
             await self.hub.start()
-            stop_typing = await typing_events.start_listener(stores, self.hub)
+            stop_typing = await typing_events.start_listener(self.hub)
             log.info("process_started", extra={"instance": self.hub.instance_id})
             yield self
         finally:
@@ -104,5 +104,5 @@ async def open_root(settings: Settings, *, wait_for_postgres: bool = False, pg_m
     async def revoked_among(session_keys: list[str]) -> set[str]:
         return await accounts.revoked_among(stores, session_keys)
 
-    hub = Hub(settings, stores.events, stores.redis, on_presence=announce, revoked_among=revoked_among)
+    hub = Hub(stores, on_presence=announce, revoked_among=revoked_among)
     return Root(settings=settings, stores=stores, hub=hub)

@@ -18,9 +18,9 @@ import pytest
 from nubo import accounts, messaging
 from nubo.ids import new_id
 from nubo.realtime.hub import CLOSE_QUEUE_OVERFLOW, CLOSE_SESSION_REVOKED, Connection, Durable, Hub
-from nubo.realtime.presence import online_among
 from nubo.stores import BACKGROUND_PG_SLOTS, Stores
 from nubo.stores import events as bus_module
+from nubo.stores.presence import online_among
 from tests.harness import user_with_session
 
 
@@ -60,7 +60,7 @@ async def hub(db: Stores) -> Any:
     async def revoked_among(session_keys: list[str]) -> set[str]:
         return await accounts.revoked_among(db, session_keys)
 
-    hub = Hub(db.settings, db.events, db.redis, revoked_among=revoked_among)
+    hub = Hub(db, revoked_among=revoked_among)
     await hub.start()
     yield hub
     await hub.stop()
@@ -179,14 +179,34 @@ async def test_presence_follows_sockets(db: Stores, hub: Hub) -> None:
     hub.on_presence = record
     first, _ = await _open(hub, user)
     second, _ = await _open(hub, user)
-    assert await online_among(db.redis, db.keys, [user]) == {user}
+    assert await online_among(db, [user]) == {user}
     await _close(hub, first)
     await asyncio.sleep(0.05)
-    assert await online_among(db.redis, db.keys, [user]) == {user}
+    assert await online_among(db, [user]) == {user}
     await _close(hub, second)
     await _until(lambda: len(changes) == 2)
     assert changes == [(user, True), (user, False)]
-    assert await online_among(db.redis, db.keys, [user]) == set()
+    assert await online_among(db, [user]) == set()
+
+
+async def test_malformed_messages_are_skipped_and_the_subscription_goes_on(db: Stores, hub: Hub) -> None:
+    user = new_id()
+    conn, sock = await _open(hub, user)
+    channels = db.events.channels
+    for channel, data in [
+        (channels.events, "not json\n{}"),
+        (channels.events, "[1]\n{}"),
+        (channels.ephemeral, "[]"),
+        (channels.ephemeral, '{"body": {}}'),
+        (channels.revoked, "7"),
+    ]:
+        await db.redis.publish(channel, data)
+    await db.events.publish_ephemeral([user], {"type": "t", "live": True})
+    await db.events.publish([user], {"type": "t"})
+    await _until(lambda: sock.durable_ids() == [1])
+    assert [f.get("live") for f in sock.sent[1:]] == [True, None]
+    assert hub.stats["resubscribes"] == 0
+    await _close(hub, conn)
 
 
 async def test_big_fan_out_is_chunked_with_one_id_each(db: Stores, hub: Hub) -> None:

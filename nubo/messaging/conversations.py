@@ -14,9 +14,9 @@ from nubo.messaging.shared import MAX_MEMBERS, clean_title, parse_user_ids, requ
 from nubo.messaging.views import ROLE_NAMES, conversation_view
 from nubo.model import ConversationKind, ConversationState, MemberRole
 from nubo.pagination import Page, make_page
-from nubo.realtime.presence import online_among
 from nubo.stores import Stores
 from nubo.stores.entities import normalize_row
+from nubo.stores.presence import online_among
 from nubo.stores.redis import REDIS_FAILURES
 
 KINDS = {"direct": ConversationKind.DIRECT, "group": ConversationKind.GROUP}  # the kinds a client may create
@@ -115,7 +115,7 @@ async def get_conversation(stores: Stores, user_id: uuid.UUID, conversation_id: 
 
 async def _online(stores: Stores, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     try:
-        return await online_among(stores.redis, stores.keys, user_ids)
+        return await online_among(stores, user_ids)
     except REDIS_FAILURES:
         return set()  # presence is decoration: without Redis everybody looks offline
 

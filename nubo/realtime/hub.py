@@ -3,8 +3,8 @@
 Every socket is a :class:`Connection` with a bounded queue drained by one writer task, so only the writer ever
 sends on the socket (ASGI sends must not interleave) and a slow client cannot grow server memory: when its
 queue is full the hub closes it with :data:`CLOSE_QUEUE_OVERFLOW`. The writer delivers durable events in
-event-id order, each once (see :mod:`nubo.realtime`); the hub's pub/sub listener only parses and enqueues, it
-never waits on a socket.
+event-id order, each once (see :mod:`nubo.realtime`); the hub's listener only routes and enqueues the messages
+its :class:`~nubo.stores.events.EventSubscriber` decodes, it never waits on a socket.
 
 Delivery guarantees and how they hold:
 
@@ -12,7 +12,7 @@ Delivery guarantees and how they hold:
   user's current id or replays history, so an event is either in that snapshot or arrives live afterwards;
   both paths meet in the writer, which drops ids it already sent.
 - *Lost pub/sub messages* (the subscription dropped and came back): any id jump is filled from the history;
-  after a resubscribe and every :data:`~nubo.realtime.presence.HEARTBEAT_SECONDS`, each socket also compares
+  after a resubscribe and every :data:`~nubo.stores.presence.HEARTBEAT_SECONDS`, each socket also compares
   its position with the user's current id, so a lost *last* event is caught up without waiting for the next
   one.
 - *History too short* (or Redis lost the counters): the client receives ``resync`` and refetches over REST.
@@ -21,8 +21,6 @@ Delivery guarantees and how they hold:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import secrets
 import socket as socket_module
@@ -32,13 +30,20 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from nubo.logs import get_logger
-from nubo.realtime.presence import HEARTBEAT_SECONDS, Presence
-from nubo.settings import Settings
-from nubo.stores.events import EventBus, frame, to_json
+from nubo.stores import Stores
+from nubo.stores.events import (
+    DurableMessage,
+    EphemeralMessage,
+    EventSubscriber,
+    LobbyMessage,
+    ReceivedMessage,
+    RevokedMessage,
+    frame,
+    to_json,
+)
+from nubo.stores.presence import HEARTBEAT_SECONDS, Presence
+from nubo.stores.redis import REDIS_FAILURES
 
 log = get_logger(__name__)
 
@@ -237,29 +242,26 @@ RevokedCheck = Callable[[list[str]], Awaitable[set[str]]]  # which of these sess
 
 
 class Hub:
-    """Connections of this instance and their routing from Redis pub/sub."""
+    """Connections of this instance and the routing to them of what its subscriber receives."""
 
     def __init__(
         self,
-        settings: Settings,
-        events: EventBus,
-        redis: Redis,
+        stores: Stores,
         *,
         on_presence: PresenceCallback | None = None,
         revoked_among: RevokedCheck | None = None,
     ) -> None:
-        self.settings = settings
-        self.keys = events.channels.keys
-        self.queue_size = settings.ws_queue_size
+        self.settings = stores.settings
+        self.queue_size = self.settings.ws_queue_size
         self.instance_id = f"{socket_module.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.bus = events
-        self.presence = Presence(redis, self.keys, self.instance_id)
+        self.bus = stores.events
+        self.presence = Presence(stores, self.instance_id)
         self.on_presence = on_presence
         self.revoked_among = revoked_among
         self.local: dict[str, set[Connection]] = {}
         self.by_session: dict[str, set[Connection]] = {}
         self.everyone: set[Connection] = set()
-        self._sub_redis: Redis | None = None
+        self._subscriber: EventSubscriber | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.subscribed = asyncio.Event()
@@ -269,13 +271,7 @@ class Hub:
 
     async def start(self, wait_seconds: float = 3.0) -> None:
         """Subscribe (waits until the subscription is active) and start the heartbeat."""
-        self._sub_redis = Redis.from_url(
-            self.settings.redis_url,
-            decode_responses=True,
-            socket_timeout=None,
-            socket_connect_timeout=2.0,
-            socket_keepalive=True,
-        )
+        self._subscriber = EventSubscriber(self.settings.redis_url, self.bus.channels)
         self._tasks = [
             asyncio.create_task(self._listen(), name="realtime-listen"),
             asyncio.create_task(self._heartbeat(), name="realtime-heartbeat"),
@@ -294,14 +290,14 @@ class Hub:
             await self.detach(conn)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        if self._sub_redis is not None:
-            await self._sub_redis.aclose()
+        if self._subscriber is not None:
+            await self._subscriber.aclose()
 
     @property
-    def subscriber_redis(self) -> Redis:
-        """A client without read timeout, for long-lived subscriptions (the hub's own and flux typing)."""
-        assert self._sub_redis is not None, "Hub.start() first"
-        return self._sub_redis
+    def subscriber(self) -> EventSubscriber:
+        """This instance's subscriber, for long-lived subscriptions (the hub's own and flux typing)."""
+        assert self._subscriber is not None, "Hub.start() first"
+        return self._subscriber
 
     # ---- sockets -----------------------------------------------------------------------------------------
 
@@ -315,7 +311,7 @@ class Hub:
         if first:
             try:
                 came_online = await self.presence.connected(conn.user_id)
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 log.warning("presence_failed", extra={"error": str(exc)[:200]})
                 return
             if came_online:
@@ -346,7 +342,7 @@ class Hub:
             return  # reconnected on this instance meanwhile
         try:
             gone = await self.presence.disconnected(user_id)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("presence_failed", extra={"error": str(exc)[:200]})
             return
         if gone:
@@ -367,9 +363,8 @@ class Hub:
 
     # ---- routing -----------------------------------------------------------------------------------------
 
-    def route_events(self, data: str) -> None:
-        head, _, body = data.partition("\n")
-        to: dict[str, int] = json.loads(head)
+    def route_events(self, message: DurableMessage) -> None:
+        to, body = message.event_ids, message.body
         if len(to) > len(self.local):
             targets = [(key, to[key]) for key in self.local if key in to]
         else:
@@ -379,17 +374,11 @@ class Hub:
                 conn.offer(Durable(event_id, body))
                 self.stats["routed"] += 1
 
-    def route_ephemeral(self, data: str) -> None:
-        message = json.loads(data)
-        expires = int(message.get("expires") or 0) or None
-        text = to_json(message["body"])
-        for key in message["to"]:
-            for conn in list(self.local.get(key, ())):
-                conn.offer(Live(text, expires))
+    def route_ephemeral(self, message: EphemeralMessage) -> None:
+        self.deliver_ephemeral(message.to, message.body, message.expires_ms)
 
-    def route_revoked(self, data: str) -> None:
-        """A revocation message: a JSON list of session ids."""
-        self.close_sessions(str(key) for key in json.loads(data))
+    def route_revoked(self, message: RevokedMessage) -> None:
+        self.close_sessions(message.session_ids)
 
     def close_sessions(self, session_keys: Iterable[str]) -> None:
         """Close this instance's sockets of these sessions with :data:`CLOSE_SESSION_REVOKED`."""
@@ -408,39 +397,30 @@ class Hub:
             for conn in list(self.local.get(key, ())):
                 conn.offer(Live(text, expires_ms))
 
-    def _dispatch(self, channel: str, data: str) -> None:
-        channels = self.bus.channels
-        try:
-            if channel == channels.events:
-                self.route_events(data)
-            elif channel == channels.ephemeral:
-                self.route_ephemeral(data)
-            elif channel == channels.lobby:
-                self.route_lobby(data)
-            elif channel == channels.revoked:
-                self.route_revoked(data)
-        except (ValueError, KeyError, TypeError) as exc:  # a malformed message must not stop the listener
-            log.warning("realtime_bad_message", extra={"channel": channel, "error": str(exc)[:200]})
+    def _dispatch(self, message: ReceivedMessage) -> None:
+        if isinstance(message, DurableMessage):
+            self.route_events(message)
+        elif isinstance(message, EphemeralMessage):
+            self.route_ephemeral(message)
+        elif isinstance(message, LobbyMessage):
+            self.route_lobby(message.text)
+        else:
+            self.route_revoked(message)
 
     async def _listen(self) -> None:
-        channels = self.bus.channels
         backoff = 0.1
         resubscribed = False
         while True:
-            assert self._sub_redis is not None
-            pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(channels.events, channels.ephemeral, channels.lobby, channels.revoked)
-                self.subscribed.set()
-                if resubscribed:
-                    self.stats["resubscribes"] += 1
-                    await self._check_positions()
-                    await self._check_sessions()
-                backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                    if message is not None and message.get("type") == "message":
-                        self._dispatch(message["channel"], message["data"])
+                async with self.subscriber.events() as messages:
+                    self.subscribed.set()
+                    if resubscribed:
+                        self.stats["resubscribes"] += 1
+                        await self._check_positions()
+                        await self._check_sessions()
+                    backoff = 0.1
+                    async for message in messages:
+                        self._dispatch(message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis restart or network cut: resubscribe, then catch every socket up
@@ -448,9 +428,6 @@ class Hub:
                 resubscribed = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _heartbeat(self) -> None:
         while True:

@@ -13,21 +13,24 @@ Keys (all under the configured prefix):
 
 Publish only after the PostgreSQL commit of what the event describes: domain code registers its events
 inside the transaction (:meth:`nubo.stores.transaction.Transaction.emit`), which publishes them after the
-commit. The receiving side (one pub/sub connection per instance, routing to sockets) is
-:class:`nubo.realtime.hub.Hub`.
+commit. The receiving side is one :class:`EventSubscriber` per instance (a pub/sub connection yielding the
+messages decoded); :class:`nubo.realtime.hub.Hub` routes them to its sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
@@ -196,3 +199,125 @@ class EventBus:
         except (RedisError, OSError) as exc:
             self.count_failure("realtime")
             log.warning("event_publish_failed", extra={"type": event.get("type"), "error": str(exc)[:200]})
+
+
+# ---- the receiving side ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DurableMessage:
+    """A message of ``rt:events``: each recipient's event id (by user id string) and the shared body JSON."""
+
+    event_ids: dict[str, int]
+    body: str
+
+
+@dataclass(frozen=True)
+class EphemeralMessage:
+    """A live-only event (``rt:ephemeral``, typing): its recipients (user id strings), its body, its expiry
+    (ms since the epoch; ``None``: never)."""
+
+    to: list[str]
+    body: dict[str, Any]
+    expires_ms: int | None
+
+
+@dataclass(frozen=True)
+class LobbyMessage:
+    """A message of ``rt:lobby``: the public plain text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class RevokedMessage:
+    """A message of ``rt:revoked``: the revoked session ids."""
+
+    session_ids: list[str]
+
+
+ReceivedMessage = DurableMessage | EphemeralMessage | LobbyMessage | RevokedMessage
+
+
+class EventSubscription:
+    """One pub/sub session on the event channels: an async iterator of decoded messages, ending with an error
+    when the connection is lost (subscribing again, and catching up, is the caller's policy). A malformed
+    message is logged and skipped."""
+
+    def __init__(self, pubsub: PubSub, channels: Channels) -> None:
+        self._pubsub = pubsub
+        self._decoders: dict[str, Callable[[str], ReceivedMessage]] = {
+            channels.events: _decode_durable,
+            channels.ephemeral: _decode_ephemeral,
+            channels.lobby: LobbyMessage,
+            channels.revoked: _decode_revoked,
+        }
+
+    def __aiter__(self) -> EventSubscription:
+        return self
+
+    async def __anext__(self) -> ReceivedMessage:
+        while True:
+            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+            if message is None or message.get("type") != "message":
+                continue
+            channel = message["channel"]
+            decode = self._decoders.get(channel)
+            if decode is None:
+                continue
+            try:
+                return decode(message["data"])
+            except (ValueError, KeyError, TypeError) as exc:  # a malformed message must not stop the listener
+                log.warning("realtime_bad_message", extra={"channel": channel, "error": str(exc)[:200]})
+
+
+class EventSubscriber:
+    """The receiving side of one instance: a Redis client of its own for its long-lived subscriptions (the
+    event channels here, the typing flux in :mod:`nubo.stores.typing_flux`). Its sockets have no read timeout:
+    an idle subscription must not time out. It connects lazily; :meth:`aclose` it when done."""
+
+    def __init__(self, redis_url: str, channels: Channels) -> None:
+        self.channels = channels
+        self.keys = channels.keys
+        self.client = Redis.from_url(
+            redis_url,
+            decode_responses=True,
+            socket_timeout=None,
+            socket_connect_timeout=2.0,
+            socket_keepalive=True,
+        )
+
+    @contextlib.asynccontextmanager
+    async def events(self) -> AsyncIterator[EventSubscription]:
+        """Subscribe to the event channels (``rt:events``, ``rt:ephemeral``, ``rt:lobby``, ``rt:revoked``) for
+        the time of the block; raises if Redis cannot be reached."""
+        channels = self.channels
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(channels.events, channels.ephemeral, channels.lobby, channels.revoked)
+            yield EventSubscription(pubsub, channels)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _decode_durable(data: str) -> DurableMessage:
+    head, _, body = data.partition("\n")
+    event_ids = json.loads(head)
+    if not isinstance(event_ids, dict):
+        raise TypeError(f"recipients must be an object, got {type(event_ids).__name__}")
+    return DurableMessage(event_ids, body)
+
+
+def _decode_ephemeral(data: str) -> EphemeralMessage:
+    message = json.loads(data)
+    if not isinstance(message, dict):
+        raise TypeError(f"an ephemeral message must be an object, got {type(message).__name__}")
+    return EphemeralMessage(list(message["to"]), message["body"], int(message.get("expires") or 0) or None)
+
+
+def _decode_revoked(data: str) -> RevokedMessage:
+    return RevokedMessage([str(key) for key in json.loads(data)])

@@ -12,10 +12,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
-
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING
 
 from nubo.stores.redis import Keys
+
+if TYPE_CHECKING:
+    from nubo.stores import Stores
 
 HEARTBEAT_SECONDS = 10.0
 EXPIRY_SECONDS = 30.0
@@ -49,15 +51,15 @@ return 1
 class Presence:
     """Presence operations of one instance (`instance_id` names its hash fields)."""
 
-    def __init__(self, redis: Redis, keys: Keys, instance_id: str) -> None:
-        self.redis = redis
-        self.keys = keys
+    def __init__(self, stores: Stores, instance_id: str) -> None:
+        self.redis = stores.redis
+        self.keys = stores.keys
         self.instance_id = instance_id
-        self._connect = redis.register_script(_CONNECT_LUA)
-        self._disconnect = redis.register_script(_DISCONNECT_LUA)
+        self._connect = stores.script(_CONNECT_LUA)
+        self._disconnect = stores.script(_DISCONNECT_LUA)
 
     def key(self, user_id: uuid.UUID | str) -> str:
-        return self.keys("rt", "presence", user_id)
+        return _key(self.keys, user_id)
 
     async def connected(self, user_id: uuid.UUID) -> bool:
         """Record this instance's socket of `user_id`; True when the user just came online."""
@@ -83,17 +85,21 @@ class Presence:
             await pipe.execute()
 
 
-async def online_among(redis: Redis, keys: Keys, user_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+async def online_among(stores: Stores, user_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
     """Which of `user_ids` have a live socket on some instance."""
     ids = list(dict.fromkeys(user_ids))
     if not ids:
         return set()
-    async with redis.pipeline(transaction=False) as pipe:
+    async with stores.redis.pipeline(transaction=False) as pipe:
         for uid in ids:
-            pipe.hvals(keys("rt", "presence", uid))
+            pipe.hvals(_key(stores.keys, uid))
         results = await pipe.execute()
     now = _now_ms()
     return {uid for uid, values in zip(ids, results, strict=True) if any(int(v) > now for v in values)}
+
+
+def _key(keys: Keys, user_id: uuid.UUID | str) -> str:
+    return keys("rt", "presence", user_id)
 
 
 def _now_ms() -> int:
