@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from nubo import posts, ratelimit
@@ -31,7 +30,7 @@ from nubo.messaging.shared import (
     require_member,
     write,
 )
-from nubo.messaging.views import message_view
+from nubo.messaging.views import MessageLikes, MessageView, SendResult, message_view
 from nubo.model import ConversationKind, ConversationState, LikeTarget, MessageState, active_user, blocked_either_way
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
@@ -42,14 +41,6 @@ from nubo.stores.transaction import Transaction
 from nubo.stores.unread import SCRIPT_CHUNK, Delta, unread_counters
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """A stored message and whether this call created it (False: an idempotent retry)."""
-
-    message: dict[str, Any]
-    created: bool
 
 
 async def send_message(
@@ -80,7 +71,7 @@ async def send_message(
         return replayed
     recipients = [sender_id, *row.pop("recipients")]
     view = message_view(row)
-    result = SendResult(view, True)
+    result = SendResult(message=view, created=True)
     if committed is not None:
         committed(result)
     await _publish_with_unread(
@@ -98,8 +89,8 @@ async def _publish_with_unread(
     event: dict[str, Any],
     deltas: list[Delta],
 ) -> None:
-    """Unread deltas then the event, in one Redis round trip (see `before` in :meth:`Bus.publish
-    <nubo.realtime.bus.Bus.publish>`); failures as in :meth:`UnreadCounters.apply
+    """Unread deltas then the event, in one Redis round trip (see `before` in :meth:`EventBus.publish
+    <nubo.stores.events.EventBus.publish>`); failures as in :meth:`UnreadCounters.apply
     <nubo.stores.unread.UnreadCounters.apply>` and :func:`publish_safely`: logged and counted, never a failed
     send (PostgreSQL already committed)."""
     counters = unread_counters(stores)
@@ -214,12 +205,12 @@ async def _existing_send(stores: Stores, sender_id: uuid.UUID, client_id: str) -
 def _replayed(existing: Row, conversation_id: uuid.UUID) -> SendResult:
     if existing["conversation_id"] != conversation_id:
         raise Conflict("client_id was already used for a message in another conversation", code="client_id_reused")
-    return SendResult(message_view(existing), False)
+    return SendResult(message=message_view(existing), created=False)
 
 
 async def list_messages(
     stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
-) -> Page[dict[str, Any]]:
+) -> Page[MessageView]:
     """Newest first. The page's ids come from PostgreSQL's (conversation_id, id) index — always complete —
     and the bodies through the tiers (Redis, then Mongo `messages_recent`, then PostgreSQL for older ones)."""
     await require_member(stores, conversation_id, user_id)
@@ -235,7 +226,7 @@ async def list_messages(
     ids = [row["id"] for row in rows]
     found = {row["id"]: row for row in await _messages_by_id(stores, ids)}
     views = [message_view(found[mid]) for mid in ids if mid in found]
-    return make_page(views, limit)
+    return make_page(views, limit, key=lambda view: view.id)
 
 
 async def _messages_by_id(stores: Stores, ids: list[uuid.UUID]) -> list[Row]:
@@ -273,7 +264,7 @@ async def _lock_message(tx: Transaction, user_id: uuid.UUID, message_id: uuid.UU
     return conv, message
 
 
-async def edit_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, content: object) -> dict[str, Any]:
+async def edit_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, content: object) -> MessageView:
     text = clean_content(content)
     async with write(stores) as tx:
         conv, message = await _lock_message(tx, user_id, message_id)
@@ -309,7 +300,7 @@ async def _set_preview(tx: Transaction, conversation_id: uuid.UUID, text: str | 
         tx.touch("conversations", conversation_id, normalize_row(row))
 
 
-async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID) -> dict[str, Any]:
+async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID) -> MessageView:
     """Tombstone a message (content removed, place kept); members who had not read it count one less."""
     deltas: list[Delta] = []
     async with write(stores) as tx:
@@ -344,10 +335,10 @@ async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UU
     return message_view(message)
 
 
-async def like_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, liked: bool) -> dict[str, Any]:
+async def like_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, liked: bool) -> MessageLikes:
     """Like (or unlike) a message of a conversation the caller is in; returns the like count.
 
     Likes of every kind share one implementation (`nubo.posts.like`, membership checked there)."""
     change = posts.like if liked else posts.unlike
     state = await change(stores, user_id, LikeTarget.MESSAGE, message_id)
-    return {"message_id": message_id, "liked": state["liked"], "likes": state["like_count"]}
+    return MessageLikes(message_id=message_id, liked=state["liked"], likes=state["like_count"])

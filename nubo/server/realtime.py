@@ -237,7 +237,7 @@ class Session:
                 {
                     "type": "ack",
                     "client_id": envelope.get("client_id"),
-                    "message_id": result.message["id"],
+                    "message_id": result.message.id,
                     "conversation_id": conversation_id,
                     "duplicate": not result.created,
                 }
