@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from nubo import posts, ratelimit
 from nubo.errors import Conflict, Forbidden, NotFound
@@ -33,8 +32,10 @@ from nubo.messaging.shared import (
 from nubo.messaging.views import MessageLikes, MessageView, SendResult, message_view
 from nubo.model import ConversationKind, ConversationState, LikeTarget, MessageState, active_user, blocked_either_way
 from nubo.pagination import Page, make_page
+from nubo.realtime.frames import MessageDeletedFrame, MessageEditedFrame, MessageNewFrame
 from nubo.stores import Stores
 from nubo.stores.entities import Row, normalize_row
+from nubo.stores.events import event_type
 from nubo.stores.postgres import single_statement
 from nubo.stores.redis import REDIS_FAILURES
 from nubo.stores.transaction import Transaction
@@ -77,7 +78,7 @@ async def send_message(
     await _publish_with_unread(
         stores,
         recipients,
-        {"type": "message.new", "conversation_id": conversation_id, "message": view},
+        MessageNewFrame(conversation_id=conversation_id, message=view),
         [(uid, conversation_id, 1) for uid in recipients[1:]],
     )
     return result
@@ -86,7 +87,7 @@ async def send_message(
 async def _publish_with_unread(
     stores: Stores,
     recipients: list[uuid.UUID],
-    event: dict[str, Any],
+    event: MessageNewFrame[MessageView],
     deltas: list[Delta],
 ) -> None:
     """Unread deltas then the event, in one Redis round trip (see `before` in :meth:`EventBus.publish
@@ -102,7 +103,7 @@ async def _publish_with_unread(
         await stores.events.publish(recipients, event, before=counters.applier(deltas))
     except REDIS_FAILURES as exc:
         stores.count_failure("realtime")
-        log.warning("event_publish_failed", extra={"type": event.get("type"), "error": str(exc)[:200]})
+        log.warning("event_publish_failed", extra={"type": event_type(event), "error": str(exc)[:200]})
         # Which part failed is unknown: drop the hashes so reads rebuild them from PostgreSQL.
         await counters.forget(uid for uid, _, _ in deltas)
 
@@ -285,7 +286,7 @@ async def edit_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID
             await _set_preview(tx, conv["id"], text[:PREVIEW_CHARS])
         members = await fetch_member_ids(tx.conn, conv["id"])
         view = message_view(row)
-        tx.emit(members, {"type": "message.edited", "conversation_id": conv["id"], "message": view})
+        tx.emit(members, MessageEditedFrame(conversation_id=conv["id"], message=view))
     return view
 
 
@@ -331,7 +332,7 @@ async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UU
                 await _set_preview(tx, conv["id"], None)
         members = await fetch_member_ids(tx.conn, conv["id"])
         tx.on_commit(lambda: unread_counters(stores).apply(deltas))
-        tx.emit(members, {"type": "message.deleted", "conversation_id": conv["id"], "message_id": message_id})
+        tx.emit(members, MessageDeletedFrame(conversation_id=conv["id"], message_id=message_id))
     return message_view(message)
 
 

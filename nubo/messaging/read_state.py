@@ -17,6 +17,7 @@ from nubo.errors import NotFound
 from nubo.messaging.shared import fetch_member_ids, require_member_in, write
 from nubo.messaging.views import ReadMarker
 from nubo.model import MessageState
+from nubo.realtime.frames import ReadFrame
 from nubo.stores import Stores
 from nubo.stores.entities import normalize_row
 from nubo.stores.unread import unread_counters
@@ -69,7 +70,7 @@ async def mark_read(
         members = await fetch_member_ids(tx.conn, conversation_id)
         delta = row["unread_count"] - member["unread_count"]
         tx.on_commit(lambda: unread_counters(stores).apply([(user_id, conversation_id, delta)]))
-        tx.emit(members, {"type": "read", "conversation_id": conversation_id, "user_id": user_id, "message_id": target})
+        tx.emit(members, ReadFrame(conversation_id=conversation_id, user_id=user_id, message_id=target))
     return ReadMarker(conversation_id=conversation_id, last_read_message_id=target, unread_count=row["unread_count"])
 
 

@@ -1,7 +1,8 @@
 """The public shapes of messaging, built from rows: each is defined once, here, as a msgspec Struct.
 
 The HTTP routes return them (Litestar encodes and documents Structs natively) and the WebSocket frames carry
-them (:mod:`nubo.realtime.frames`), so a message looks the same on both paths. Field order is wire order, and
+them (e.g. ``MessageNewFrame[MessageView]``, :mod:`nubo.realtime.frames`), so a message has the same fields on
+both paths. Field order is wire order, and
 every field is always present (``null`` when empty): clients see the same keys whatever the row held.
 """
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nubo.logs import get_logger
+from nubo.realtime.frames import TypingFrame
 from nubo.realtime.hub import Hub
 from nubo.stores import Stores
 from nubo.stores.events import to_json
@@ -26,23 +27,20 @@ TYPING_TTL_MS = 1000
 CHANNEL = "rt:typing"
 
 
-def _event(conversation_id: uuid.UUID, user_id: uuid.UUID) -> dict[str, Any]:
-    return {"type": "typing", "conversation_id": conversation_id, "user_id": user_id}
-
-
 async def publish_typing(
     stores: Stores, conversation_id: uuid.UUID, user_id: uuid.UUID, recipients: list[uuid.UUID]
 ) -> None:
     """Announce that `user_id` is typing in `conversation_id` to `recipients` (for 1 s)."""
     if not recipients:
         return
+    event = TypingFrame(conversation_id=conversation_id, user_id=user_id)
     flux = _flux()
     if flux is None:
-        await stores.events.publish_ephemeral(recipients, _event(conversation_id, user_id), TYPING_TTL_MS)
+        await stores.events.publish_ephemeral(recipients, event, TYPING_TTL_MS)
         return
     body = {
         "to": [str(uid) for uid in recipients],
-        "body": json.loads(to_json(_event(conversation_id, user_id))),
+        "body": json.loads(to_json(event)),
         "expires": int(time.time() * 1000) + TYPING_TTL_MS,
     }
     await flux.publish(stores.redis, stores.keys, CHANNEL, body, ttl_ms=TYPING_TTL_MS)
