@@ -365,7 +365,7 @@ async def scenario(env: Mapping[str, str], a: Any, b: Any, seconds: float) -> di
         convs = []
         for (left, _), (right, _) in pairs:
             view, _ = await messaging.create_conversation(stores, left, kind="direct", user_ids=[right])
-            convs.append(str(view["id"]))
+            convs.append(str(view.id))
         sockets = await open_many(
             [((a if i % 2 else b).ws_url, pairs[i][0][1]) for i in range(SENDERS)]
             + [((b if i % 2 else a).ws_url, pairs[i][1][1]) for i in range(SENDERS)]
@@ -380,7 +380,7 @@ async def scenario(env: Mapping[str, str], a: Any, b: Any, seconds: float) -> di
         group, _ = await messaging.create_conversation(
             stores, members[0][0], kind="group", user_ids=[uid for uid, _ in members[1:]], title="big"
         )
-        group_id = str(group["id"])
+        group_id = str(group.id)
         member_sockets = await open_many(
             [((a if i % 2 == 0 else b).ws_url, token) for i, (_, token) in enumerate(members)]
         )
@@ -390,7 +390,7 @@ async def scenario(env: Mapping[str, str], a: Any, b: Any, seconds: float) -> di
             stores, members[0][0], kind="group", user_ids=[members[1][0], members[2][0]], title="trio"
         )
         results["cross_instance"] = await cross_instance(
-            member_sockets[0], member_sockets[2], member_sockets[1], str(trio["id"])
+            member_sockets[0], member_sockets[2], member_sockets[1], str(trio.id)
         )
         for socket in member_sockets:
             await socket.close()

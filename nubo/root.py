@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from nubo import accounts, feed, messaging
 from nubo.logs import get_logger
 from nubo.realtime import typing_events
+from nubo.realtime.frames import PresenceFrame
 from nubo.realtime.hub import Hub
 from nubo.settings import Settings
 from nubo.stores import Stores, open_stores
@@ -97,9 +98,7 @@ async def open_root(settings: Settings, *, wait_for_postgres: bool = False, pg_m
 
     async def announce(user_id: uuid.UUID, online: bool) -> None:
         peers = await messaging.conversation_peers(stores, user_id)
-        await stores.events.publish_ephemeral(
-            peers, {"type": "presence", "user_id": user_id, "online": online}, ttl_ms=10_000
-        )
+        await stores.events.publish_ephemeral(peers, PresenceFrame(user_id=user_id, online=online), ttl_ms=10_000)
 
     async def revoked_among(session_keys: list[str]) -> set[str]:
         return await accounts.revoked_among(stores, session_keys)

@@ -37,7 +37,7 @@ async def test_chat_sends_a_message_another_client_receives(
 ) -> None:
     alice, bob = await make_users(db, "alice", "bob")
     conv, _ = await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])
-    await messaging.send_message(db, bob.id, conv["id"], "earlier message from bob")
+    await messaging.send_message(db, bob.id, conv.id, "earlier message from bob")
     ws_bob = await WsClient.connect(server.ws_url, bob.token)
     await ws_bob.hello()
     proc = await asyncio.create_subprocess_exec(
@@ -52,7 +52,7 @@ async def test_chat_sends_a_message_another_client_receives(
         "--password",
         PASSWORD,
         "--conversation",
-        str(conv["id"]),
+        str(conv.id),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -77,7 +77,7 @@ async def test_chat_sends_a_message_another_client_receives(
         await ws_bob.send(
             {
                 "type": "message.send",
-                "conversation_id": str(conv["id"]),
+                "conversation_id": str(conv.id),
                 "content": "bob answers",
                 "client_id": "b1",
             }

@@ -46,7 +46,7 @@ async def _group(db: Stores, owner: ChatUser, *others: ChatUser) -> uuid.UUID:
     view, _ = await messaging.create_conversation(
         db, owner.id, kind="group", user_ids=[o.id for o in others], title="e2e"
     )
-    return view["id"]
+    return view.id
 
 
 def _new_messages(client: WsClient) -> list[dict[str, Any]]:
@@ -65,7 +65,7 @@ async def test_message_reaches_member_on_other_instance_once_and_never_a_non_mem
     for client in (ws_alice, ws_bob, *carols):
         await client.hello()
     await ws_alice.send(
-        {"type": "message.send", "conversation_id": str(conv["id"]), "content": "hi Bob", "client_id": "x1"}
+        {"type": "message.send", "conversation_id": str(conv.id), "content": "hi Bob", "client_id": "x1"}
     )
     await ws_alice.wait_for(lambda c: bool(c.events("ack")))
     ack = ws_alice.events("ack")[0]
@@ -181,7 +181,7 @@ async def test_reconnect_with_last_event_id_gets_exactly_the_missed_ones(
             await sender.send(
                 {
                     "type": "message.send",
-                    "conversation_id": str(conv["id"]),
+                    "conversation_id": str(conv.id),
                     "content": f"{prefix}{i}",
                     "client_id": f"{prefix}{i}",
                 }
@@ -259,11 +259,11 @@ async def test_bad_frames_get_errors_and_the_socket_survives(
         {"type": "message.send", "conversation_id": "nope", "content": "x", "client_id": "c"},
         {
             "type": "message.send",
-            "conversation_id": str(stranger_conv["id"]),
+            "conversation_id": str(stranger_conv.id),
             "content": "x",
             "client_id": "c2",
         },
-        {"type": "message.send", "conversation_id": str(stranger_conv["id"]), "content": ""},
+        {"type": "message.send", "conversation_id": str(stranger_conv.id), "content": ""},
         {"type": "resume", "last_event_id": 1},
     ]
     for frame in bad:
@@ -319,9 +319,9 @@ async def test_typing_and_presence_across_instances(db: Stores, pair: tuple[Serv
     await ws_alice.hello()
     await ws_bob.wait_for(lambda c: any(e["user_id"] == str(alice.id) and e["online"] for e in c.events("presence")))
     async with httpx.AsyncClient(base_url=b.url, timeout=30) as http:
-        view = (await http.get(f"/conversations/{conv['id']}", headers=bob.headers)).json()
+        view = (await http.get(f"/conversations/{conv.id}", headers=bob.headers)).json()
     assert {m["username"]: m["online"] for m in view["members"]} == {alice.username: True, bob.username: True}
-    await ws_alice.send({"type": "typing", "conversation_id": str(conv["id"])})
+    await ws_alice.send({"type": "typing", "conversation_id": str(conv.id)})
     await ws_bob.wait_for(lambda c: bool(c.events("typing")))
     typing = ws_bob.events("typing")[0]
     assert typing["user_id"] == str(alice.id) and "event_id" not in typing
@@ -362,7 +362,7 @@ async def test_sends_over_the_socket_are_rate_limited(db: Stores, tight: ServerP
     await client.hello()
     for i in range(4):
         await client.send(
-            {"type": "message.send", "conversation_id": str(conv["id"]), "content": "x", "client_id": f"r{i}"}
+            {"type": "message.send", "conversation_id": str(conv.id), "content": "x", "client_id": f"r{i}"}
         )
     await client.wait_for(lambda c: len(c.events("ack")) + len(c.events("error")) >= 4)
     assert len(client.events("ack")) == 3

@@ -6,7 +6,7 @@ only after the commit (:mod:`nubo.realtime`).
 
 One module per concept: :mod:`~nubo.messaging.conversations`, :mod:`~nubo.messaging.members`,
 :mod:`~nubo.messaging.messages` and :mod:`~nubo.messaging.read_state` (each states its own rules), over
-:mod:`~nubo.messaging.admission` (who may meet), :mod:`~nubo.messaging.views` (public shapes) and
+:mod:`~nubo.messaging.admission` (who may meet), :mod:`~nubo.messaging.views` (the public shapes, as Structs) and
 :mod:`~nubo.messaging.shared` (limits, validation, the write transaction, membership look-ups). The unread
 counters' Redis copy is :mod:`nubo.stores.unread`. Callers use the names re-exported here.
 
@@ -37,7 +37,6 @@ from nubo.messaging.conversations import (
 )
 from nubo.messaging.members import add_members, leave_conversation, member_ids, remove_member, typing_recipients
 from nubo.messaging.messages import (
-    SendResult,
     delete_message,
     edit_message,
     like_message,
@@ -46,7 +45,22 @@ from nubo.messaging.messages import (
 )
 from nubo.messaging.read_state import mark_read, unread_counts, unread_counts_from_postgres
 from nubo.messaging.shared import MAX_CLIENT_ID, MAX_CONTENT, MAX_MEMBERS, MAX_TITLE, PREVIEW_CHARS
-from nubo.messaging.views import KIND_NAMES, ROLE_NAMES, conversation_view, message_view
+from nubo.messaging.views import (
+    KIND_NAMES,
+    ROLE_NAMES,
+    ConversationView,
+    LastMessage,
+    MemberView,
+    MessageLikes,
+    MessageView,
+    ReadMarker,
+    SendResult,
+    UnreadCounts,
+    conversation_view,
+    member_view,
+    message_view,
+    unread_view,
+)
 
 __all__ = [
     "KINDS",
@@ -58,7 +72,14 @@ __all__ = [
     "PRESENCE_GROUP_LIMIT",
     "PREVIEW_CHARS",
     "ROLE_NAMES",
+    "ConversationView",
+    "LastMessage",
+    "MemberView",
+    "MessageLikes",
+    "MessageView",
+    "ReadMarker",
     "SendResult",
+    "UnreadCounts",
     "add_members",
     "conversation_peers",
     "conversation_view",
@@ -72,10 +93,12 @@ __all__ = [
     "list_messages",
     "mark_read",
     "member_ids",
+    "member_view",
     "message_view",
     "remove_member",
     "send_message",
     "typing_recipients",
     "unread_counts",
     "unread_counts_from_postgres",
+    "unread_view",
 ]

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from nubo.errors import ValidationFailed
 from nubo.ids import new_id
 from nubo.messaging.admission import check_can_meet, check_no_blocks, insert_members
 from nubo.messaging.shared import MAX_MEMBERS, clean_title, parse_user_ids, require_member, write
-from nubo.messaging.views import ROLE_NAMES, conversation_view
+from nubo.messaging.views import ConversationView, conversation_view, member_view
 from nubo.model import ConversationKind, ConversationState, MemberRole
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
@@ -27,7 +26,7 @@ PRESENCE_GROUP_LIMIT = 100  # presence changes are pushed to peers of groups up 
 
 async def create_conversation(
     stores: Stores, creator_id: uuid.UUID, *, kind: str, user_ids: object, title: object = None
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[ConversationView, bool]:
     """A direct conversation (returns the existing one with that user) or a group; (view, created)."""
     if kind not in KINDS:
         raise ValidationFailed("type must be 'direct' or 'group'", fields={"type": "direct or group"})
@@ -45,7 +44,7 @@ async def create_conversation(
     return await _create_group(stores, creator_id, others, group_title), True
 
 
-async def _create_direct(stores: Stores, creator_id: uuid.UUID, other_id: uuid.UUID) -> tuple[dict[str, Any], bool]:
+async def _create_direct(stores: Stores, creator_id: uuid.UUID, other_id: uuid.UUID) -> tuple[ConversationView, bool]:
     low, high = sorted((str(creator_id), str(other_id)))
     direct_key = f"{low}:{high}"
     async with write(stores) as tx:
@@ -70,7 +69,7 @@ async def _create_direct(stores: Stores, creator_id: uuid.UUID, other_id: uuid.U
     return await get_conversation(stores, creator_id, conv["id"]), True
 
 
-async def _create_group(stores: Stores, creator_id: uuid.UUID, others: list[uuid.UUID], title: str) -> dict[str, Any]:
+async def _create_group(stores: Stores, creator_id: uuid.UUID, others: list[uuid.UUID], title: str) -> ConversationView:
     async with write(stores) as tx:
         await check_can_meet(tx.conn, creator_id, others)
         await check_no_blocks(tx.conn, others, others)
@@ -83,7 +82,7 @@ async def _create_group(stores: Stores, creator_id: uuid.UUID, others: list[uuid
     return await get_conversation(stores, creator_id, conv["id"])
 
 
-async def get_conversation(stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID) -> dict[str, Any]:
+async def get_conversation(stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID) -> ConversationView:
     """The conversation with its members (role, read marker, online) and the caller's unread count."""
     conv = await require_member(stores, conversation_id, user_id)
     async with stores.pg.connection() as conn:
@@ -96,21 +95,11 @@ async def get_conversation(stores: Stores, user_id: uuid.UUID, conversation_id: 
             )
         ).fetchall()
     online = await _online(stores, [row["user_id"] for row in rows])
-    view = conversation_view(conv)
+    peer_id = None
     if conv["type"] == ConversationKind.DIRECT:
-        view["peer_id"] = next((row["user_id"] for row in rows if row["user_id"] != user_id), None)
-    view["members"] = [
-        {
-            "user_id": row["user_id"],
-            "username": row["username"],
-            "role": ROLE_NAMES.get(row["role"], "member"),
-            "joined_at": row["joined_at"],
-            "last_read_message_id": row["last_read_message_id"],
-            "online": row["user_id"] in online,
-        }
-        for row in rows
-    ]
-    return view
+        peer_id = next((row["user_id"] for row in rows if row["user_id"] != user_id), None)
+    members = [member_view(row, row["user_id"] in online) for row in rows]
+    return conversation_view(conv, peer_id=peer_id, members=members)
 
 
 async def _online(stores: Stores, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
@@ -122,7 +111,7 @@ async def _online(stores: Stores, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUI
 
 async def list_conversations(
     stores: Stores, user_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
-) -> Page[dict[str, Any]]:
+) -> Page[ConversationView]:
     """The caller's conversations, latest activity first; `before` is the last conversation id of a page."""
     async with stores.pg.connection() as conn:
         rows = await (
@@ -141,7 +130,7 @@ async def list_conversations(
             )
         ).fetchall()
     views = [conversation_view(normalize_row(row)) for row in rows]
-    return make_page(views, limit)
+    return make_page(views, limit, key=lambda view: view.id)
 
 
 async def conversation_peers(stores: Stores, user_id: uuid.UUID, limit: int = 5000) -> list[uuid.UUID]:

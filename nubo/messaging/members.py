@@ -9,12 +9,12 @@ unread count leaves their Redis hash after the commit.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from nubo.errors import Forbidden, NotFound, ValidationFailed
 from nubo.messaging.admission import check_can_meet, check_no_blocks, insert_members
 from nubo.messaging.conversations import get_conversation
 from nubo.messaging.shared import MAX_MEMBERS, fetch_member_ids, lock_conversation, parse_user_ids, write
+from nubo.messaging.views import ConversationView
 from nubo.model import ConversationKind, MemberRole
 from nubo.stores import Stores
 from nubo.stores.entities import Row, normalize_row
@@ -30,7 +30,7 @@ async def member_ids(stores: Stores, conversation_id: uuid.UUID) -> list[uuid.UU
 
 async def add_members(
     stores: Stores, actor_id: uuid.UUID, conversation_id: uuid.UUID, user_ids: object
-) -> dict[str, Any]:
+) -> ConversationView:
     """Admins and the creator add users to a group (existing members are skipped)."""
     wanted = [uid for uid in parse_user_ids(user_ids) if uid != actor_id]
     if not wanted:

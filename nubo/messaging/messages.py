@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from nubo import posts, ratelimit
 from nubo.errors import Conflict, Forbidden, NotFound
@@ -31,25 +29,19 @@ from nubo.messaging.shared import (
     require_member,
     write,
 )
-from nubo.messaging.views import message_view
+from nubo.messaging.views import MessageLikes, MessageView, SendResult, message_view
 from nubo.model import ConversationKind, ConversationState, LikeTarget, MessageState, active_user, blocked_either_way
 from nubo.pagination import Page, make_page
+from nubo.realtime.frames import MessageDeletedFrame, MessageEditedFrame, MessageNewFrame
 from nubo.stores import Stores
 from nubo.stores.entities import Row, normalize_row
+from nubo.stores.events import event_type
 from nubo.stores.postgres import single_statement
 from nubo.stores.redis import REDIS_FAILURES
 from nubo.stores.transaction import Transaction
 from nubo.stores.unread import SCRIPT_CHUNK, Delta, unread_counters
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """A stored message and whether this call created it (False: an idempotent retry)."""
-
-    message: dict[str, Any]
-    created: bool
 
 
 async def send_message(
@@ -80,13 +72,13 @@ async def send_message(
         return replayed
     recipients = [sender_id, *row.pop("recipients")]
     view = message_view(row)
-    result = SendResult(view, True)
+    result = SendResult(message=view, created=True)
     if committed is not None:
         committed(result)
     await _publish_with_unread(
         stores,
         recipients,
-        {"type": "message.new", "conversation_id": conversation_id, "message": view},
+        MessageNewFrame(conversation_id=conversation_id, message=view),
         [(uid, conversation_id, 1) for uid in recipients[1:]],
     )
     return result
@@ -95,11 +87,11 @@ async def send_message(
 async def _publish_with_unread(
     stores: Stores,
     recipients: list[uuid.UUID],
-    event: dict[str, Any],
+    event: MessageNewFrame[MessageView],
     deltas: list[Delta],
 ) -> None:
-    """Unread deltas then the event, in one Redis round trip (see `before` in :meth:`Bus.publish
-    <nubo.realtime.bus.Bus.publish>`); failures as in :meth:`UnreadCounters.apply
+    """Unread deltas then the event, in one Redis round trip (see `before` in :meth:`EventBus.publish
+    <nubo.stores.events.EventBus.publish>`); failures as in :meth:`UnreadCounters.apply
     <nubo.stores.unread.UnreadCounters.apply>` and :func:`publish_safely`: logged and counted, never a failed
     send (PostgreSQL already committed)."""
     counters = unread_counters(stores)
@@ -111,7 +103,7 @@ async def _publish_with_unread(
         await stores.events.publish(recipients, event, before=counters.applier(deltas))
     except REDIS_FAILURES as exc:
         stores.count_failure("realtime")
-        log.warning("event_publish_failed", extra={"type": event.get("type"), "error": str(exc)[:200]})
+        log.warning("event_publish_failed", extra={"type": event_type(event), "error": str(exc)[:200]})
         # Which part failed is unknown: drop the hashes so reads rebuild them from PostgreSQL.
         await counters.forget(uid for uid, _, _ in deltas)
 
@@ -214,12 +206,12 @@ async def _existing_send(stores: Stores, sender_id: uuid.UUID, client_id: str) -
 def _replayed(existing: Row, conversation_id: uuid.UUID) -> SendResult:
     if existing["conversation_id"] != conversation_id:
         raise Conflict("client_id was already used for a message in another conversation", code="client_id_reused")
-    return SendResult(message_view(existing), False)
+    return SendResult(message=message_view(existing), created=False)
 
 
 async def list_messages(
     stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
-) -> Page[dict[str, Any]]:
+) -> Page[MessageView]:
     """Newest first. The page's ids come from PostgreSQL's (conversation_id, id) index — always complete —
     and the bodies through the tiers (Redis, then Mongo `messages_recent`, then PostgreSQL for older ones)."""
     await require_member(stores, conversation_id, user_id)
@@ -235,7 +227,7 @@ async def list_messages(
     ids = [row["id"] for row in rows]
     found = {row["id"]: row for row in await _messages_by_id(stores, ids)}
     views = [message_view(found[mid]) for mid in ids if mid in found]
-    return make_page(views, limit)
+    return make_page(views, limit, key=lambda view: view.id)
 
 
 async def _messages_by_id(stores: Stores, ids: list[uuid.UUID]) -> list[Row]:
@@ -273,7 +265,7 @@ async def _lock_message(tx: Transaction, user_id: uuid.UUID, message_id: uuid.UU
     return conv, message
 
 
-async def edit_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, content: object) -> dict[str, Any]:
+async def edit_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, content: object) -> MessageView:
     text = clean_content(content)
     async with write(stores) as tx:
         conv, message = await _lock_message(tx, user_id, message_id)
@@ -294,7 +286,7 @@ async def edit_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID
             await _set_preview(tx, conv["id"], text[:PREVIEW_CHARS])
         members = await fetch_member_ids(tx.conn, conv["id"])
         view = message_view(row)
-        tx.emit(members, {"type": "message.edited", "conversation_id": conv["id"], "message": view})
+        tx.emit(members, MessageEditedFrame(conversation_id=conv["id"], message=view))
     return view
 
 
@@ -309,7 +301,7 @@ async def _set_preview(tx: Transaction, conversation_id: uuid.UUID, text: str | 
         tx.touch("conversations", conversation_id, normalize_row(row))
 
 
-async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID) -> dict[str, Any]:
+async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID) -> MessageView:
     """Tombstone a message (content removed, place kept); members who had not read it count one less."""
     deltas: list[Delta] = []
     async with write(stores) as tx:
@@ -340,14 +332,14 @@ async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UU
                 await _set_preview(tx, conv["id"], None)
         members = await fetch_member_ids(tx.conn, conv["id"])
         tx.on_commit(lambda: unread_counters(stores).apply(deltas))
-        tx.emit(members, {"type": "message.deleted", "conversation_id": conv["id"], "message_id": message_id})
+        tx.emit(members, MessageDeletedFrame(conversation_id=conv["id"], message_id=message_id))
     return message_view(message)
 
 
-async def like_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, liked: bool) -> dict[str, Any]:
+async def like_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID, liked: bool) -> MessageLikes:
     """Like (or unlike) a message of a conversation the caller is in; returns the like count.
 
     Likes of every kind share one implementation (`nubo.posts.like`, membership checked there)."""
     change = posts.like if liked else posts.unlike
     state = await change(stores, user_id, LikeTarget.MESSAGE, message_id)
-    return {"message_id": message_id, "liked": state["liked"], "likes": state["like_count"]}
+    return MessageLikes(message_id=message_id, liked=state["liked"], likes=state["like_count"])

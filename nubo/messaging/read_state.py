@@ -12,11 +12,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from nubo.errors import NotFound
 from nubo.messaging.shared import fetch_member_ids, require_member_in, write
+from nubo.messaging.views import ReadMarker
 from nubo.model import MessageState
+from nubo.realtime.frames import ReadFrame
 from nubo.stores import Stores
 from nubo.stores.entities import normalize_row
 from nubo.stores.unread import unread_counters
@@ -24,13 +25,13 @@ from nubo.stores.unread import unread_counters
 
 async def mark_read(
     stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID, message_id: uuid.UUID | None = None
-) -> dict[str, Any]:
+) -> ReadMarker:
     """Move the caller's read marker forward to `message_id` (default: the latest message), never back."""
     async with write(stores, wait=False) as tx:
         conv = await require_member_in(tx.conn, conversation_id, user_id)
         target = message_id or conv.get("last_message_id")
         if target is None:
-            return {"conversation_id": conversation_id, "last_read_message_id": None, "unread_count": 0}
+            return ReadMarker(conversation_id=conversation_id, last_read_message_id=None, unread_count=0)
         if message_id is not None:
             exists = await (
                 await tx.conn.execute(
@@ -51,11 +52,9 @@ async def mark_read(
             raise NotFound("No such conversation", code="conversation_not_found")
         marker = member["last_read_message_id"]
         if marker is not None and marker >= target:
-            return {
-                "conversation_id": conversation_id,
-                "last_read_message_id": marker,
-                "unread_count": member["unread_count"],
-            }
+            return ReadMarker(
+                conversation_id=conversation_id, last_read_message_id=marker, unread_count=member["unread_count"]
+            )
         updated = await (
             await tx.conn.execute(
                 "UPDATE messaging.conversation_members m SET last_read_message_id = %(mid)s, unread_count = "
@@ -71,12 +70,8 @@ async def mark_read(
         members = await fetch_member_ids(tx.conn, conversation_id)
         delta = row["unread_count"] - member["unread_count"]
         tx.on_commit(lambda: unread_counters(stores).apply([(user_id, conversation_id, delta)]))
-        tx.emit(members, {"type": "read", "conversation_id": conversation_id, "user_id": user_id, "message_id": target})
-    return {
-        "conversation_id": conversation_id,
-        "last_read_message_id": target,
-        "unread_count": row["unread_count"],
-    }
+        tx.emit(members, ReadFrame(conversation_id=conversation_id, user_id=user_id, message_id=target))
+    return ReadMarker(conversation_id=conversation_id, last_read_message_id=target, unread_count=row["unread_count"])
 
 
 async def unread_counts(stores: Stores, user_id: uuid.UUID) -> dict[uuid.UUID, int]:

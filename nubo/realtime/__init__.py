@@ -25,6 +25,8 @@ Ephemeral ones (``typing``, ``presence``) and replies (``hello``, ``ack``, ``pon
 they are live-only, never replayed (replaying a typing indicator after a reconnect would be wrong) and are not
 positions a client can resume from. ``resync`` carries the ``event_id`` to resume from afterwards.
 
+Every frame the server sends is a Struct of :mod:`nubo.realtime.frames`, whose docstring lists them all.
+
 The lobby (the seed's plain-text broadcast) is public by design: any plain-text frame goes to every connected
 client on every instance, on its own channel, with no history.
 """

@@ -26,11 +26,12 @@ import secrets
 import socket as socket_module
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nubo.logs import get_logger
+from nubo.realtime.frames import ErrorFrame, Frame, HelloFrame, ResyncFrame
 from nubo.stores import Stores
 from nubo.stores.events import (
     DurableMessage,
@@ -136,7 +137,7 @@ class Connection:
             return False
         return True
 
-    def send_event(self, event: dict[str, Any]) -> bool:
+    def send_event(self, event: Frame) -> bool:
         """Queue a reply or ephemeral event (no event id)."""
         return self.offer(Live(to_json(event)))
 
@@ -175,16 +176,8 @@ class Connection:
                 await self._resume(item.last_event_id)
 
     async def _send_hello(self) -> None:
-        await self.socket.send_text(
-            to_json(
-                {
-                    "type": "hello",
-                    "user_id": self.user_key,
-                    "last_event_id": self.last,
-                    "instance": self.hub.instance_id,
-                }
-            )
-        )
+        hello = HelloFrame(user_id=self.user_id, last_event_id=self.last, instance=self.hub.instance_id)
+        await self.socket.send_text(to_json(hello))
 
     async def _deliver(self, item: Durable) -> None:
         if item.event_id <= self.last:
@@ -218,20 +211,16 @@ class Connection:
 
     async def _resync(self, event_id: int, reason: str) -> None:
         log.info("ws_resync", extra={"user_id": self.user_key, "from": self.last, "to": event_id, "reason": reason})
-        await self.socket.send_text(to_json({"type": "resync", "event_id": event_id, "reason": reason}))
+        await self.socket.send_text(to_json(ResyncFrame(event_id=event_id, reason=reason)))
         self.last = event_id
 
     async def _resume(self, last_event_id: int) -> None:
         if self.delivered_durable:
-            await self.socket.send_text(
-                to_json(
-                    {
-                        "type": "error",
-                        "code": "resume_too_late",
-                        "error": "resume must be the first frame; reconnect with ?last_event_id= instead",
-                    }
-                )
+            too_late = ErrorFrame(
+                code="resume_too_late",
+                error="resume must be the first frame; reconnect with ?last_event_id= instead",
             )
+            await self.socket.send_text(to_json(too_late))
             return
         self.last = last_event_id
         await self._catch_up(None)
@@ -390,8 +379,9 @@ class Hub:
         for conn in list(self.everyone):
             conn.offer(Live(text))
 
-    def deliver_ephemeral(self, user_ids: list[str], event: dict[str, Any], expires_ms: int | None) -> None:
-        """Route an ephemeral event already received from elsewhere (flux typing) to local sockets."""
+    def deliver_ephemeral(self, user_ids: list[str], event: Mapping[str, object], expires_ms: int | None) -> None:
+        """Route an ephemeral event already received from elsewhere (flux typing: the decoded JSON of a
+        frame, relayed as is) to local sockets."""
         text = to_json(event)
         for key in user_ids:
             for conn in list(self.local.get(key, ())):

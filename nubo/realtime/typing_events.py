@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from nubo.logs import get_logger
+from nubo.realtime.frames import TypingFrame
 from nubo.realtime.hub import Hub
 from nubo.stores import Stores, typing_flux
 
@@ -23,17 +23,14 @@ log = get_logger(__name__)
 TYPING_TTL_MS = 1000
 
 
-def _event(conversation_id: uuid.UUID, user_id: uuid.UUID) -> dict[str, Any]:
-    return {"type": "typing", "conversation_id": conversation_id, "user_id": user_id}
-
-
 async def publish_typing(
     stores: Stores, conversation_id: uuid.UUID, user_id: uuid.UUID, recipients: list[uuid.UUID]
 ) -> None:
     """Announce that `user_id` is typing in `conversation_id` to `recipients` (for 1 s)."""
     if not recipients:
         return
-    await typing_flux.publish(stores, recipients, _event(conversation_id, user_id), TYPING_TTL_MS)
+    event = TypingFrame(conversation_id=conversation_id, user_id=user_id)
+    await typing_flux.publish(stores, recipients, event, TYPING_TTL_MS)
 
 
 async def start_listener(hub: Hub) -> Callable[[], Awaitable[None]]:

@@ -1,6 +1,6 @@
 """Routes for conversations, messages, read markers, unread counters and notifications.
 
-Handlers are thin: parse, call `nubo.messaging` / `nubo.notifications`, shape the answer. Conversations the
+Handlers are thin: parse, call `nubo.messaging` / `nubo.notifications`, return its shapes. Conversations the
 caller is not a member of are 404 (their existence is not revealed). Lists use the one shape
 ``{"items", "next"}`` with ``?limit=&before=``.
 """
@@ -8,7 +8,7 @@ caller is not a member of are 404 (their existence is not revealed). Lists use t
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -17,6 +17,7 @@ from litestar.params import FromPath, JSONBody, Parameter
 
 from nubo import messaging, notifications
 from nubo.ids import parse_id
+from nubo.messaging.views import ConversationView, MessageLikes, MessageView, ReadMarker, UnreadCounts
 from nubo.pagination import Page
 from nubo.server.users import AnyRequest, Before, Limit, StoresDep, caller_id
 
@@ -67,77 +68,7 @@ class NotificationsReadIn:
     up_to: uuid.UUID | None = None
 
 
-# ---- responses -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class MessageOut:
-    """A message; a deleted one (state 2) keeps its place with `content` null. State 1 means edited."""
-
-    id: uuid.UUID
-    conversation_id: uuid.UUID
-    sender_id: uuid.UUID
-    content: str | None
-    state: int
-    message_type: int
-    client_id: str | None
-    created_at: datetime
-    edited_at: datetime | None
-
-
-@dataclass
-class LastMessage:
-    id: uuid.UUID
-    text: str | None
-    created_at: datetime | None
-
-
-@dataclass
-class MemberOut:
-    user_id: uuid.UUID
-    username: str
-    role: str
-    joined_at: datetime
-    last_read_message_id: uuid.UUID | None
-    online: bool
-
-
-@dataclass
-class ConversationOut:
-    """A conversation as the caller sees it (`members` only on the single-conversation routes)."""
-
-    id: uuid.UUID
-    type: str
-    title: str | None
-    created_by: uuid.UUID | None
-    created_at: datetime
-    last_message: LastMessage | None
-    unread_count: int
-    role: str
-    peer_id: uuid.UUID | None
-    members: list[MemberOut] | None = None
-
-
-@dataclass
-class ReadOut:
-    conversation_id: uuid.UUID
-    last_read_message_id: uuid.UUID | None
-    unread_count: int
-
-
-@dataclass
-class UnreadOut:
-    """Unread counts per conversation (from Redis, rebuilt from PostgreSQL when absent)."""
-
-    total: int
-    conversations: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class LikeOut:
-    message_id: uuid.UUID
-    liked: bool
-    likes: int
+# ---- responses (messaging's are its views, nubo.messaging.views) -----------------------------------------
 
 
 @dataclass
@@ -155,42 +86,30 @@ class UpdatedOut:
     updated: int
 
 
-def to_conversation(view: dict[str, Any]) -> ConversationOut:
-    last = view.get("last_message")
-    members = view.get("members")
-    return ConversationOut(
-        **{k: v for k, v in view.items() if k not in ("last_message", "members")},
-        last_message=LastMessage(**last) if last else None,
-        members=[MemberOut(**m) for m in members] if members is not None else None,
-    )
-
-
 # ---- conversations ---------------------------------------------------------------------------------------
 
 
 @post("/conversations", summary="Start a direct conversation or create a group", tags=["messaging"])
 async def create_conversation(
     request: AnyRequest, stores: StoresDep, data: JSONBody[CreateConversationIn]
-) -> Response[ConversationOut]:
+) -> Response[ConversationView]:
     """201 when created; 200 with the existing direct conversation between the two users."""
     view, created = await messaging.create_conversation(
         stores, caller_id(request), kind=data.type, user_ids=data.user_ids, title=data.title
     )
-    return Response(to_conversation(view), status_code=201 if created else 200)
+    return Response(view, status_code=201 if created else 200)
 
 
 @get("/conversations", summary="The caller's conversations, latest activity first", tags=["messaging"])
 async def list_conversations(
     request: AnyRequest, stores: StoresDep, limit: Limit = 20, before: Before = None
-) -> Page[ConversationOut]:
-    page = await messaging.list_conversations(stores, caller_id(request), limit=limit, before=before)
-    return Page(items=[to_conversation(v) for v in page.items], next=page.next)
+) -> Page[ConversationView]:
+    return await messaging.list_conversations(stores, caller_id(request), limit=limit, before=before)
 
 
 @get("/conversations/{conversation_id:str}", summary="A conversation with its members", tags=["messaging"])
-async def get_conversation(request: AnyRequest, stores: StoresDep, conversation_id: IdPath) -> ConversationOut:
-    view = await messaging.get_conversation(stores, caller_id(request), parse_id(conversation_id, "conversation_id"))
-    return to_conversation(view)
+async def get_conversation(request: AnyRequest, stores: StoresDep, conversation_id: IdPath) -> ConversationView:
+    return await messaging.get_conversation(stores, caller_id(request), parse_id(conversation_id, "conversation_id"))
 
 
 @post(
@@ -201,11 +120,10 @@ async def get_conversation(request: AnyRequest, stores: StoresDep, conversation_
 )
 async def add_members(
     request: AnyRequest, stores: StoresDep, conversation_id: IdPath, data: JSONBody[MembersIn]
-) -> ConversationOut:
-    view = await messaging.add_members(
+) -> ConversationView:
+    return await messaging.add_members(
         stores, caller_id(request), parse_id(conversation_id, "conversation_id"), data.user_ids
     )
-    return to_conversation(view)
 
 
 @delete(
@@ -231,30 +149,28 @@ async def leave_conversation(request: AnyRequest, stores: StoresDep, conversatio
 @post("/conversations/{conversation_id:str}/messages", summary="Send a message", tags=["messaging"])
 async def send_message(
     request: AnyRequest, stores: StoresDep, conversation_id: IdPath, data: JSONBody[SendMessageIn]
-) -> Response[MessageOut]:
+) -> Response[MessageView]:
     """201 when stored; 200 with the stored message when `client_id` was already used (idempotent retry)."""
     result = await messaging.send_message(
         stores, caller_id(request), parse_id(conversation_id, "conversation_id"), data.content, data.client_id
     )
-    return Response(MessageOut(**result.message), status_code=201 if result.created else 200)
+    return Response(result.message, status_code=201 if result.created else 200)
 
 
 @get("/conversations/{conversation_id:str}/messages", summary="Messages, newest first", tags=["messaging"])
 async def list_messages(
     request: AnyRequest, stores: StoresDep, conversation_id: IdPath, limit: Limit = 20, before: Before = None
-) -> Page[MessageOut]:
-    page = await messaging.list_messages(
+) -> Page[MessageView]:
+    return await messaging.list_messages(
         stores, caller_id(request), parse_id(conversation_id, "conversation_id"), limit=limit, before=before
     )
-    return Page(items=[MessageOut(**m) for m in page.items], next=page.next)
 
 
 @patch("/messages/{message_id:str}", summary="Edit a message (sender only)", tags=["messaging"])
 async def edit_message(
     request: AnyRequest, stores: StoresDep, message_id: IdPath, data: JSONBody[EditMessageIn]
-) -> MessageOut:
-    view = await messaging.edit_message(stores, caller_id(request), parse_id(message_id, "message_id"), data.content)
-    return MessageOut(**view)
+) -> MessageView:
+    return await messaging.edit_message(stores, caller_id(request), parse_id(message_id, "message_id"), data.content)
 
 
 @delete(
@@ -263,21 +179,18 @@ async def edit_message(
     tags=["messaging"],
     status_code=200,
 )
-async def delete_message(request: AnyRequest, stores: StoresDep, message_id: IdPath) -> MessageOut:
-    view = await messaging.delete_message(stores, caller_id(request), parse_id(message_id, "message_id"))
-    return MessageOut(**view)
+async def delete_message(request: AnyRequest, stores: StoresDep, message_id: IdPath) -> MessageView:
+    return await messaging.delete_message(stores, caller_id(request), parse_id(message_id, "message_id"))
 
 
 @post("/messages/{message_id:str}/like", summary="Like a message", tags=["messaging"], status_code=200)
-async def like_message(request: AnyRequest, stores: StoresDep, message_id: IdPath) -> LikeOut:
-    return LikeOut(**await messaging.like_message(stores, caller_id(request), parse_id(message_id, "message_id"), True))
+async def like_message(request: AnyRequest, stores: StoresDep, message_id: IdPath) -> MessageLikes:
+    return await messaging.like_message(stores, caller_id(request), parse_id(message_id, "message_id"), True)
 
 
 @delete("/messages/{message_id:str}/like", summary="Unlike a message", tags=["messaging"], status_code=200)
-async def unlike_message(request: AnyRequest, stores: StoresDep, message_id: IdPath) -> LikeOut:
-    return LikeOut(
-        **await messaging.like_message(stores, caller_id(request), parse_id(message_id, "message_id"), False)
-    )
+async def unlike_message(request: AnyRequest, stores: StoresDep, message_id: IdPath) -> MessageLikes:
+    return await messaging.like_message(stores, caller_id(request), parse_id(message_id, "message_id"), False)
 
 
 @post(
@@ -288,20 +201,18 @@ async def unlike_message(request: AnyRequest, stores: StoresDep, message_id: IdP
 )
 async def mark_read(
     request: AnyRequest, stores: StoresDep, conversation_id: IdPath, data: JSONBody[ReadIn | None] = None
-) -> ReadOut:
-    result = await messaging.mark_read(
+) -> ReadMarker:
+    return await messaging.mark_read(
         stores,
         caller_id(request),
         parse_id(conversation_id, "conversation_id"),
         data.message_id if data else None,
     )
-    return ReadOut(**result)
 
 
 @get("/unread", summary="Unread counts per conversation", tags=["messaging"])
-async def get_unread(request: AnyRequest, stores: StoresDep) -> UnreadOut:
-    counts = await messaging.unread_counts(stores, caller_id(request))
-    return UnreadOut(total=sum(counts.values()), conversations={str(k): v for k, v in counts.items()})
+async def get_unread(request: AnyRequest, stores: StoresDep) -> UnreadCounts:
+    return messaging.unread_view(await messaging.unread_counts(stores, caller_id(request)))
 
 
 # ---- notifications ---------------------------------------------------------------------------------------

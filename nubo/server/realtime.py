@@ -12,16 +12,17 @@ Handshake, in order, all before any frame:
 
 Then the server sends ``hello`` (with the position it resumes from), replays what was missed, and streams.
 
-Client -> server frames are JSON envelopes ``{"type": ...}``; a text frame whose first non-blank character is
-neither ``{`` nor ``[`` is a plain lobby message (the seed's broadcast, public). Types: ``message.send``
-{conversation_id, content, client_id} -> ``ack`` {client_id, message_id, duplicate} right after the PostgreSQL
-commit (before the ``message.new`` events are published); ``typing`` {conversation_id}; ``read`` {conversation_id,
-message_id?}; ``ping`` -> ``pong``; ``resume`` {last_event_id} (first frame only, an alternative to the query
-parameter). Any bad frame — invalid JSON, not an object, unknown type, bad field, binary — gets an ``error`` event
-{code, error}; nothing closes the socket except a full send queue (close code 4008), the revocation of the token's
-session (4401: on every instance at once through ``rt:revoked``, else at the next heartbeat), a frame over
-``NUBO_WS_MAX_FRAME`` (uvicorn closes with 1009 before the app sees it, since `nubo serve` sets its ``ws_max_size``;
-the check here answers an ``error`` event should the server limit ever be higher) or the client.
+Server -> client frames are the Structs of :mod:`nubo.realtime.frames` (its docstring lists them). Client -> server
+frames are JSON envelopes ``{"type": ...}``; a text frame whose first non-blank character is neither ``{`` nor ``[``
+is a plain lobby message (the seed's broadcast, public). Types: ``message.send`` {conversation_id, content,
+client_id} -> ``ack`` {client_id, message_id, conversation_id, duplicate} right after the PostgreSQL commit (before the
+``message.new`` events are published); ``typing`` {conversation_id}; ``read`` {conversation_id, message_id?};
+``ping`` -> ``pong``; ``resume`` {last_event_id} (first frame only, an alternative to the query parameter). Any bad
+frame — invalid JSON, not an object, unknown type, bad field, binary — gets an ``error`` event {code, error};
+nothing closes the socket except a full send queue (close code 4008), the revocation of the token's session (4401:
+on every instance at once through ``rt:revoked``, else at the next heartbeat), a frame over ``NUBO_WS_MAX_FRAME``
+(uvicorn closes with 1009 before the app sees it, since `nubo serve` sets its ``ws_max_size``; the check here
+answers an ``error`` event should the server limit ever be higher) or the client.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from nubo.errors import Forbidden, NuboError, Unauthorized, ValidationFailed
 from nubo.ids import parse_id
 from nubo.logs import get_logger
 from nubo.realtime import typing_events
+from nubo.realtime.frames import AckFrame, ErrorFrame, PongFrame
 from nubo.realtime.hub import CLOSE_REASONS, CLOSE_TIMEOUT_SECONDS, Connection, Hub, Resume
 from nubo.root import Root
 from nubo.server.auth import deny_websocket
@@ -211,21 +213,20 @@ class Session:
 
     async def guard(self, work: Awaitable[None], envelope: dict[str, Any] | None) -> None:
         """Run a handler; a failure becomes an `error` event (with the request's client_id), never a crash."""
-        extra = {}
-        if envelope is not None and isinstance(envelope.get("client_id"), str):
-            extra["client_id"] = envelope["client_id"]
+        raw_client_id = envelope.get("client_id") if envelope is not None else None
+        client_id = raw_client_id if isinstance(raw_client_id, str) else None
         try:
             await work
         except NuboError as exc:
-            self.error(exc.code, exc.message, fields=exc.fields or None, **extra)
+            self.error(exc.code, exc.message, fields=exc.fields or None, client_id=client_id)
         except Exception:
             log.exception("ws_handler_failed", extra={"type": (envelope or {}).get("type")})
-            self.error("internal_error", "The server could not handle this frame", **extra)
+            self.error("internal_error", "The server could not handle this frame", client_id=client_id)
 
-    def error(self, code: str, message: str, **extra: Any) -> None:
-        event = {"type": "error", "code": code, "error": message}
-        event.update({k: v for k, v in extra.items() if v is not None})
-        self.conn.send_event(event)
+    def error(
+        self, code: str, message: str, *, fields: dict[str, str] | None = None, client_id: str | None = None
+    ) -> None:
+        self.conn.send_event(ErrorFrame(code=code, error=message, fields=fields, client_id=client_id))
 
     # ---- handlers ----------------------------------------------------------------------------------------
 
@@ -234,13 +235,12 @@ class Session:
 
         def ack(result: messaging.SendResult) -> None:  # once committed, before the publish
             self.conn.send_event(
-                {
-                    "type": "ack",
-                    "client_id": envelope.get("client_id"),
-                    "message_id": result.message["id"],
-                    "conversation_id": conversation_id,
-                    "duplicate": not result.created,
-                }
+                AckFrame(
+                    client_id=envelope.get("client_id"),
+                    message_id=result.message.id,
+                    conversation_id=conversation_id,
+                    duplicate=not result.created,
+                )
             )
 
         await messaging.send_message(
@@ -276,7 +276,7 @@ class Session:
         await messaging.mark_read(self.stores, self.user_id, conversation_id, message_id)
 
     async def on_ping(self, envelope: dict[str, Any]) -> None:
-        self.conn.send_event({"type": "pong", "id": envelope.get("id"), "ts": int(time.time() * 1000)})
+        self.conn.send_event(PongFrame(id=envelope.get("id"), ts=int(time.time() * 1000)))
 
     async def on_resume(self, envelope: dict[str, Any]) -> None:
         raw = envelope.get("last_event_id")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, cast
 
+import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
@@ -70,7 +71,15 @@ return ids
 """
 
 
+Event = Mapping[str, Any] | msgspec.Struct
+"""An event body: a mapping, or a tagged Struct (the frames of :mod:`nubo.realtime.frames`)."""
+
+
 def _default(value: object) -> object:
+    if isinstance(value, msgspec.Struct):
+        # Datetimes stay objects here so that they get isoformat() below, as every event always had
+        # (msgspec would write RFC 3339 with "Z").
+        return msgspec.to_builtins(value, builtin_types=(datetime, date))
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, datetime | date):
@@ -81,7 +90,8 @@ def _default(value: object) -> object:
 
 
 def to_json(value: object) -> str:
-    """Compact JSON with UUIDs and datetimes as strings (the wire format of every event)."""
+    """Compact JSON with UUIDs and datetimes as strings (the wire format of every event); Structs as their
+    fields in order, tag first."""
     return json.dumps(value, default=_default, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -120,7 +130,7 @@ class EventBus:
     async def publish(
         self,
         user_ids: Iterable[uuid.UUID],
-        event: Mapping[str, Any],
+        event: Event,
         *,
         before: Callable[[], Awaitable[Any]] | None = None,
     ) -> dict[uuid.UUID, int]:
@@ -158,9 +168,7 @@ class EventBus:
             assigned.update(zip(chunk, (int(i) for i in ids), strict=True))
         return assigned
 
-    async def publish_ephemeral(
-        self, user_ids: Iterable[uuid.UUID], event: Mapping[str, Any], ttl_ms: int = 1000
-    ) -> None:
+    async def publish_ephemeral(self, user_ids: Iterable[uuid.UUID], event: Event, ttl_ms: int = 1000) -> None:
         """Live-only delivery (presence): no id, no history; receivers drop it once `ttl_ms` has passed."""
         to = [str(uid) for uid in dict.fromkeys(user_ids)]
         if to:
@@ -188,7 +196,7 @@ class EventBus:
         )
         return [(int(entry_id.split("-", 1)[0]), fields["b"]) for entry_id, fields in entries]
 
-    async def publish_safely(self, user_ids: Iterable[uuid.UUID], event: Mapping[str, Any]) -> None:
+    async def publish_safely(self, user_ids: Iterable[uuid.UUID], event: Event) -> None:
         """Publish after a commit; a Redis failure is logged and counted, never turned into a failed request.
 
         The write is already committed in PostgreSQL, so nothing is lost: clients that miss the event see it
@@ -198,7 +206,7 @@ class EventBus:
             await self.publish(user_ids, event)
         except (RedisError, OSError) as exc:
             self.count_failure("realtime")
-            log.warning("event_publish_failed", extra={"type": event.get("type"), "error": str(exc)[:200]})
+            log.warning("event_publish_failed", extra={"type": event_type(event), "error": str(exc)[:200]})
 
 
 # ---- the receiving side ------------------------------------------------------------------------------------
@@ -321,3 +329,8 @@ def _decode_ephemeral(data: str) -> EphemeralMessage:
 
 def _decode_revoked(data: str) -> RevokedMessage:
     return RevokedMessage([str(key) for key in json.loads(data)])
+
+
+def event_type(event: Event) -> object:
+    """The ``type`` of an event (a Struct's tag), for logs."""
+    return event.__struct_config__.tag if isinstance(event, msgspec.Struct) else event.get("type")

@@ -26,7 +26,7 @@ from nubo.stores.entities import ENTITIES, REREAD, Entity, Row
 
 if TYPE_CHECKING:
     from nubo.stores import Stores
-    from nubo.stores.events import EventBus
+    from nubo.stores.events import Event, EventBus
     from nubo.stores.projection import Projector
 
 log = get_logger(__name__)
@@ -137,7 +137,7 @@ class Transaction:
         order; never if the transaction rolls back."""
         self.after_commit.append(callback)
 
-    def emit(self, recipients: Iterable[uuid.UUID], event: Mapping[str, Any]) -> None:
+    def emit(self, recipients: Iterable[uuid.UUID], event: Event) -> None:
         """Publish a realtime event to `recipients` once this transaction has committed."""
         events = self.events
         if events is None:

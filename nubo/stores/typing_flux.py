@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from nubo.logs import get_logger
 from nubo.stores import redis_flux
-from nubo.stores.events import EphemeralMessage, EventSubscriber, to_json
+from nubo.stores.events import EphemeralMessage, Event, EventSubscriber, to_json
 
 if TYPE_CHECKING:
     from nubo.stores import Stores
@@ -27,7 +26,7 @@ log = get_logger(__name__)
 CHANNEL = "rt:typing"
 
 
-async def publish(stores: Stores, recipients: list[uuid.UUID], event: Mapping[str, Any], ttl_ms: int) -> None:
+async def publish(stores: Stores, recipients: list[uuid.UUID], event: Event, ttl_ms: int) -> None:
     """Deliver `event` live to `recipients` on every instance, for `ttl_ms`."""
     body = {
         "to": [str(uid) for uid in recipients],
