@@ -36,7 +36,7 @@ from nubo.posts.media import (
 from nubo.posts.parsing import MAX_COMMENT_CHARS, MAX_CONTENT_CHARS, MAX_LOCATION_CHARS, parse_meta, parse_visibility
 from nubo.posts.posts import create_post, delete_post, get_post, list_posts, update_post
 from nubo.posts.views import comment_view, decorate_posts, like_counts, post_view
-from nubo.posts.visibility import may_see, visible_post
+from nubo.posts.visibility import PostContext, may_see, visible_post
 
 __all__ = [
     "MAX_COMMENT_CHARS",
@@ -49,6 +49,7 @@ __all__ = [
     "TARGET_COMMENT",
     "TARGET_MESSAGE",
     "TARGET_POST",
+    "PostContext",
     "add_comment",
     "check_target",
     "comment_view",
