@@ -10,7 +10,7 @@ from typing import Any
 from litestar.serialization import encode_json
 
 from nubo.model import Visibility
-from nubo.posts import LikeState, media_view, post_view
+from nubo.posts import LikeState, media_view, post_summary, post_view
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
 
@@ -54,6 +54,12 @@ def test_post_view_meta_keeps_mentions() -> None:
     body = as_json(post_view(row))
     assert body["meta"] == {"mentions": [{"user_id": mentioned, "username": "bob"}], "hashtags": ["x"]}
     assert body["visibility"] == 1
+
+
+def test_post_summary_leaves_absent_fields_out() -> None:
+    author = uuid.uuid4()
+    body = as_json(post_summary({"user_id": author, "content": "hi", "visibility": 0, "like_count": 3}))
+    assert body == {"user_id": str(author), "content": "hi", "visibility": 0}
 
 
 def test_media_view_nulls_absent_columns() -> None:

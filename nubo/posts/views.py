@@ -2,7 +2,8 @@
 
 Each shape is a msgspec Struct defined once, here: the domain returns it, the HTTP routes return it as is
 (Litestar encodes and documents Structs natively), and an event that carries content carries the same Struct.
-Field order is the order of the JSON keys clients receive; fields are never omitted.
+Field order is the order of the JSON keys clients receive; fields are never omitted, except in
+:class:`PostSummary`, which keeps only what the post it was made from holds.
 
 Counts are count queries on PostgreSQL, so they are exact under concurrency (no counter to drift).
 """
@@ -15,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from nubo.model import LikeTarget, Visibility
 from nubo.stores import Stores
@@ -90,6 +92,23 @@ class MediaView(msgspec.Struct):
     height: int | None
     processing_state: int
     created_at: datetime
+
+
+class PostSummary(msgspec.Struct, kw_only=True):
+    """What a `post.new` push carries: a post's own fields, without counts. Fields the post it is made from
+    does not hold are left out of the JSON (UNSET), as the push has always left out absent keys."""
+
+    id: uuid.UUID | UnsetType = UNSET
+    user_id: uuid.UUID
+    content: str | UnsetType | None = UNSET
+    visibility: int | UnsetType = UNSET
+    media_ids: list[uuid.UUID] | UnsetType = UNSET
+    created_at: datetime | UnsetType = UNSET
+
+
+def post_summary(post: Mapping[str, Any]) -> PostSummary:
+    """The summary of a post row (or view); `user_id` is required, the other fields are kept when present."""
+    return PostSummary(**{name: post[name] for name in PostSummary.__struct_fields__ if name in post})
 
 
 def post_meta(meta: Mapping[str, Any] | None) -> PostMeta:
