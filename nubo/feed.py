@@ -35,12 +35,12 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from nubo import posts as posts_domain
 from nubo.logs import get_logger
 from nubo.model import FollowState, active_user, blocked_either_way
 from nubo.pagination import Page
+from nubo.posts import PostView
 from nubo.stores import Stores
 from nubo.stores.entities import Row
 from nubo.stores.feed_cache import FeedCache, FeedDocument
@@ -262,7 +262,7 @@ def _newest_items(items: list[str], authors: set[uuid.UUID], before: uuid.UUID |
     return chosen
 
 
-async def feed_page(stores: Stores, viewer: uuid.UUID, *, limit: int, before: uuid.UUID | None) -> Page[dict[str, Any]]:
+async def feed_page(stores: Stores, viewer: uuid.UUID, *, limit: int, before: uuid.UUID | None) -> Page[PostView]:
     """One page of the viewer's feed (newest first); the cursor is the last post id of the page."""
     authors = await followed_authors(stores, viewer) | {viewer}
     candidates, more = await _candidates(stores, viewer, authors, before, limit + PAGE_SLACK)

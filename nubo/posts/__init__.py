@@ -15,8 +15,9 @@ Rules:
 - `meta` holds the mentions (`@username`, resolved to existing users) and hashtags (`#tag`) of the content.
 
 The modules: :mod:`~nubo.posts.parsing` (client input), :mod:`~nubo.posts.visibility`,
-:mod:`~nubo.posts.views` (API shapes and counts), :mod:`~nubo.posts.posts`, :mod:`~nubo.posts.comments`,
-:mod:`~nubo.posts.likes` and :mod:`~nubo.posts.media`. This package exports what other packages use.
+:mod:`~nubo.posts.views` (the API shapes: Structs the routes return as they are; and counts),
+:mod:`~nubo.posts.posts`, :mod:`~nubo.posts.comments`, :mod:`~nubo.posts.likes` and :mod:`~nubo.posts.media`.
+This package exports what other packages use.
 """
 
 from __future__ import annotations
@@ -30,13 +31,26 @@ from nubo.posts.media import (
     MAX_STORAGE_PATH_CHARS,
     create_media,
     get_media,
-    media_view,
     validate_media,
 )
 from nubo.posts.parsing import MAX_COMMENT_CHARS, MAX_CONTENT_CHARS, MAX_LOCATION_CHARS, parse_meta, parse_visibility
 from nubo.posts.posts import create_post, delete_post, get_post, list_posts, update_post
-from nubo.posts.views import comment_view, decorate_posts, like_counts, post_view
-from nubo.posts.visibility import may_see, visible_post
+from nubo.posts.views import (
+    CommentView,
+    LikeState,
+    MediaView,
+    Mention,
+    PostMeta,
+    PostSummary,
+    PostView,
+    comment_view,
+    decorate_posts,
+    like_counts,
+    media_view,
+    post_summary,
+    post_view,
+)
+from nubo.posts.visibility import PostContext, may_see, visible_post
 
 __all__ = [
     "MAX_COMMENT_CHARS",
@@ -49,6 +63,14 @@ __all__ = [
     "TARGET_COMMENT",
     "TARGET_MESSAGE",
     "TARGET_POST",
+    "CommentView",
+    "LikeState",
+    "MediaView",
+    "Mention",
+    "PostContext",
+    "PostMeta",
+    "PostSummary",
+    "PostView",
     "add_comment",
     "check_target",
     "comment_view",
@@ -68,6 +90,7 @@ __all__ = [
     "media_view",
     "parse_meta",
     "parse_visibility",
+    "post_summary",
     "post_view",
     "unlike",
     "update_post",

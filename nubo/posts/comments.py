@@ -5,7 +5,6 @@ by the post's author.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from nubo import social
 from nubo.errors import Forbidden, NotFound
@@ -13,14 +12,14 @@ from nubo.ids import new_id
 from nubo.model import LikeTarget
 from nubo.pagination import Page, make_page
 from nubo.posts.parsing import MAX_COMMENT_CHARS, checked_text
-from nubo.posts.views import comment_view, like_counts
+from nubo.posts.views import CommentView, comment_view, like_counts
 from nubo.posts.visibility import USER_VISIBLE_SQL, visible_post
 from nubo.stores import Stores
 from nubo.stores.entities import Row, normalize_row
 from nubo.stores.postgres import pg_read, sql_text
 
 
-async def add_comment(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, content: object) -> dict[str, Any]:
+async def add_comment(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, content: object) -> CommentView:
     text = checked_text(content, "content", MAX_COMMENT_CHARS, required=True)
     await visible_post(stores, viewer, post_id)
     async with stores.transaction() as tx:
@@ -30,7 +29,7 @@ async def add_comment(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, con
 
 async def list_comments(
     stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
-) -> Page[dict[str, Any]]:
+) -> Page[CommentView]:
     """Comments of a visible post, newest first; comments by users hidden from the viewer are left out."""
     await visible_post(stores, viewer, post_id)
     async with pg_read(stores) as conn:
@@ -44,10 +43,10 @@ async def list_comments(
         ).fetchall()
     page = make_page([normalize_row(r) for r in rows], limit)
     likes = await like_counts(stores, viewer, LikeTarget.COMMENT, [c["id"] for c in page.items])
-    items = [
-        comment_view(c, like_count=likes.get(c["id"], (0, False))[0], liked=likes.get(c["id"], (0, False))[1])
-        for c in page.items
-    ]
+    items = []
+    for comment in page.items:
+        count, liked = likes.get(comment["id"], (0, False))
+        items.append(comment_view(comment, like_count=count, liked=liked))
     return Page(items=items, next=page.next)
 
 

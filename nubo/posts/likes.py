@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import Any
 
 from nubo.errors import NotFound, ValidationFailed
 from nubo.ids import new_id
 from nubo.model import LikeTarget, MessageState
 from nubo.pagination import Page, make_page
 from nubo.posts.comments import visible_comment
-from nubo.posts.views import like_counts
+from nubo.posts.views import LikeState, like_counts
 from nubo.posts.visibility import USER_VISIBLE_SQL, visible_post
 from nubo.stores import Stores
 from nubo.stores.entities import Row, normalize_row
@@ -52,13 +51,13 @@ async def check_target(stores: Stores, viewer: uuid.UUID, target_type: int, targ
         raise ValidationFailed("unknown like target", fields={"target_type": "0, 1 or 2"})
 
 
-async def _like_state(stores: Stores, viewer: uuid.UUID, target_type: int, target_id: uuid.UUID) -> dict[str, Any]:
+async def _like_state(stores: Stores, viewer: uuid.UUID, target_type: int, target_id: uuid.UUID) -> LikeState:
     count, liked = (await like_counts(stores, viewer, target_type, [target_id])).get(target_id, (0, False))
-    return {"target_id": target_id, "liked": liked, "like_count": count}
+    return LikeState(target_id=target_id, liked=liked, like_count=count)
 
 
-async def like(stores: Stores, viewer: uuid.UUID, target_type: int, target_id: uuid.UUID) -> dict[str, Any]:
-    """Like a visible target; liking twice is a no-op. Returns `{target_id, liked, like_count}`."""
+async def like(stores: Stores, viewer: uuid.UUID, target_type: int, target_id: uuid.UUID) -> LikeState:
+    """Like a visible target; liking twice is a no-op. Returns the like state after the call."""
     await check_target(stores, viewer, target_type, target_id)
     async with stores.transaction() as tx:
         with contextlib.suppress(LookupError):  # already liked: idempotent
@@ -70,7 +69,7 @@ async def like(stores: Stores, viewer: uuid.UUID, target_type: int, target_id: u
     return await _like_state(stores, viewer, target_type, target_id)
 
 
-async def unlike(stores: Stores, viewer: uuid.UUID, target_type: int, target_id: uuid.UUID) -> dict[str, Any]:
+async def unlike(stores: Stores, viewer: uuid.UUID, target_type: int, target_id: uuid.UUID) -> LikeState:
     """Remove the viewer's like (a no-op when there is none)."""
     await check_target(stores, viewer, target_type, target_id)
     async with stores.transaction() as tx:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
 
 from nubo import social
 from nubo.errors import NotFound, ValidationFailed
 from nubo.ids import new_id
 from nubo.posts.parsing import checked_text
+from nubo.posts.views import MediaView, media_view
 from nubo.stores import Stores
-from nubo.stores.entities import Row
 from nubo.stores.transaction import Transaction
 
 MAX_MEDIA_PER_POST = 10
@@ -74,7 +73,9 @@ def _optional_side(value: object, field: str) -> int | None:
     return value
 
 
-def validate_media(storage_path: object, mime: object, size: object, width: object, height: object) -> dict[str, Any]:
+def validate_media(
+    storage_path: object, mime: object, size: object, width: object, height: object
+) -> dict[str, object]:
     """The columns of a media row from client input (owner and id are added by the caller)."""
     path = checked_text(storage_path, "storage_path", MAX_STORAGE_PATH_CHARS, required=True)
     assert path is not None
@@ -99,24 +100,7 @@ def validate_media(storage_path: object, mime: object, size: object, width: obje
     }
 
 
-def media_view(row: Row) -> dict[str, Any]:
-    return {
-        key: row.get(key)
-        for key in (
-            "id",
-            "owner_id",
-            "storage_path",
-            "mime",
-            "size",
-            "width",
-            "height",
-            "processing_state",
-            "created_at",
-        )
-    }
-
-
-async def create_media(stores: Stores, owner: uuid.UUID, **fields: object) -> dict[str, Any]:
+async def create_media(stores: Stores, owner: uuid.UUID, **fields: object) -> MediaView:
     """Record a media's metadata; the caller owns it."""
     values = validate_media(
         fields.get("storage_path"),
@@ -130,7 +114,7 @@ async def create_media(stores: Stores, owner: uuid.UUID, **fields: object) -> di
     return media_view(row)
 
 
-async def get_media(stores: Stores, viewer: uuid.UUID, media_id: uuid.UUID) -> dict[str, Any]:
+async def get_media(stores: Stores, viewer: uuid.UUID, media_id: uuid.UUID) -> MediaView:
     """A media's metadata; 404 when absent or when its owner is hidden from the viewer."""
     row = await stores.tiered.get("media", media_id)
     if row is None or (row["owner_id"] != viewer and await social.hidden_authors(stores, viewer, [row["owner_id"]])):

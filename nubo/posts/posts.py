@@ -18,7 +18,7 @@ from nubo.model import FollowState, LikeTarget, Visibility
 from nubo.pagination import Page, make_page
 from nubo.posts.media import check_media_owner, media_id_list
 from nubo.posts.parsing import MAX_CONTENT_CHARS, MAX_LOCATION_CHARS, build_meta, checked_text, parse_visibility
-from nubo.posts.views import decorate_posts, post_view
+from nubo.posts.views import PostView, decorate_posts, post_view
 from nubo.posts.visibility import USER_VISIBLE_SQL, visible_post
 from nubo.stores import Stores
 from nubo.stores.entities import Row, normalize_row
@@ -34,7 +34,7 @@ async def create_post(
     media_ids: object = (),
     visibility: object = "public",
     location: object = None,
-) -> dict[str, Any]:
+) -> PostView:
     """Create a post (content and/or media); returns its API view. Fans it out to followers' feeds."""
     text = checked_text(content, "content", MAX_CONTENT_CHARS, required=False)
     media = media_id_list(media_ids)
@@ -60,9 +60,9 @@ async def create_post(
     return post_view(row)
 
 
-async def get_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) -> dict[str, Any]:
+async def get_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) -> PostView:
     post, ctx = await visible_post(stores, viewer, post_id)
-    return post_view(post, like_count=ctx["like_count"], liked=ctx["liked"], comment_count=ctx["comment_count"])
+    return post_view(post, like_count=ctx.like_count, liked=ctx.liked, comment_count=ctx.comment_count)
 
 
 async def _lock_own_post(tx: Transaction, viewer: uuid.UUID, post_id: uuid.UUID) -> Row:
@@ -75,9 +75,7 @@ async def _lock_own_post(tx: Transaction, viewer: uuid.UUID, post_id: uuid.UUID)
     return normalize_row(row)
 
 
-async def update_post(
-    stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, changes: Mapping[str, object]
-) -> dict[str, Any]:
+async def update_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, changes: Mapping[str, object]) -> PostView:
     """Change content / visibility / location / media_ids of one's own post (404 if invisible, 403 if not
     the author). Unknown fields are rejected by the caller's schema; absent fields are left as they are."""
     await visible_post(stores, viewer, post_id)
@@ -124,7 +122,7 @@ async def delete_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) -> 
 
 async def list_posts(
     stores: Stores, viewer: uuid.UUID, *, user: uuid.UUID | None, limit: int, before: uuid.UUID | None
-) -> Page[dict[str, Any]]:
+) -> Page[PostView]:
     """Posts the viewer may see, newest first (all users, or one user's); the cursor is the post id.
 
     The visibility rule runs in the query itself (on PostgreSQL, the truth), so pages are always full.

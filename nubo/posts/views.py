@@ -1,4 +1,9 @@
-"""The API shapes of posts and comments, with their like and comment counts.
+"""The API shapes of content (posts, comments, likes, media), with their like and comment counts.
+
+Each shape is a msgspec Struct defined once, here: the domain returns it, the HTTP routes return it as is
+(Litestar encodes and documents Structs natively), and an event that carries content carries the same Struct.
+Field order is the order of the JSON keys clients receive; fields are never omitted, except in
+:class:`PostSummary`, which keeps only what the post it was made from holds.
 
 Counts are count queries on PostgreSQL, so they are exact under concurrency (no counter to drift).
 """
@@ -6,8 +11,12 @@ Counts are count queries on PostgreSQL, so they are exact under concurrency (no 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
+
+import msgspec
+from msgspec import UNSET, UnsetType
 
 from nubo.model import LikeTarget, Visibility
 from nubo.stores import Stores
@@ -15,36 +24,142 @@ from nubo.stores.entities import Row
 from nubo.stores.postgres import pg_read
 
 
-def post_view(post: Row, *, like_count: int = 0, liked: bool = False, comment_count: int = 0) -> dict[str, Any]:
+class Mention(msgspec.Struct):
+    """A user named in a post's content (`@username`) who existed and was active when it was written."""
+
+    user_id: str
+    username: str
+
+
+class PostMeta(msgspec.Struct):
+    """Parsed from the content: mentioned users (existing ones, with ids) and hashtags, lower-cased."""
+
+    mentions: list[Mention]
+    hashtags: list[str]
+
+
+class PostView(msgspec.Struct):
+    """A post with its like and comment counts; `visibility` 0 public, 1 followers only."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    content: str | None
+    media_ids: list[uuid.UUID]
+    meta: PostMeta
+    visibility: int
+    location: str | None
+    created_at: datetime
+    updated_at: datetime
+    like_count: int
+    liked: bool
+    comment_count: int
+
+
+class CommentView(msgspec.Struct):
+    """A comment with its like count."""
+
+    id: uuid.UUID
+    post_id: uuid.UUID
+    user_id: uuid.UUID
+    content: str
+    created_at: datetime
+    updated_at: datetime
+    like_count: int
+    liked: bool
+
+
+class LikeState(msgspec.Struct):
+    """The caller's like on a target after the call, and the target's like count."""
+
+    target_id: uuid.UUID
+    liked: bool
+    like_count: int
+
+    def __getitem__(self, name: str) -> Any:
+        """Field access by name, for callers written against the former dict shape (message likes)."""
+        return getattr(self, name)
+
+
+class MediaView(msgspec.Struct):
+    """A media's metadata (`processing_state` 0 pending, 1 done)."""
+
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    storage_path: str
+    mime: str
+    size: int
+    width: int | None
+    height: int | None
+    processing_state: int
+    created_at: datetime
+
+
+class PostSummary(msgspec.Struct, kw_only=True):
+    """What a `post.new` push carries: a post's own fields, without counts. Fields the post it is made from
+    does not hold are left out of the JSON (UNSET), as the push has always left out absent keys."""
+
+    id: uuid.UUID | UnsetType = UNSET
+    user_id: uuid.UUID
+    content: str | UnsetType | None = UNSET
+    visibility: int | UnsetType = UNSET
+    media_ids: list[uuid.UUID] | UnsetType = UNSET
+    created_at: datetime | UnsetType = UNSET
+
+
+def post_summary(post: Mapping[str, Any]) -> PostSummary:
+    """The summary of a post row (or view); `user_id` is required, the other fields are kept when present."""
+    return PostSummary(**{name: post[name] for name in PostSummary.__struct_fields__ if name in post})
+
+
+def post_meta(meta: Mapping[str, Any] | None) -> PostMeta:
+    """The typed `meta` of a stored post (a JSON object; absent or partial on old rows)."""
+    meta = meta or {}
+    mentions = [Mention(user_id=m["user_id"], username=m["username"]) for m in meta.get("mentions", [])]
+    return PostMeta(mentions=mentions, hashtags=list(meta.get("hashtags", [])))
+
+
+def _updated_at(row: Row) -> datetime:
+    """`updated_at`, or `created_at` when the row has none."""
+    updated: datetime = row["updated_at"] if "updated_at" in row else row["created_at"]
+    return updated
+
+
+def post_view(post: Row, *, like_count: int = 0, liked: bool = False, comment_count: int = 0) -> PostView:
     """The API shape of a post."""
-    return {
-        "id": post["id"],
-        "user_id": post["user_id"],
-        "content": post.get("content"),
-        "media_ids": list(post.get("media_ids") or []),
-        "meta": post.get("meta") or {},
-        "visibility": post.get("visibility", Visibility.PUBLIC),
-        "location": post.get("location"),
-        "created_at": post["created_at"],
-        "updated_at": post.get("updated_at", post["created_at"]),
-        "like_count": like_count,
-        "liked": liked,
-        "comment_count": comment_count,
-    }
+    return PostView(
+        id=post["id"],
+        user_id=post["user_id"],
+        content=post.get("content"),
+        media_ids=list(post.get("media_ids") or []),
+        meta=post_meta(post.get("meta")),
+        visibility=post.get("visibility", Visibility.PUBLIC),
+        location=post.get("location"),
+        created_at=post["created_at"],
+        updated_at=_updated_at(post),
+        like_count=like_count,
+        liked=liked,
+        comment_count=comment_count,
+    )
 
 
-def comment_view(comment: Row, *, like_count: int = 0, liked: bool = False) -> dict[str, Any]:
+def comment_view(comment: Row, *, like_count: int = 0, liked: bool = False) -> CommentView:
     """The API shape of a comment."""
-    return {
-        "id": comment["id"],
-        "post_id": comment["post_id"],
-        "user_id": comment["user_id"],
-        "content": comment["content"],
-        "created_at": comment["created_at"],
-        "updated_at": comment.get("updated_at", comment["created_at"]),
-        "like_count": like_count,
-        "liked": liked,
-    }
+    return CommentView(
+        id=comment["id"],
+        post_id=comment["post_id"],
+        user_id=comment["user_id"],
+        content=comment["content"],
+        created_at=comment["created_at"],
+        updated_at=_updated_at(comment),
+        like_count=like_count,
+        liked=liked,
+    )
+
+
+def media_view(row: Row) -> MediaView:
+    """The API shape of a media (columns absent from the row are null)."""
+    columns: dict[str, Any] = {name: row.get(name) for name in MediaView.__struct_fields__}
+    return MediaView(**columns)
 
 
 async def like_counts(
@@ -64,7 +179,7 @@ async def like_counts(
     return {row["target_id"]: (row["n"], bool(row["mine"])) for row in rows}
 
 
-async def decorate_posts(stores: Stores, viewer: uuid.UUID, posts: Sequence[Row]) -> list[dict[str, Any]]:
+async def decorate_posts(stores: Stores, viewer: uuid.UUID, posts: Sequence[Row]) -> list[PostView]:
     """API views of `posts` with their like and comment counts: one query (one round trip) for the whole
     list, counted in PostgreSQL so the figures are exact."""
     ids = [p["id"] for p in posts]

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+import msgspec
+
 from nubo.errors import NotFound
 from nubo.model import FollowState, LikeTarget, UserState, Visibility, active_user, blocked_either_way
 from nubo.stores import Stores
@@ -23,6 +25,23 @@ from nubo.stores.postgres import pg_read
 
 # SQL: `%(viewer)s` may see user `u` (self, or active and not blocked either way).
 USER_VISIBLE_SQL = f"(u.id = %(viewer)s OR ({active_user('u')} AND NOT {blocked_either_way('u.id', '%(viewer)s')}))"
+
+
+class PostContext(msgspec.Struct, frozen=True):
+    """A viewer's relation to a post's author (`author_state` None when the author is gone) and the post's
+    counts, fresh from PostgreSQL or from the derived cache."""
+
+    author_state: int | None
+    blocked: bool
+    following: bool
+    like_count: int
+    liked: bool
+    comment_count: int
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> PostContext:
+        """The context from its stored form (a JSON object in the derived cache, or a PostgreSQL row)."""
+        return cls(**{name: values[name] for name in cls.__struct_fields__})
 
 
 async def _post_context(stores: Stores, viewer: uuid.UUID, post: Row) -> dict[str, Any]:
@@ -46,16 +65,16 @@ async def _post_context(stores: Stores, viewer: uuid.UUID, post: Row) -> dict[st
     return dict(row)
 
 
-def may_see(viewer: uuid.UUID, post: Row, ctx: Mapping[str, Any]) -> bool:
+def may_see(viewer: uuid.UUID, post: Row, ctx: PostContext) -> bool:
     """The visibility rule, applied to a post from any tier and relations fresh from PostgreSQL."""
     if post["user_id"] == viewer:
         return True
-    if ctx["author_state"] != UserState.ACTIVE or ctx["blocked"]:
+    if ctx.author_state != UserState.ACTIVE or ctx.blocked:
         return False
-    return post.get("visibility") == Visibility.PUBLIC or bool(ctx["following"])
+    return post.get("visibility") == Visibility.PUBLIC or ctx.following
 
 
-async def visible_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) -> tuple[Row, dict[str, Any]]:
+async def visible_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) -> tuple[Row, PostContext]:
     """The post (through the tiers) and its context when the viewer may see it, else NotFound.
 
     The context (relations and counts) comes from Redis while no write changed what it was computed from
@@ -64,7 +83,7 @@ async def visible_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) ->
     if post is None:
         raise NotFound("No such post", code="post_not_found")
     name, tags = _context_name_and_tags(viewer, post["user_id"], post_id)
-    ctx = dict(await stores.derived.get(name, tags, lambda: _post_context(stores, viewer, post)))
+    ctx = PostContext.of(await stores.derived.get(name, tags, lambda: _post_context(stores, viewer, post)))
     if not may_see(viewer, post, ctx):
         raise NotFound("No such post", code="post_not_found")
     return post, ctx

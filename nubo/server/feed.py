@@ -6,14 +6,13 @@ from litestar import get
 
 from nubo import feed
 from nubo.pagination import Page
-from nubo.server.posts import PostView, to_post
+from nubo.posts import PostView
 from nubo.server.users import AnyRequest, Before, Limit, StoresDep, caller_id
 
 
 @get("/feed", summary="Posts of followed users and one's own, newest first", tags=["feed"])
 async def get_feed(request: AnyRequest, stores: StoresDep, limit: Limit = 20, before: Before = None) -> Page[PostView]:
-    page = await feed.feed_page(stores, caller_id(request), limit=limit, before=before)
-    return Page(items=[to_post(v) for v in page.items], next=page.next)
+    return await feed.feed_page(stores, caller_id(request), limit=limit, before=before)
 
 
 ROUTES = [get_feed]

@@ -1,16 +1,15 @@
-"""Routes for posts, comments, likes and media. Thin: parse, call :mod:`nubo.posts`, shape the answer.
+"""Routes for posts, comments, likes and media. Thin: parse, call :mod:`nubo.posts`, return its shapes.
 
 Every route needs an authenticated caller. Content the caller may not see is 404 (never 403); changing
 someone else's post or comment is 403. Likes on messages live with the messaging routes
-(`/messages/{id}/like`); the like logic for posts and comments is here.
+(`/messages/{id}/like`); the like logic for posts and comments is here. The response shapes are the domain's
+Structs (:mod:`nubo.posts.views`); only the request bodies are defined here.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from litestar import delete, get, patch, post
@@ -21,6 +20,7 @@ from nubo import posts
 from nubo.accounts import users
 from nubo.ids import parse_id
 from nubo.pagination import Page
+from nubo.posts import CommentView, LikeState, MediaView, PostView
 from nubo.server.users import AnyRequest, Before, Limit, PublicUser, StoresDep, caller_id
 
 Visibility = Literal["public", "followers"]
@@ -72,86 +72,12 @@ class NewMedia(msgspec.Struct, forbid_unknown_fields=True):
     height: Side | None = None
 
 
-@dataclass
-class PostMeta:
-    """Parsed from the content: mentioned users (existing ones, with ids) and hashtags, lower-cased."""
-
-    mentions: list[dict[str, str]]
-    hashtags: list[str]
-
-
-@dataclass
-class PostView:
-    """A post with its like and comment counts; `visibility` 0 public, 1 followers only."""
-
-    id: uuid.UUID
-    user_id: uuid.UUID
-    content: str | None
-    media_ids: list[uuid.UUID]
-    meta: PostMeta
-    visibility: int
-    location: str | None
-    created_at: datetime
-    updated_at: datetime
-    like_count: int
-    liked: bool
-    comment_count: int
-
-
-@dataclass
-class CommentView:
-    """A comment with its like count."""
-
-    id: uuid.UUID
-    post_id: uuid.UUID
-    user_id: uuid.UUID
-    content: str
-    created_at: datetime
-    updated_at: datetime
-    like_count: int
-    liked: bool
-
-
-@dataclass
-class LikeState:
-    """The caller's like on a target after the call, and the target's like count."""
-
-    target_id: uuid.UUID
-    liked: bool
-    like_count: int
-
-
-@dataclass
-class MediaView:
-    """A media's metadata (`processing_state` 0 pending, 1 done)."""
-
-    id: uuid.UUID
-    owner_id: uuid.UUID
-    storage_path: str
-    mime: str
-    size: int
-    width: int | None
-    height: int | None
-    processing_state: int
-    created_at: datetime
-
-
-def to_post(view: dict[str, Any]) -> PostView:
-    meta = view.get("meta") or {}
-    return PostView(
-        **{
-            **view,
-            "meta": PostMeta(mentions=list(meta.get("mentions", [])), hashtags=list(meta.get("hashtags", []))),
-        }
-    )
-
-
 # ---- posts -------------------------------------------------------------------------------------------------
 
 
 @post("/posts", summary="Create a post", tags=["posts"], status_code=201)
 async def create_post(request: AnyRequest, stores: StoresDep, data: JSONBody[NewPost]) -> PostView:
-    view = await posts.create_post(
+    return await posts.create_post(
         stores,
         caller_id(request),
         content=data.content,
@@ -159,7 +85,6 @@ async def create_post(request: AnyRequest, stores: StoresDep, data: JSONBody[New
         visibility=data.visibility,
         location=data.location,
     )
-    return to_post(view)
 
 
 @get("/posts", summary="Posts the caller may see, newest first (optionally one user's)", tags=["posts"])
@@ -171,13 +96,12 @@ async def list_posts(
     before: Before = None,
 ) -> Page[PostView]:
     author = parse_id(user, "user") if user else None
-    page = await posts.list_posts(stores, caller_id(request), user=author, limit=limit, before=before)
-    return Page(items=[to_post(v) for v in page.items], next=page.next)
+    return await posts.list_posts(stores, caller_id(request), user=author, limit=limit, before=before)
 
 
 @get("/posts/{post_id:str}", summary="One post", tags=["posts"])
 async def get_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) -> PostView:
-    return to_post(await posts.get_post(stores, caller_id(request), parse_id(post_id, "post_id")))
+    return await posts.get_post(stores, caller_id(request), parse_id(post_id, "post_id"))
 
 
 @patch("/posts/{post_id:str}", summary="Edit one's own post", tags=["posts"])
@@ -185,8 +109,7 @@ async def patch_post(
     request: AnyRequest, stores: StoresDep, post_id: PostIdPath, data: JSONBody[PostChanges]
 ) -> PostView:
     changes = {name: getattr(data, name) for name in data.__struct_fields__ if getattr(data, name) is not UNSET}
-    view = await posts.update_post(stores, caller_id(request), parse_id(post_id, "post_id"), changes)
-    return to_post(view)
+    return await posts.update_post(stores, caller_id(request), parse_id(post_id, "post_id"), changes)
 
 
 @delete(
@@ -206,18 +129,16 @@ async def delete_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPat
 async def list_comments(
     request: AnyRequest, stores: StoresDep, post_id: PostIdPath, limit: Limit = 20, before: Before = None
 ) -> Page[CommentView]:
-    page = await posts.list_comments(
+    return await posts.list_comments(
         stores, caller_id(request), parse_id(post_id, "post_id"), limit=limit, before=before
     )
-    return Page(items=[CommentView(**c) for c in page.items], next=page.next)
 
 
 @post("/posts/{post_id:str}/comments", summary="Comment on a post", tags=["comments"], status_code=201)
 async def add_comment(
     request: AnyRequest, stores: StoresDep, post_id: PostIdPath, data: JSONBody[NewComment]
 ) -> CommentView:
-    view = await posts.add_comment(stores, caller_id(request), parse_id(post_id, "post_id"), data.content)
-    return CommentView(**view)
+    return await posts.add_comment(stores, caller_id(request), parse_id(post_id, "post_id"), data.content)
 
 
 @delete(
@@ -235,19 +156,17 @@ async def delete_comment(request: AnyRequest, stores: StoresDep, comment_id: Com
 
 @post("/posts/{post_id:str}/like", summary="Like a post (idempotent)", tags=["likes"], status_code=200)
 async def like_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) -> LikeState:
-    return LikeState(**await posts.like(stores, caller_id(request), posts.TARGET_POST, parse_id(post_id, "post_id")))
+    return await posts.like(stores, caller_id(request), posts.TARGET_POST, parse_id(post_id, "post_id"))
 
 
 @delete("/posts/{post_id:str}/like", summary="Unlike a post (idempotent)", tags=["likes"], status_code=200)
 async def unlike_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) -> LikeState:
-    return LikeState(**await posts.unlike(stores, caller_id(request), posts.TARGET_POST, parse_id(post_id, "post_id")))
+    return await posts.unlike(stores, caller_id(request), posts.TARGET_POST, parse_id(post_id, "post_id"))
 
 
 @post("/comments/{comment_id:str}/like", summary="Like a comment (idempotent)", tags=["likes"], status_code=200)
 async def like_comment(request: AnyRequest, stores: StoresDep, comment_id: CommentIdPath) -> LikeState:
-    return LikeState(
-        **await posts.like(stores, caller_id(request), posts.TARGET_COMMENT, parse_id(comment_id, "comment_id"))
-    )
+    return await posts.like(stores, caller_id(request), posts.TARGET_COMMENT, parse_id(comment_id, "comment_id"))
 
 
 @delete(
@@ -257,9 +176,7 @@ async def like_comment(request: AnyRequest, stores: StoresDep, comment_id: Comme
     status_code=200,
 )
 async def unlike_comment(request: AnyRequest, stores: StoresDep, comment_id: CommentIdPath) -> LikeState:
-    return LikeState(
-        **await posts.unlike(stores, caller_id(request), posts.TARGET_COMMENT, parse_id(comment_id, "comment_id"))
-    )
+    return await posts.unlike(stores, caller_id(request), posts.TARGET_COMMENT, parse_id(comment_id, "comment_id"))
 
 
 @get("/posts/{post_id:str}/likes", summary="Who liked a post, most recent like first", tags=["likes"])
@@ -281,7 +198,7 @@ async def list_likes(
     status_code=201,
 )
 async def create_media(request: AnyRequest, stores: StoresDep, data: JSONBody[NewMedia]) -> MediaView:
-    view = await posts.create_media(
+    return await posts.create_media(
         stores,
         caller_id(request),
         storage_path=data.storage_path,
@@ -290,12 +207,11 @@ async def create_media(request: AnyRequest, stores: StoresDep, data: JSONBody[Ne
         width=data.width,
         height=data.height,
     )
-    return MediaView(**view)
 
 
 @get("/media/{media_id:str}", summary="A media's metadata", tags=["media"])
 async def get_media(request: AnyRequest, stores: StoresDep, media_id: MediaIdPath) -> MediaView:
-    return MediaView(**await posts.get_media(stores, caller_id(request), parse_id(media_id, "media_id")))
+    return await posts.get_media(stores, caller_id(request), parse_id(media_id, "media_id"))
 
 
 ROUTES = [
