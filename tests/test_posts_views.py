@@ -10,7 +10,7 @@ from typing import Any
 from litestar.serialization import encode_json
 
 from nubo.model import Visibility
-from nubo.posts import LikeState, media_view, post_summary, post_view
+from nubo.posts import media_view, post_summary, post_view
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
 
@@ -65,8 +65,3 @@ def test_post_summary_leaves_absent_fields_out() -> None:
 def test_media_view_nulls_absent_columns() -> None:
     body = as_json(media_view({"id": uuid.uuid4(), "size": 3}))
     assert body["size"] == 3 and body["width"] is None and body["owner_id"] is None
-
-
-def test_like_state_reads_by_name() -> None:
-    state = LikeState(target_id=uuid.uuid4(), liked=True, like_count=4)
-    assert (state["liked"], state["like_count"]) == (True, 4)

@@ -342,4 +342,4 @@ async def like_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID
     Likes of every kind share one implementation (`nubo.posts.like`, membership checked there)."""
     change = posts.like if liked else posts.unlike
     state = await change(stores, user_id, LikeTarget.MESSAGE, message_id)
-    return MessageLikes(message_id=message_id, liked=state["liked"], likes=state["like_count"])
+    return MessageLikes(message_id=message_id, liked=state.liked, likes=state.like_count)

@@ -75,10 +75,6 @@ class LikeState(msgspec.Struct):
     liked: bool
     like_count: int
 
-    def __getitem__(self, name: str) -> Any:
-        """Field access by name, for callers written against the former dict shape (message likes)."""
-        return getattr(self, name)
-
 
 class MediaView(msgspec.Struct):
     """A media's metadata (`processing_state` 0 pending, 1 done)."""
