@@ -11,18 +11,19 @@ from typing import Any
 
 import pytest
 
-from nubo import accounts, ratelimit
+from nubo import accounts
 from nubo.errors import RateLimited
 from nubo.server.ratelimit import client_ip
 from nubo.settings import RateLimit, Settings
 from nubo.stores import Stores, open_stores
+from nubo.stores.ratelimit import LEASE_MIN_LIMIT, RateLimits, raise_if_limited
 from nubo.stores.redis import scan_prefix
 from tests.harness import free_port, user_with_session, wait_until
 
 
 async def test_concurrent_hits_never_exceed_the_limit(stores: Stores) -> None:
     key, rate = uuid.uuid4().hex, RateLimit(10, 60)
-    results = await asyncio.gather(*(ratelimit.hit(stores, "t_concurrent", key, rate) for _ in range(50)))
+    results = await asyncio.gather(*(stores.rate_limits.hit("t_concurrent", key, rate) for _ in range(50)))
     assert all(r is not None for r in results)
     assert sum(1 for r in results if r is not None and r.allowed) == 10
 
@@ -32,7 +33,7 @@ async def test_two_processes_worth_of_clients_share_one_window(stores: Stores, s
     other = await open_stores(settings)
     try:
         key, rate = uuid.uuid4().hex, RateLimit(7, 60)
-        results = await asyncio.gather(*(ratelimit.hit(s, "t_shared", key, rate) for s in [stores, other] * 10))
+        results = await asyncio.gather(*(s.rate_limits.hit("t_shared", key, rate) for s in [stores, other] * 10))
         assert sum(1 for r in results if r is not None and r.allowed) == 7
     finally:
         await other.close()
@@ -40,29 +41,29 @@ async def test_two_processes_worth_of_clients_share_one_window(stores: Stores, s
 
 async def test_rate_limit_raises_with_headers_and_keys_stay_under_prefix(stores: Stores, settings: Settings) -> None:
     key, rate = uuid.uuid4().hex, RateLimit(2, 30)
-    first = await ratelimit.rate_limit(stores, "t_raise", key, rate)
+    first = await stores.rate_limits.limit("t_raise", key, rate)
     assert first is not None and first.headers() == {
         "X-RateLimit-Limit": "2",
         "X-RateLimit-Remaining": "1",
         "X-RateLimit-Reset": first.headers()["X-RateLimit-Reset"],
     }
-    await ratelimit.rate_limit(stores, "t_raise", key, rate)
+    await stores.rate_limits.limit("t_raise", key, rate)
     with pytest.raises(RateLimited) as caught:
-        await ratelimit.rate_limit(stores, "t_raise", key, rate)
+        await stores.rate_limits.limit("t_raise", key, rate)
     assert caught.value.status == 429 and 1 <= caught.value.retry_after <= 30
     assert caught.value.headers["Retry-After"] == str(caught.value.retry_after)
     assert caught.value.headers["X-RateLimit-Remaining"] == "0"
     found = [k async for k in scan_prefix(stores.redis, stores.keys, f"ratelimit:*{key}*")]
     assert found and all(k.startswith(settings.redis_prefix + "ratelimit:") for k in found)
-    await ratelimit.clear(stores, "t_raise", key, rate)
-    assert (await ratelimit.hit(stores, "t_raise", key, rate)) is not None
+    await stores.rate_limits.clear("t_raise", key, rate)
+    assert (await stores.rate_limits.hit("t_raise", key, rate)) is not None
 
 
 async def test_fails_open_when_redis_is_unreachable(settings: Settings) -> None:
     down = await open_stores(dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     try:
         for _ in range(5):
-            assert await ratelimit.rate_limit(down, "t_down", "k", RateLimit(1, 60)) is None
+            assert await down.rate_limits.limit("t_down", "k", RateLimit(1, 60)) is None
         assert down.failures.get("redis_ratelimit", 0) == 5
     finally:
         await down.close()
@@ -92,55 +93,63 @@ def test_client_ip(peer: str, forwarded: str | None, trusted: tuple[str, ...], e
 async def test_window_is_the_limits_package_layout(stores: Stores) -> None:
     """Our one-round-trip script and `limits`' own moving window read and write the same window."""
     from limits import RateLimitItemPerSecond
+    from limits.aio.storage import RedisStorage
+    from limits.aio.strategies import MovingWindowRateLimiter
 
     key, rate = uuid.uuid4().hex, RateLimit(5, 60)
     item = RateLimitItemPerSecond(rate.amount, rate.seconds)
-    limiter = ratelimit.limiter_for(stores)
+    storage = RedisStorage(
+        f"async+{stores.settings.redis_url}",
+        implementation="redispy",
+        key_prefix=stores.keys("ratelimit"),
+        connection_pool=stores.redis.connection_pool,  # type: ignore[arg-type]  # passed to redis-py
+    )
+    limiter = MovingWindowRateLimiter(storage)
     for _ in range(2):
-        await ratelimit.hit(stores, "t_compat", key, rate)
+        await stores.rate_limits.hit("t_compat", key, rate)
     assert await limiter.hit(item, "t_compat", key)  # limits' own hit lands in the same window
     stats = await limiter.get_window_stats(item, "t_compat", key)
     assert stats.remaining == 2
-    status = await ratelimit.hit(stores, "t_compat", key, rate)
+    status = await stores.rate_limits.hit("t_compat", key, rate)
     assert status is not None and status.remaining == 1 and status.allowed
-    assert await stores.redis.llen(ratelimit.window_key(stores, "t_compat", key, rate)) == 4
-    await ratelimit.clear(stores, "t_compat", key, rate)
-    assert await stores.redis.exists(ratelimit.window_key(stores, "t_compat", key, rate)) == 0
+    assert await stores.redis.llen(stores.rate_limits.window_key("t_compat", key, rate)) == 4
+    await stores.rate_limits.clear("t_compat", key, rate)
+    assert await stores.redis.exists(stores.rate_limits.window_key("t_compat", key, rate)) == 0
 
 
 async def test_guarded_hit_counts_only_behind_a_live_guard(stores: Stores) -> None:
     """The session check + per-user limit script: no hit for a missing or revoked mirror, atomic otherwise."""
     key, rate = uuid.uuid4().hex, RateLimit(5, 60)
     guard = stores.keys("t_guard", key)
-    window = ratelimit.window_key(stores, "t_guarded", key, rate)
-    assert await ratelimit.guarded_hit(stores, guard, "t_guarded", key, rate) == (None, None, None)
+    window = stores.rate_limits.window_key("t_guarded", key, rate)
+    assert await stores.rate_limits.guarded_hit(guard, "t_guarded", key, rate) == (None, None, None)
     await stores.redis.set(guard, '{"revoked":true}', ex=60)
-    raw, status, _ = await ratelimit.guarded_hit(stores, guard, "t_guarded", key, rate)
+    raw, status, _ = await stores.rate_limits.guarded_hit(guard, "t_guarded", key, rate)
     assert status is None and b"revoked" in (raw if isinstance(raw, bytes) else raw.encode())
     assert await stores.redis.llen(window) == 0
     await stores.redis.set(guard, '{"uid":"u","username":"x","grade":1}', ex=60)
-    results = await asyncio.gather(*(ratelimit.guarded_hit(stores, guard, "t_guarded", key, rate) for _ in range(20)))
+    results = await asyncio.gather(*(stores.rate_limits.guarded_hit(guard, "t_guarded", key, rate) for _ in range(20)))
     statuses = [s for _, s, _ in results]
     assert all(s is not None for s in statuses)
     assert sum(1 for s in statuses if s is not None and s.allowed) == 5
     assert await stores.redis.llen(window) == 5
     with pytest.raises(RateLimited):
-        ratelimit.raise_if_limited(statuses[-1])
+        raise_if_limited(statuses[-1])
     await stores.redis.delete(guard, window)
 
 
 async def test_a_lease_takes_several_hits_but_never_more_than_an_eighth_of_what_is_left(stores: Stores) -> None:
     key, rate = uuid.uuid4().hex, RateLimit(100, 60)
     guard = stores.keys("t_guard", key)
-    window = ratelimit.window_key(stores, "t_lease", key, rate)
+    window = stores.rate_limits.window_key("t_lease", key, rate)
     await stores.redis.set(guard, '{"uid":"u","username":"x","grade":1}', ex=60)
-    _, status, _ = await ratelimit.guarded_hit(stores, guard, "t_lease", key, rate, want=32)
+    _, status, _ = await stores.rate_limits.guarded_hit(guard, "t_lease", key, rate, want=32)
     assert status is not None and status.taken == 12 and status.remaining == 88  # floor(100 / 8)
     await stores.redis.delete(window)
     await stores.redis.lpush(window, *[repr(time.time())] * 97)
     taken = []
     for _ in range(4):
-        _, status, _ = await ratelimit.guarded_hit(stores, guard, "t_lease", key, rate, want=32)
+        _, status, _ = await stores.rate_limits.guarded_hit(guard, "t_lease", key, rate, want=32)
         assert status is not None
         taken.append(status.taken)
     assert taken == [1, 1, 1, 0]  # near the end of the window: single hits, then refused
@@ -196,10 +205,10 @@ async def test_leased_hits_spare_redis_calls_and_two_instances_never_pass_the_li
 
 async def test_small_limits_are_never_leased(db: Stores, settings: Settings) -> None:
     user_id, session_id = await user_with_session(db)
-    rate = RateLimit(ratelimit.LEASE_MIN_LIMIT - 1, 60)
+    rate = RateLimit(LEASE_MIN_LIMIT - 1, 60)
     for _ in range(3):
         await accounts.authenticate_and_limit(db, user_id, session_id, rate, "t_small")
-    window = ratelimit.window_key(db, "t_small", str(user_id), rate)
+    window = db.rate_limits.window_key("t_small", str(user_id), rate)
     assert await db.redis.llen(window) == 3  # one hit per request, none taken ahead
 
 
@@ -221,7 +230,7 @@ async def test_concurrent_requests_of_one_caller_wait_for_one_lease_call(
         assert all(status is not None and status.allowed for _, status in results)
         print(f"50 concurrent requests took {calls['redis']} Redis calls")
         assert calls["redis"] <= 10
-        window = ratelimit.window_key(db, "t_flight", str(user_id), rate)
+        window = db.rate_limits.window_key("t_flight", str(user_id), rate)
         assert await db.redis.llen(window) >= 51  # each request's hit was counted (plus unused leased ones)
     finally:
         tracking.cancel()
@@ -235,21 +244,21 @@ async def test_rate_limit_pays_big_limits_from_leases_and_two_instances_never_pa
     hits, then 429s; most allowed hits needed no Redis call. Small limits stay one Redis call per hit."""
     other = await open_stores(settings)
     key, rate = uuid.uuid4().hex, RateLimit(100, 60)
-    calls = count_calls(monkeypatch, ratelimit, "hit")
+    calls = count_calls(monkeypatch, RateLimits, "hit")
     allowed, refused, calls_while_allowed = 0, 0, 0
     try:
         for index in range(160):
             try:
-                await ratelimit.rate_limit((db, other)[index % 2], "t_leased_rl", key, rate)
+                await (db, other)[index % 2].rate_limits.limit("t_leased_rl", key, rate)
             except RateLimited:
                 refused += 1
                 continue
             allowed += 1
             calls_while_allowed = calls["redis"]
-        small = RateLimit(ratelimit.LEASE_MIN_LIMIT - 1, 60)
+        small = RateLimit(LEASE_MIN_LIMIT - 1, 60)
         before = calls["redis"]
         for _ in range(3):
-            await ratelimit.rate_limit(db, "t_small_rl", key, small)
+            await db.rate_limits.limit("t_small_rl", key, small)
         small_calls = calls["redis"] - before
     finally:
         await other.close()
@@ -257,4 +266,4 @@ async def test_rate_limit_pays_big_limits_from_leases_and_two_instances_never_pa
     print(f"100 allowed hits took {calls_while_allowed} Redis calls")
     assert calls_while_allowed <= 40
     assert small_calls == 3
-    assert await db.redis.llen(ratelimit.window_key(db, "t_small_rl", key, small)) == 3
+    assert await db.redis.llen(db.rate_limits.window_key("t_small_rl", key, small)) == 3

@@ -18,6 +18,7 @@ from nubo.settings import Settings
 from nubo.stores import mongo, postgres, redis
 from nubo.stores.mongo import MongoDoc
 from nubo.stores.postgres import PgPool
+from nubo.stores.ratelimit import RateLimits
 from nubo.stores.redis import Keys
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class Stores:
     mongo_client: AsyncMongoClient[MongoDoc]
     redis: Redis
     keys: Keys
+    rate_limits: RateLimits
     failures: dict[str, int] = field(default_factory=dict)
     _scripts: dict[str, AsyncScript] = field(default_factory=dict)
 
@@ -125,10 +127,15 @@ class Stores:
 async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg_max_size: int = 20) -> Stores:
     """Open all three connections. Only PostgreSQL may be awaited: Mongo and Redis connect lazily."""
     pg = await postgres.open_pool(settings.postgres_url, wait=wait_for_postgres, max_size=pg_max_size)
+    redis_client = redis.open_redis(settings.redis_url)
+    keys = Keys(settings.redis_prefix)
+    failures: dict[str, int] = {}
     return Stores(
         settings=settings,
         pg=pg,
         mongo_client=mongo.open_client(settings.mongo_url),
-        redis=redis.open_redis(settings.redis_url),
-        keys=Keys(settings.redis_prefix),
+        redis=redis_client,
+        keys=keys,
+        rate_limits=RateLimits(redis_client, keys, failures=failures),
+        failures=failures,
     )
