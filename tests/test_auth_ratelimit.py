@@ -1,11 +1,11 @@
-"""The shared limiter (`limits` moving window on redis-py 8): atomic under concurrency, keys under the
-prefix, `RateLimited` with headers, fail-open when Redis is unreachable; client addresses behind proxies."""
+"""The shared limiter (`limits`' sliding-window-counter layout on redis-py 8): atomic under concurrency, keys
+under the prefix, `RateLimited` with headers, fail-open when Redis is unreachable, leases;
+client addresses behind proxies."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 import uuid
 from typing import Any
 
@@ -91,10 +91,10 @@ def test_client_ip(peer: str, forwarded: str | None, trusted: tuple[str, ...], e
 
 
 async def test_window_is_the_limits_package_layout(stores: Stores) -> None:
-    """Our one-round-trip script and `limits`' own moving window read and write the same window."""
+    """Our one-round-trip script and `limits`' own sliding window counter read and write the same window."""
     from limits import RateLimitItemPerSecond
     from limits.aio.storage import RedisStorage
-    from limits.aio.strategies import MovingWindowRateLimiter
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
     key, rate = uuid.uuid4().hex, RateLimit(5, 60)
     item = RateLimitItemPerSecond(rate.amount, rate.seconds)
@@ -104,7 +104,7 @@ async def test_window_is_the_limits_package_layout(stores: Stores) -> None:
         key_prefix=stores.keys("ratelimit"),
         connection_pool=stores.redis.connection_pool,  # type: ignore[arg-type]  # passed to redis-py
     )
-    limiter = MovingWindowRateLimiter(storage)
+    limiter = SlidingWindowCounterRateLimiter(storage)
     for _ in range(2):
         await stores.rate_limits.hit("t_compat", key, rate)
     assert await limiter.hit(item, "t_compat", key)  # limits' own hit lands in the same window
@@ -112,49 +112,67 @@ async def test_window_is_the_limits_package_layout(stores: Stores) -> None:
     assert stats.remaining == 2
     status = await stores.rate_limits.hit("t_compat", key, rate)
     assert status is not None and status.remaining == 1 and status.allowed
-    assert await stores.redis.llen(stores.rate_limits.window_key("t_compat", key, rate)) == 4
+    previous, current = stores.rate_limits.window_keys("t_compat", key, rate)
+    assert await stores.redis.get(current) == "4" and await stores.redis.type(current) == "string"
     await stores.rate_limits.clear("t_compat", key, rate)
-    assert await stores.redis.exists(stores.rate_limits.window_key("t_compat", key, rate)) == 0
+    assert await stores.redis.exists(previous, current) == 0
+    assert (await limiter.get_window_stats(item, "t_compat", key)).remaining == 5
+
+
+async def test_the_previous_window_counts_for_the_part_of_it_still_in_the_window(stores: Stores) -> None:
+    """Two counters, whatever the limit: the previous window's hits weigh by how much of it is still inside
+    the sliding window, and a current window older than one window becomes the previous one."""
+    key, rate = uuid.uuid4().hex, RateLimit(10, 60)
+    previous, current = stores.rate_limits.window_keys("t_slide", key, rate)
+    await stores.redis.set(previous, 10, px=30_000)  # half of it still in the window: 10 * 0.5 -> 4 (floor)
+    await stores.redis.set(current, 3, px=90_000)  # the current window ends in 30 s
+    status = await stores.rate_limits.hit("t_slide", key, rate)
+    assert status is not None and status.allowed and status.remaining == 10 - (4 + 3 + 1)
+    assert 5 <= status.reset_after <= 6  # the previous window's weight drops by one hit every 6 s
+    await stores.redis.set(current, 10, px=20_000)  # ended 40 s ago: becomes the previous window
+    status = await stores.rate_limits.hit("t_slide", key, rate)
+    assert status is not None and status.remaining == 10 - (3 + 1)  # 10 * 20/60 -> 3, plus this hit
+    assert await stores.redis.get(previous) == "10" and await stores.redis.get(current) == "1"
+    await stores.rate_limits.clear("t_slide", key, rate)
 
 
 async def test_guarded_hit_counts_only_behind_a_live_guard(stores: Stores) -> None:
     """The session check + per-user limit script: no hit for a missing or revoked mirror, atomic otherwise."""
     key, rate = uuid.uuid4().hex, RateLimit(5, 60)
     guard = stores.keys("t_guard", key)
-    window = stores.rate_limits.window_key("t_guarded", key, rate)
+    window = stores.rate_limits.window_keys("t_guarded", key, rate)
     assert await stores.rate_limits.guarded_hit(guard, "t_guarded", key, rate) == (None, None, None)
     await stores.redis.set(guard, '{"revoked":true}', ex=60)
     raw, status, _ = await stores.rate_limits.guarded_hit(guard, "t_guarded", key, rate)
     assert status is None and b"revoked" in (raw if isinstance(raw, bytes) else raw.encode())
-    assert await stores.redis.llen(window) == 0
+    assert await stores.redis.exists(*window) == 0
     await stores.redis.set(guard, '{"uid":"u","username":"x","grade":1}', ex=60)
     results = await asyncio.gather(*(stores.rate_limits.guarded_hit(guard, "t_guarded", key, rate) for _ in range(20)))
     statuses = [s for _, s, _ in results]
     assert all(s is not None for s in statuses)
     assert sum(1 for s in statuses if s is not None and s.allowed) == 5
-    assert await stores.redis.llen(window) == 5
+    assert await stores.redis.get(window[1]) == "5"
     with pytest.raises(RateLimited):
         raise_if_limited(statuses[-1])
-    await stores.redis.delete(guard, window)
+    await stores.redis.delete(guard, *window)
 
 
 async def test_a_lease_takes_several_hits_but_never_more_than_an_eighth_of_what_is_left(stores: Stores) -> None:
     key, rate = uuid.uuid4().hex, RateLimit(100, 60)
     guard = stores.keys("t_guard", key)
-    window = stores.rate_limits.window_key("t_lease", key, rate)
+    window = stores.rate_limits.window_keys("t_lease", key, rate)
     await stores.redis.set(guard, '{"uid":"u","username":"x","grade":1}', ex=60)
     _, status, _ = await stores.rate_limits.guarded_hit(guard, "t_lease", key, rate, want=32)
     assert status is not None and status.taken == 12 and status.remaining == 88  # floor(100 / 8)
-    await stores.redis.delete(window)
-    await stores.redis.lpush(window, *[repr(time.time())] * 97)
+    await stores.redis.set(window[1], 97, px=120_000)
     taken = []
     for _ in range(4):
         _, status, _ = await stores.rate_limits.guarded_hit(guard, "t_lease", key, rate, want=32)
         assert status is not None
         taken.append(status.taken)
     assert taken == [1, 1, 1, 0]  # near the end of the window: single hits, then refused
-    assert await stores.redis.llen(window) == 100
-    await stores.redis.delete(guard, window)
+    assert await stores.redis.get(window[1]) == "100"
+    await stores.redis.delete(guard, *window)
 
 
 def count_calls(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> dict[str, int]:
@@ -208,8 +226,8 @@ async def test_small_limits_are_never_leased(db: Stores, settings: Settings) -> 
     rate = RateLimit(LEASE_MIN_LIMIT - 1, 60)
     for _ in range(3):
         await accounts.authenticate_and_limit(db, user_id, session_id, rate, "t_small")
-    window = db.rate_limits.window_key("t_small", str(user_id), rate)
-    assert await db.redis.llen(window) == 3  # one hit per request, none taken ahead
+    _, window = db.rate_limits.window_keys("t_small", str(user_id), rate)
+    assert await db.redis.get(window) == "3"  # one hit per request, none taken ahead
 
 
 async def test_concurrent_requests_of_one_caller_wait_for_one_lease_call(
@@ -230,8 +248,8 @@ async def test_concurrent_requests_of_one_caller_wait_for_one_lease_call(
         assert all(status is not None and status.allowed for _, status in results)
         print(f"50 concurrent requests took {calls['redis']} Redis calls")
         assert calls["redis"] <= 10
-        window = db.rate_limits.window_key("t_flight", str(user_id), rate)
-        assert await db.redis.llen(window) >= 51  # each request's hit was counted (plus unused leased ones)
+        _, window = db.rate_limits.window_keys("t_flight", str(user_id), rate)
+        assert int(await db.redis.get(window) or 0) >= 51  # each request's hit counted (plus unused leased ones)
     finally:
         tracking.cancel()
         await asyncio.gather(tracking, return_exceptions=True)
@@ -266,4 +284,4 @@ async def test_rate_limit_pays_big_limits_from_leases_and_two_instances_never_pa
     print(f"100 allowed hits took {calls_while_allowed} Redis calls")
     assert calls_while_allowed <= 40
     assert small_calls == 3
-    assert await db.redis.llen(db.rate_limits.window_key("t_small_rl", key, small)) == 3
+    assert await db.redis.get(db.rate_limits.window_keys("t_small_rl", key, small)[1]) == "3"

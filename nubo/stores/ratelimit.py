@@ -1,10 +1,15 @@
-"""Rate limits shared by every instance: an atomic moving window in Redis (DESIGN §8).
+"""Rate limits shared by every instance: a sliding-window counter in Redis, one short script per hit.
 
-The window is the `limits` package's moving window (its key names and list layout, checked by the tests
-against `limits`' own `get_window_stats`), but a hit runs one Lua script that both takes a slot and reads
-the window: `limits` needs two round trips for that (`hit`, then `get_window_stats`), and the per-user
-limit runs on every authenticated request. Being one script, it is atomic: two instances can never both
-take the last slot. Keys live under the prefix (``{prefix}ratelimit:LIMITER/<name>/<key>/<n>/<s>/second``).
+A limit of N hits per window keeps two counters per caller, the current window's and the previous one's (the
+`limits` package's sliding-window-counter layout: ``{prefix}ratelimit:{LIMITER/<name>/<key>/<n>/<s>/second}``
+and the same with ``/-1``, so `limits`' own limiter reads and clears the same windows). The hits in the
+last window are estimated as the previous count, weighted by the part of it still in the window, plus the
+current count. A hit costs O(1) Redis work whatever the limit (a moving window kept one timestamp per hit),
+and one script both takes the hit and measures the window: `limits` needs two round trips for that, and the
+per-user limit runs on every authenticated request. Being one script, it is atomic: two instances can never
+both take the last slot. The estimate assumes the previous window's hits were spread evenly; a caller can
+at worst fit twice the limit in a span straddling two windows, never more than the limit on average.
+
 When Redis is down the limiter fails open (the request goes through, the failure is logged and counted):
 refusing every login during a cache outage would be worse than a few unthrottled attempts.
 """
@@ -29,47 +34,58 @@ from nubo.stores.redis import Keys
 
 log = get_logger(__name__)
 
-# The moving window on KEYS[n]: ARGV now, limit, expiry and (optional) how many hits to take at once.
-# Leaves taken (0 = refused), hits in the window and the oldest hit in the window (string) in locals for the
-# caller's `return`. Taking several hits is a lease (see HitLeases): never more than an eighth of what the
-# window has left, so a limit stays exact near its end.
+# The sliding window on KEYS[n] (previous window) and KEYS[n + 1] (current window): ARGV limit, window
+# seconds and (optional) how many hits to take at once. Leaves in locals, for the caller's `return`: hits
+# taken (0 = refused), hits counted in the window and the milliseconds until one of them leaves it. A current
+# window older than one window becomes the previous one (`limits`' own rule: the current counter lives for
+# two windows, so its TTL tells its age). Taking several hits is a lease (see HitLeases): never more than an
+# eighth of what the window has left, so a limit stays exact near its end.
 _WINDOW = """
-local now, limit, expiry = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local want = tonumber(ARGV[4] or '1')
-local window = KEYS[%d]
-local low, high, found = 0, redis.call('llen', window) - 1, -1
-while low <= high do
-    local mid = math.floor((low + high) / 2)
-    local value = tonumber(redis.call('lindex', window, mid))
-    if value and value >= now - expiry then found = mid; low = mid + 1 else high = mid - 1 end
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2]) * 1000
+local want = tonumber(ARGV[3] or '1')
+local previous, current = KEYS[%d], KEYS[%d]
+local current_ttl = redis.call('pttl', current)
+if current_ttl > 0 and current_ttl < window then
+    redis.call('rename', current, previous)
+    current_ttl = current_ttl + window
+    redis.call('set', current, 0, 'PX', current_ttl)
 end
-local count = found + 1
-local taken = math.min(want, limit - count)
-if taken > 1 then taken = math.max(1, math.min(taken, math.floor((limit - count) / 8))) end
+local previous_count = tonumber(redis.call('get', previous)) or 0
+local previous_ttl = math.max(0, redis.call('pttl', previous))
+local count = tonumber(redis.call('get', current)) or 0
+local weighted = math.floor(previous_count * previous_ttl / window)
+local used = weighted + count
+local taken = math.min(want, limit - used)
+if taken > 1 then taken = math.max(1, math.min(taken, math.floor((limit - used) / 8))) end
 if taken >= 1 then
-    for _ = 1, taken do redis.call('lpush', window, ARGV[1]) end
-    redis.call('ltrim', window, 0, limit - 1)
-    redis.call('expire', window, expiry)
+    if current_ttl > 0 then
+        redis.call('incrby', current, taken)
+    else
+        current_ttl = window * 2
+        redis.call('set', current, count + taken, 'PX', current_ttl)
+    end
+    used = used + taken
     count = count + taken
 else
     taken = 0
 end
-local oldest = ARGV[1]
-if count > 0 then oldest = redis.call('lindex', window, count - 1) end
+local reset = window
+if count > 0 then reset = math.max(0, current_ttl - window) end
+if weighted > 0 then reset = math.min(reset, previous_ttl %% (window / previous_count)) end
+reset = math.ceil(reset)
 """
-# KEYS[1]: the window (hit timestamps, newest first, at most `limit` long).
-# Returns {hits taken (0/1), hits in the window, oldest hit in the window (string)}.
-_ACQUIRE_AND_MEASURE = (_WINDOW % 1) + "return {taken, count, oldest}"
-# KEYS[1]: a guard value (the session mirror), KEYS[2]: the window. Hits are taken only when the guard
-# exists and is not a revocation marker, so a refused request never uses up the caller's quota.
-# Returns {guard} when no hit was taken, else {guard, hits taken (0 = refused), count, oldest, guard's PTTL}.
+# KEYS[1], KEYS[2]: the window. Returns {hits taken (0/1), hits in the window, ms until one leaves it}.
+_ACQUIRE_AND_MEASURE = (_WINDOW % (1, 2)) + "return {taken, used, reset}"
+# KEYS[1]: a guard value (the session mirror), KEYS[2], KEYS[3]: the window. Hits are taken only when the
+# guard exists and is not a revocation marker, so a refused request never uses up the caller's quota.
+# Returns {guard} when no hit was taken, else {guard, hits taken (0 = refused), used, reset, guard's PTTL}.
 _GUARDED_HIT = (
     """
 local guard = redis.call('get', KEYS[1])
 if not guard or string.find(guard, '"revoked"', 1, true) then return {guard} end
 """
-    + (_WINDOW % 2)
-    + "return {guard, taken, count, oldest, redis.call('pttl', KEYS[1])}"
+    + (_WINDOW % (2, 3))
+    + "return {guard, taken, used, reset, redis.call('pttl', KEYS[1])}"
 )
 LEASE_FIRST = 4  # hits a process takes for a caller it holds no lease for (a caller rarely asks once)...
 LEASE_MAX = 32  # ...doubling up to this while each lease is used up in time...
@@ -85,7 +101,7 @@ class RateStatus:
 
     limit: int
     remaining: int
-    reset_after: int  # seconds until the oldest hit leaves the window
+    reset_after: int  # seconds until a hit leaves the window (a slot frees)
     allowed: bool
     taken: int = 1  # hits taken in the shared window by this call (more than one: a lease, see HitLeases)
 
@@ -119,14 +135,14 @@ def raise_if_limited(status: RateStatus | None) -> None:
 def _window_template(prefix: str, name: str, amount: int, seconds: int) -> tuple[str, str]:
     # Built once per limit (the per-user limit runs on every request); `limits` makes the format.
     head, _, tail = RateLimitItemPerSecond(amount, seconds).key_for(name, "\x00").partition("\x00")
-    return f"{prefix}:{head}", tail
+    return f"{prefix}:{{{head}", tail + "}"
 
 
-def _status(rate: RateLimit, now: float, taken: Any, count: Any, oldest: Any) -> RateStatus:
+def _status(rate: RateLimit, taken: Any, used: Any, reset_ms: Any) -> RateStatus:
     return RateStatus(
         limit=rate.amount,
-        remaining=max(0, rate.amount - int(count)),
-        reset_after=max(1, math.ceil(float(oldest) + rate.seconds - now)),
+        remaining=max(0, rate.amount - int(used)),
+        reset_after=max(1, math.ceil(int(reset_ms) / 1000)),
         allowed=int(taken) > 0,
         taken=int(taken),
     )
@@ -148,23 +164,23 @@ class RateLimits:
         self._last_log = 0.0
         self.leases = HitLeases()
 
-    def window_key(self, name: str, key: str, rate: RateLimit) -> str:
-        """The Redis key of one window, exactly as `limits` names it (so `limits` can read and clear it)."""
+    def window_keys(self, name: str, key: str, rate: RateLimit) -> tuple[str, str]:
+        """The Redis keys of one window (previous, current), exactly as `limits` names them."""
         head, tail = _window_template(self._prefix, name, rate.amount, rate.seconds)
-        return head + key + tail
+        current = head + key + tail
+        return current + "/-1", current
 
     async def hit(self, name: str, key: str, rate: RateLimit, want: int = 1) -> RateStatus | None:
         """Count one hit of `key` against limit `name` (`want` hits for a lease, see :class:`HitLeases`);
         None when Redis cannot be reached (fail open)."""
-        now = time.time()
         try:
-            taken, count, oldest = await self._acquire(
-                keys=[self.window_key(name, key, rate)], args=[repr(now), rate.amount, rate.seconds, want]
+            taken, used, reset_ms = await self._acquire(
+                keys=self.window_keys(name, key, rate), args=[rate.amount, rate.seconds, want]
             )
         except (RedisError, OSError) as exc:
             self._log_down(name, exc)
             return None
-        return _status(rate, now, taken, count, oldest)
+        return _status(rate, taken, used, reset_ms)
 
     async def guarded_hit(
         self, guard_key: str, name: str, key: str, rate: RateLimit, want: int = 1
@@ -177,13 +193,12 @@ class RateLimits:
         taken. Redis errors propagate: the caller decides what a missing guard means (the session check falls
         back to PostgreSQL, then uses :meth:`hit`).
         """
-        now = time.time()
         reply = await self._guarded(
-            keys=[guard_key, self.window_key(name, key, rate)], args=[repr(now), rate.amount, rate.seconds, want]
+            keys=[guard_key, *self.window_keys(name, key, rate)], args=[rate.amount, rate.seconds, want]
         )
         if len(reply) < 4:
             return reply[0], None, None
-        return reply[0], _status(rate, now, reply[1], reply[2], reply[3]), int(reply[4])
+        return reply[0], _status(rate, reply[1], reply[2], reply[3]), int(reply[4])
 
     async def limit(self, name: str, key: str, rate: RateLimit) -> RateStatus | None:
         """Count a hit and raise :class:`RateLimited` (429, `Retry-After`, `X-RateLimit-*`) when over the limit.
@@ -207,7 +222,7 @@ class RateLimits:
 
     async def clear(self, name: str, key: str, rate: RateLimit) -> None:
         """Forget the hits of `key` (used after an operator unlocks an account, and by tests)."""
-        await self._redis.delete(self.window_key(name, key, rate))
+        await self._redis.delete(*self.window_keys(name, key, rate))
 
     def _log_down(self, name: str, exc: BaseException) -> None:
         self._failures["redis_ratelimit"] = self._failures.get("redis_ratelimit", 0) + 1
@@ -230,7 +245,7 @@ class _Lease:
     expires: float  # monotonic time after which the left hits are dropped
     size: int  # hits the last lease asked for
     count: int  # hits in the window when the lease was taken (its own included)
-    reset_at: float  # wall-clock time the window's oldest hit leaves it
+    reset_at: float  # wall-clock time a hit leaves the window
 
 
 class HitLeases:
