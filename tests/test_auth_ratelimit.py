@@ -124,7 +124,7 @@ async def test_the_previous_window_counts_for_the_part_of_it_still_in_the_window
     the sliding window, and a current window older than one window becomes the previous one."""
     key, rate = uuid.uuid4().hex, RateLimit(10, 60)
     previous, current = stores.rate_limits.window_keys("t_slide", key, rate)
-    await stores.redis.set(previous, 10, px=30_000)  # half of it still in the window: 10 * 0.5 -> 4 (floor)
+    await stores.redis.set(previous, 10, px=29_500)  # about half of it still in the window: 10 * 0.49 -> 4
     await stores.redis.set(current, 3, px=90_000)  # the current window ends in 30 s
     status = await stores.rate_limits.hit("t_slide", key, rate)
     assert status is not None and status.allowed and status.remaining == 10 - (4 + 3 + 1)
