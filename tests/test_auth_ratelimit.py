@@ -1,5 +1,5 @@
 """The shared limiter (`limits`' sliding-window-counter layout on redis-py 8): atomic under concurrency, keys
-under the prefix, `RateLimited` with headers, fail-open when Redis is unreachable, leases;
+under the prefix, `RateLimited` with headers, fail-open when Redis is unreachable, leases (and their switch);
 client addresses behind proxies."""
 
 from __future__ import annotations
@@ -285,3 +285,35 @@ async def test_rate_limit_pays_big_limits_from_leases_and_two_instances_never_pa
     assert calls_while_allowed <= 40
     assert small_calls == 3
     assert await db.redis.get(db.rate_limits.window_keys("t_small_rl", key, small)[1]) == "3"
+
+
+async def test_with_leases_off_every_hit_is_one_redis_call(
+    db: Stores, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`NUBO_RATE_LEASES=off`: a big limit costs one Redis call per hit, through `limit` and through the
+    per-user session script alike, and still lets exactly `limit` hits through."""
+    unleased = await open_stores(dataclasses.replace(settings, rate_leases=False))
+    tracking = asyncio.create_task(unleased.near.run())  # live near copies: the state in which leases are used
+    try:
+        await wait_until(lambda: unleased.near.live)
+        key, rate = uuid.uuid4().hex, RateLimit(100, 60)
+        hits = count_calls(monkeypatch, RateLimits, "hit")
+        allowed = 0
+        for _ in range(110):
+            try:
+                await unleased.rate_limits.limit("t_unleased", key, rate)
+                allowed += 1
+            except RateLimited:
+                pass
+        assert (allowed, hits["redis"]) == (100, 110)
+        user_id, session_id = await user_with_session(db)
+        scripts = count_calls(monkeypatch, accounts, "guarded_hit")
+        for _ in range(20):
+            await accounts.authenticate_and_limit(unleased, user_id, session_id, rate, "t_unleased_user")
+        assert scripts["redis"] == 20
+        _, window = unleased.rate_limits.window_keys("t_unleased_user", str(user_id), rate)
+        assert await unleased.redis.get(window) == "20"  # no hit taken ahead
+    finally:
+        tracking.cancel()
+        await asyncio.gather(tracking, return_exceptions=True)
+        await unleased.close()

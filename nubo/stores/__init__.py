@@ -87,7 +87,11 @@ class Stores:
         families = ["session", "derived", "tag"]
         families += [f"cache:{entity.cache_collection}" for entity in ENTITIES.values() if entity.near]
         return NearCache(
-            self.settings.redis_url, self.redis, self.keys, families, max_entries=self.settings.near_cache_entries
+            self.settings.redis_url,
+            self.redis,
+            self.keys,
+            families,
+            max_entries=self.settings.near_cache_entries if self.settings.near_cache else 0,
         )
 
     def script(self, source: str) -> AsyncScript:
@@ -127,7 +131,7 @@ class Stores:
 async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg_max_size: int = 20) -> Stores:
     """Open all three connections. Only PostgreSQL may be awaited: Mongo and Redis connect lazily."""
     pg = await postgres.open_pool(settings.postgres_url, wait=wait_for_postgres, max_size=pg_max_size)
-    redis_client = redis.open_redis(settings.redis_url)
+    redis_client = redis.open_redis(settings.redis_url, autopipeline=settings.redis_autopipeline)
     keys = Keys(settings.redis_prefix)
     failures: dict[str, int] = {}
     return Stores(
@@ -136,6 +140,6 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
         mongo_client=mongo.open_client(settings.mongo_url),
         redis=redis_client,
         keys=keys,
-        rate_limits=RateLimits(redis_client, keys, failures=failures),
+        rate_limits=RateLimits(redis_client, keys, failures=failures, leased=settings.rate_leases),
         failures=failures,
     )

@@ -151,18 +151,19 @@ def _status(rate: RateLimit, taken: Any, used: Any, reset_ms: Any) -> RateStatus
 class RateLimits:
     """The process's rate limiter: the shared windows in Redis and this process's :class:`HitLeases`.
 
-    Built once per process with the stores. `failures` is the process's failure counter map
-    (``Stores.failures``): an unreachable Redis counts under ``redis_ratelimit``.
+    Built once per process with the stores; `leased=False` takes every hit from Redis (one call per hit),
+    to measure what the leases save. `failures` is the process's failure counter map (``Stores.failures``):
+    an unreachable Redis counts under ``redis_ratelimit``.
     """
 
-    def __init__(self, redis: Redis, keys: Keys, *, failures: dict[str, int]) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, failures: dict[str, int], leased: bool = True) -> None:
         self._redis = redis
         self._prefix = keys("ratelimit")
         self._acquire = redis.register_script(_ACQUIRE_AND_MEASURE)
         self._guarded = redis.register_script(_GUARDED_HIT)
         self._failures = failures
         self._last_log = 0.0
-        self.leases = HitLeases()
+        self.leases = HitLeases(enabled=leased)
 
     def window_keys(self, name: str, key: str, rate: RateLimit) -> tuple[str, str]:
         """The Redis keys of one window (previous, current), exactly as `limits` names them."""
@@ -258,13 +259,18 @@ class HitLeases:
     Every hit a request uses was counted in the shared window before that request, so no instance ever lets
     a caller past the limit; hits of a lapsed lease count until they leave the window, so a caller spread
     over many instances may be refused a few hits early. Limits under :data:`LEASE_MIN_LIMIT` (login,
-    signup) are never leased.
+    signup) are never leased, nor any limit when `enabled` is false (``NUBO_RATE_LEASES=off``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
         self._held: dict[tuple[str, str], _Lease] = {}
         # A lease call in flight per caller: (give up on it after this monotonic time, set when it is done).
         self._asking: dict[tuple[str, str], tuple[float, asyncio.Event]] = {}
+
+    def leased(self, rate: RateLimit) -> bool:
+        """Whether hits of `rate` are taken a few at a time."""
+        return self.enabled and rate.amount >= LEASE_MIN_LIMIT
 
     def holds(self, name: str, key: str) -> bool:
         """Whether a lease with hits left is held for `key`."""
@@ -316,7 +322,7 @@ class HitLeases:
 
     def want(self, name: str, key: str, rate: RateLimit) -> int:
         """How many hits to take in the next Redis call for `key`."""
-        if rate.amount < LEASE_MIN_LIMIT:
+        if not self.leased(rate):
             return 1
         held_key = (name, key)
         lease = self._held.get(held_key)
@@ -335,7 +341,7 @@ class HitLeases:
     def record(self, name: str, key: str, rate: RateLimit, status: RateStatus | None, want: int) -> RateStatus | None:
         """Keep the hits a Redis call took beyond the one its own request uses; the status as that request
         sees it (the kept hits are not used yet)."""
-        if status is None or rate.amount < LEASE_MIN_LIMIT:
+        if status is None or not self.leased(rate):
             return status
         held_key = (name, key)
         if status.taken == 0:  # refused: nothing held
