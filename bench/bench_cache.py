@@ -9,7 +9,8 @@ Measures, on the `messages` collection under a throw-away key prefix (deleted af
 * a full-scan filter (no index narrows it) over a 10,000-element collection, median ms (target < 150);
 * `redis-benchmark -t get -n 100000 -q` requests/s, the server's raw speed on this machine right now.
 
-The event loop is uvloop when installed (uvicorn[standard] installs it, and `nubo serve` runs on it).
+The event loop is uvloop when installed (uvicorn[standard] installs it, and `nubo serve` runs on it). The
+client is nubo's (automatic pipelining), or redis-py's own under `bench/run --switch autopipeline`'s off run.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from bench.common import (  # noqa: E402
     add_load_arguments,
     machine_info,
     now_iso,
+    runner_server_env,
+    switched_on,
     write_json,
 )
 from nubo.stores.cache.admin import used_memory  # noqa: E402
@@ -97,7 +100,7 @@ def _get_worker(
     """One client process: waits for the others, runs `queries` gets with `clients` coroutines."""
 
     async def work() -> float:
-        redis = open_redis(url, timeout=30.0)
+        redis = open_redis(url, timeout=30.0, autopipeline=switched_on("NUBO_REDIS_AUTOPIPELINE"))
         coll = RedisCache(redis, Keys(prefix)).collection("messages")
         await coll.get({"conversation_id": conversations[0]})  # load the scripts, open a connection
         barrier.wait()
@@ -188,7 +191,7 @@ def redis_benchmark_get(url: str) -> float | None:
 
 async def run(elements: int) -> tuple[list[Metric], dict[str, Any]]:
     url = service_env()["NUBO_REDIS_URL"]
-    redis = open_redis(url, timeout=30.0)
+    redis = open_redis(url, timeout=30.0, autopipeline=switched_on("NUBO_REDIS_AUTOPIPELINE"))
     keys = Keys(f"nubo_bench_cache_{uuid.uuid4().hex[:8]}:")
     cache = RedisCache(redis, keys)
     coll = cache.collection("messages")
@@ -267,6 +270,7 @@ def main() -> None:
             "finished_at": now_iso(),
             "options": {"elements": args.elements},
             "machine": machine_info(),
+            "server_env": runner_server_env(),
             "metrics": [metric.as_json() for metric in metrics],
             "details": details,
         },

@@ -14,6 +14,9 @@ Helpers for the measuring itself:
   :func:`wrk_script` for method/body/headers), parsed into requests/s, p50 and p99.
 - :func:`pin_to_server_cpu`: on machines with >= 2 CPUs, servers share one CPU and wrk gets the others, so
   the load generator does not steal the server's core.
+
+`bench/run --switch NAME` also runs each benchmark a performance switch serves with it off (see
+:mod:`bench.switches`); the setting reaches the servers through :data:`SERVER_ENV_VARIABLE`.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ if str(ROOT) not in sys.path:  # `tests.harness` is imported from the checkout, 
 from tests.harness import ServerProcess, free_port, new_run_id, run_nubo, service_env, with_database  # noqa: E402
 
 BENCH_DIR = ROOT / "bench"
+# Settings `bench/run` gives every nubo process of one benchmark run (``NAME=value`` pairs, space-separated),
+# e.g. ``NUBO_NEAR_CACHE=off``: the way `--switch` turns a switch off. A NUBO_ name, so servers never see it.
+SERVER_ENV_VARIABLE = "NUBO_BENCH_SERVER_ENV"
 RESULTS_DIR = BENCH_DIR / "results"
 WRK = os.environ.get("NUBO_WRK", "/usr/bin/wrk")
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -244,6 +250,19 @@ def _pin_to_load_cpus() -> None:
 # --- environments and servers -------------------------------------------------------------------------------
 
 
+def runner_server_env() -> dict[str, str]:
+    """The settings `bench/run` gave this benchmark run for its nubo processes (:data:`SERVER_ENV_VARIABLE`)."""
+    pairs = (pair.split("=", 1) for pair in os.environ.get(SERVER_ENV_VARIABLE, "").split() if "=" in pair)
+    return {name: value for name, value in pairs}
+
+
+def switched_on(setting: str) -> bool:
+    """Whether the performance switch `setting` (e.g. ``NUBO_REDIS_AUTOPIPELINE``) is on for this run."""
+    from nubo.settings import parse_switch
+
+    return parse_switch(setting, runner_server_env().get(setting, "on"))
+
+
 @contextlib.contextmanager
 def isolated_env(overrides: Mapping[str, str] | None = None) -> Iterator[dict[str, str]]:
     """Subprocess env on a fresh PostgreSQL database, Mongo database and Redis prefix, dropped after."""
@@ -268,6 +287,7 @@ def isolated_env(overrides: Mapping[str, str] | None = None) -> Iterator[dict[st
             "JWT_SECRET": secrets.token_urlsafe(48),
             "PYTHONPATH": str(ROOT),
             **(overrides or {}),
+            **runner_server_env(),
         }
     )
     try:
@@ -395,6 +415,7 @@ def bench_main(name: str, title: str, measure: Callable[[BenchOptions], BenchOut
             "finished_at": now_iso(),
             "options": asdict(options),
             "machine": machine_info(),
+            "server_env": runner_server_env(),
             "metrics": [metric.as_json() for metric in output.metrics],
             "details": output.details,
         },
@@ -408,14 +429,20 @@ def available() -> dict[str, Path]:
     return {path.stem.removeprefix("bench_"): path for path in sorted(BENCH_DIR.glob("bench_*.py"))}
 
 
-def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Run `bench_<name>` in its own process; its result, or an error entry if it failed."""
-    out = RESULTS_DIR / f"{name}.json"
+def run_one(
+    name: str, args: argparse.Namespace, variant: str = "", server_env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Run `bench_<name>` in its own process, its nubo processes getting `server_env` (a `variant` of the
+    run, e.g. ``near-cache-off``, writes its own result file); its result, or an error entry if it failed."""
+    out = RESULTS_DIR / (f"{name}.{variant}.json" if variant else f"{name}.json")
     out.unlink(missing_ok=True)
     keys = ("duration", "threads", "connections", "rounds", "warmup")
     flags = [f"--{key}={getattr(args, key)}" for key in keys]
     cmd = [sys.executable, "-m", f"bench.bench_{name}", *flags, f"--out={out}"]
-    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    passed = " ".join(f"{key}={value}" for key, value in (server_env or {}).items())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), SERVER_ENV_VARIABLE: passed}
+    print(f"bench/run: {name}" + (f" with {passed}" if passed else ""), flush=True)
+    done = subprocess.run(cmd, cwd=ROOT, env=env)
     if done.returncode != 0 or not out.exists():
         return {"name": name, "error": f"exited with {done.returncode}", "metrics": []}
     return json.loads(out.read_text())  # type: ignore[no-any-return]
@@ -460,21 +487,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_load_arguments(parser)
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--switch",
+        action="append",
+        default=[],
+        metavar="SWITCH",
+        help="also run each benchmark SWITCH serves with it off, and compare (autopipeline, near-cache, "
+        "rate-leases or all; repeatable)",
+    )
+    parser.add_argument(
+        "--switch-rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --switch: run the on and off runs N times, order reversed every other time (median)",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(names))
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(names)}")
     if not shutil.which(WRK):
         parser.error(f"wrk not found at {WRK} (apt-get install wrk, or set NUBO_WRK)")
-    results = [run_one(name, args) for name in (args.names or list(names))]
+    from bench import switches
+
+    try:
+        chosen = switches.switch_names(args.switch)
+    except ValueError as exc:
+        parser.error(str(exc))
+    results, comparisons = switches.run_switched(
+        args.names or list(names), chosen, args, run_one, rounds=max(1, args.switch_rounds)
+    )
     latest = write_json(
         RESULTS_DIR / "latest.json",
-        {"generated_at": now_iso(), "machine": machine_info(), "benches": {r["name"]: r for r in results}},
+        {
+            "generated_at": now_iso(),
+            "machine": machine_info(),
+            "benches": {r["name"]: r for r in results},
+            "switches": [{k: v for k, v in c.items() if k != "off"} for c in comparisons],
+        },
     )
     print_table(results)
+    if comparisons:
+        switches.print_comparisons(comparisons)
     print(f"results: {latest.relative_to(ROOT)}")
+    failed = any("error" in r for r in results) or any("error" in c["off"] for c in comparisons)
     missed = any(metric["ok"] is False for r in results for metric in r["metrics"])
-    return 1 if any("error" in r for r in results) or (args.strict and missed) else 0
+    return 1 if failed or (args.strict and missed) else 0
 
 
 if __name__ == "__main__":

@@ -62,6 +62,10 @@ class Settings:
     redis_memory_budget: int = 0
     redis_memory_margin: str = "10%"
     near_cache_entries: int = 100_000
+    # Hand-built infrastructure, each with a switch to measure it against the plain path (bench/run --switch).
+    redis_autopipeline: bool = True
+    near_cache: bool = True
+    rate_leases: bool = True
     allowed_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
     rate_login: RateLimit = RateLimit(10, 300)
@@ -151,6 +155,26 @@ def _url(variable: str, raw: str, schemes: tuple[str, ...]) -> str:
     return raw
 
 
+_SWITCH_VALUES = {
+    "1": True,
+    "true": True,
+    "on": True,
+    "yes": True,
+    "0": False,
+    "false": False,
+    "off": False,
+    "no": False,
+}
+
+
+def parse_switch(variable: str, raw: str) -> bool:
+    """``on``/``off`` (also ``true``/``false``, ``yes``/``no``, ``1``/``0``, any case)."""
+    value = _SWITCH_VALUES.get(raw.strip().lower())
+    if value is None:
+        raise SettingsError(variable, f"expected on or off, got {raw!r}")
+    return value
+
+
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
@@ -230,6 +254,14 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
     for name, attr in rate_settings.items():
         if (raw := get(name)) is not None:
             kwargs[attr] = parse_rate(name, raw)
+    switch_settings = {
+        "NUBO_REDIS_AUTOPIPELINE": "redis_autopipeline",
+        "NUBO_NEAR_CACHE": "near_cache",
+        "NUBO_RATE_LEASES": "rate_leases",
+    }
+    for name, attr in switch_settings.items():
+        if (raw := get(name)) is not None:
+            kwargs[attr] = parse_switch(name, raw)
     if (raw := get("NUBO_ALLOWED_ORIGINS")) is not None:
         kwargs["allowed_origins"] = _list(raw)
     if (raw := get("NUBO_TRUSTED_PROXIES")) is not None:

@@ -9,6 +9,7 @@ another that held a copy of it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import uuid
@@ -182,6 +183,37 @@ async def test_a_session_revoked_on_one_instance_is_refused_by_another_holding_a
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await other.close()
+
+
+async def test_with_the_near_cache_off_every_read_goes_to_redis(db: Stores, settings: Settings) -> None:
+    """`NUBO_NEAR_CACHE=off`: no tracking connection and no copies; a read right after another instance's
+    write sees the new value, and a session revoked through another instance is refused at once."""
+    off = (await open_root(dataclasses.replace(settings, near_cache=False))).stores
+    key = db.keys("session", uuid.uuid4())  # a family the near cache copies when it is on
+    fetches = 0
+
+    async def fetch() -> object:
+        nonlocal fetches
+        fetches += 1
+        return await off.redis.get(key)
+
+    try:
+        await asyncio.wait_for(off.near.run(), timeout=1)  # returns at once: nothing to track
+        assert not off.near.live
+        assert off.near.client_name not in [client["name"] for client in await db.redis.client_list()]
+        for value in ("v1", "v2", "v3"):
+            await db.redis.set(key, value, ex=60)  # another instance writes
+            assert await off.near.get(key, fetch) == value
+        assert fetches == 3 and off.near.status()["entries"] == 0
+        user_id, session_id = await user_with_session(db)
+        for _ in range(3):
+            await accounts.authenticate_and_limit(off, user_id, session_id, settings.rate_default)
+        await accounts.revoke_session(db, user_id, session_id, "logout")  # through the other instance
+        with pytest.raises(Unauthorized):
+            await accounts.authenticate_and_limit(off, user_id, session_id, settings.rate_default)
+    finally:
+        await db.redis.delete(key)
+        await off.close()
 
 
 async def test_a_server_refusing_client_tracking_leaves_the_copies_off(own_redis: DedicatedRedis) -> None:

@@ -229,6 +229,8 @@ def test_prod_requires_a_32_byte_secret() -> None:
         ("NUBO_LOG_LEVEL", "loud"),
         ("NUBO_MODERATOR_GRADE", "-1"),
         ("NUBO_WS_QUEUE_SIZE", "0"),
+        ("NUBO_RATE_LEASES", "maybe"),
+        ("NUBO_NEAR_CACHE", "2"),
     ],
 )
 def test_bad_values_name_their_variable(variable: str, raw: str) -> None:
@@ -236,6 +238,16 @@ def test_bad_values_name_their_variable(variable: str, raw: str) -> None:
         load(**{variable: raw})
     assert info.value.variable == variable
     assert str(info.value).startswith(f"{variable}: ")
+
+
+def test_the_infrastructure_switches_are_on_unless_turned_off() -> None:
+    """`NUBO_REDIS_AUTOPIPELINE`, `NUBO_NEAR_CACHE`, `NUBO_RATE_LEASES`: on by default (what ships)."""
+    switches = ("redis_autopipeline", "near_cache", "rate_leases")
+    assert [getattr(load(), name) for name in switches] == [True, True, True]
+    off = load(NUBO_REDIS_AUTOPIPELINE="off", NUBO_NEAR_CACHE="0", NUBO_RATE_LEASES="False")
+    assert [getattr(off, name) for name in switches] == [False, False, False]
+    on = load(NUBO_REDIS_AUTOPIPELINE="ON", NUBO_NEAR_CACHE="yes", NUBO_RATE_LEASES=" 1 ")
+    assert [getattr(on, name) for name in switches] == [True, True, True]
 
 
 def test_lists_urls_and_empty_values() -> None:

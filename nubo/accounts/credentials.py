@@ -18,7 +18,6 @@ from nubo.errors import Conflict, Unauthorized, ValidationFailed
 from nubo.ids import new_id
 from nubo.logs import get_logger
 from nubo.model import UserState
-from nubo.ratelimit import rate_limit
 from nubo.stores import Stores
 from nubo.stores.entities import Row, normalize_row
 from nubo.stores.postgres import UniqueViolation
@@ -75,7 +74,7 @@ async def signup(stores: Stores, new: NewUser, *, ip: str | None = None) -> Row:
     address (the in-process test client, a unix socket) has no per-IP limit.
     """
     if inet(ip) is not None:
-        await rate_limit(stores, "signup_ip", str(ip), stores.settings.rate_signup)
+        await stores.rate_limits.limit("signup_ip", str(ip), stores.settings.rate_signup)
     validate_new_user(new)
     password_hash = await security.hash_password(new.password)
     values = {k: v for k, v in asdict(new).items() if k != "password"}
@@ -119,11 +118,11 @@ async def login(
     the same 401 after the same argon2 work. Counts the login limit per IP and per account first."""
     settings = stores.settings
     if rate_limited and inet(client.ip) is not None:  # peers without an address have no per-IP limit
-        await rate_limit(stores, "login_ip", str(client.ip), settings.rate_login)
+        await stores.rate_limits.limit("login_ip", str(client.ip), settings.rate_login)
     row = await _user_for_login(stores, identifier)
     if rate_limited:
         account = str(row["id"]) if row else "name:" + identifier.strip().lower()
-        await rate_limit(stores, "login_account", account, settings.rate_login)
+        await stores.rate_limits.limit("login_account", account, settings.rate_login)
     ok = await security.verify_password(row["password_hash"] if row else None, password)
     if row is None or not ok or row.get("state") != UserState.ACTIVE:
         log.info("login_failed", extra={"known_user": row is not None, "ip": client.ip})

@@ -20,10 +20,10 @@ from nubo.accounts.mirrors import (
     session_state,
 )
 from nubo.errors import Unauthorized
-from nubo.ratelimit import RateStatus, guarded_hit, leases_for, raise_if_limited, rate_limit
 from nubo.settings import RateLimit
 from nubo.stores import Stores, session_mirrors
 from nubo.stores.near import MISSING
+from nubo.stores.ratelimit import RateStatus, raise_if_limited
 from nubo.stores.redis import REDIS_FAILURES
 
 
@@ -70,15 +70,15 @@ async def authenticate_and_limit(
 
     The hot path needs no Redis call: the session mirror is this process's copy (:mod:`nubo.stores.near`,
     dropped by Redis as soon as the session is revoked) and the hit comes from a lease of hits this process
-    already counted in the shared window (:class:`nubo.ratelimit.HitLeases`). Otherwise one round trip: a
+    already counted in the shared window (:class:`nubo.stores.ratelimit.HitLeases`). Otherwise one round trip: a
     script reads the mirror and, when it is live, takes the hit(s) atomically
-    (:func:`nubo.ratelimit.guarded_hit`). A lapsed mirror: PostgreSQL decides, the session is mirrored again
-    and the script runs again. Redis failing: :func:`authenticate_session` (PostgreSQL), then a separate hit
-    (which fails open when Redis is down).
+    (:meth:`nubo.stores.ratelimit.RateLimits.guarded_hit`). A lapsed mirror: PostgreSQL decides, the session is
+    mirrored again and the script runs again. Redis failing: :func:`authenticate_session` (PostgreSQL), then a
+    separate hit (which fails open when Redis is down).
     """
     key = session_mirrors.key(stores, session_id)
     user_key = str(user_id)
-    leases = leases_for(stores)
+    leases = stores.rate_limits.leases
     held = stores.near.get_cached(key)
     if held is MISSING and leases.holds(name, user_key):
         held = await _mirror(stores, key)  # the session check alone: the lease pays the hit
@@ -110,9 +110,9 @@ async def _check_and_hit(
         raw = None
     if raw is None:  # Redis is failing: authenticate_session retries it, counts the failure, asks PostgreSQL
         user = await authenticate_session(stores, user_id, session_id)
-        return user, await rate_limit(stores, name, user_key, rate)
+        return user, await stores.rate_limits.limit(name, user_key, rate)
     user = _principal_from_mirror(raw, user_id, session_id)  # refuses a revoked mirror (no hit was taken)
-    status = leases_for(stores).record(name, user_key, rate, status, want)
+    status = stores.rate_limits.leases.record(name, user_key, rate, status, want)
     raise_if_limited(status)
     return user, status
 
@@ -128,12 +128,12 @@ async def _mirror(stores: Stores, key: str) -> Any:
 async def _guarded_hit(
     stores: Stores, user_id: uuid.UUID, session_id: uuid.UUID, key: str, name: str, rate: RateLimit, want: int
 ) -> tuple[str | bytes | None, RateStatus | None]:
-    """:func:`nubo.ratelimit.guarded_hit` on the session mirror `key`, keeping the mirror as a near copy.
-    A mirror close to its end is checked again against PostgreSQL in the background (``stores.mirror_refresh``,
-    which batches them into :func:`~nubo.accounts.mirrors.refresh_mirrors`), so an active session never waits
-    for that check."""
+    """:meth:`nubo.stores.ratelimit.RateLimits.guarded_hit` on the session mirror `key`, keeping the mirror as a
+    near copy. A mirror close to its end is checked again against PostgreSQL in the background
+    (``stores.mirror_refresh``, which batches them into :func:`~nubo.accounts.mirrors.refresh_mirrors`), so an
+    active session never waits for that check."""
     with stores.near.reading([key]) as keep:
-        raw, status, ttl_ms = await guarded_hit(stores, key, name, str(user_id), rate, want=want)
+        raw, status, ttl_ms = await stores.rate_limits.guarded_hit(key, name, str(user_id), rate, want=want)
         keep([raw])
     if ttl_ms is not None and 0 <= ttl_ms < MIRROR_REFRESH_BELOW * 1000:
         stores.mirror_refresh.add(session_id, user_id)

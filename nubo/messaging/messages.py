@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from nubo import posts, ratelimit
+from nubo import posts
 from nubo.errors import Conflict, Forbidden, NotFound
 from nubo.ids import new_id
 from nubo.logs import get_logger
@@ -61,7 +61,7 @@ async def send_message(
     text = clean_content(content)
     cid = clean_client_id(client_id)
     # Retries count against the limit too: a client stuck retrying is exactly what the limit is for.
-    await ratelimit.rate_limit(stores, "messages", str(sender_id), stores.settings.rate_messages)
+    await stores.rate_limits.limit("messages", str(sender_id), stores.settings.rate_messages)
     row = await _store_send(stores, sender_id, conversation_id, text, cid)
     if row is None:  # this client_id was used before: an idempotent retry
         existing = await _existing_send(stores, sender_id, cid or "")

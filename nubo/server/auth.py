@@ -39,11 +39,11 @@ from nubo.accounts import AuthUser, ClientInfo, security
 from nubo.errors import NuboError, Unauthorized, ValidationFailed
 from nubo.ids import parse_id
 from nubo.pagination import Page
-from nubo.ratelimit import RateStatus
 from nubo.server.ratelimit import client_ip, with_raw_headers
 from nubo.server.users import Before, Limit, PublicUser
 from nubo.settings import Settings
 from nubo.stores import Stores
+from nubo.stores.ratelimit import RateStatus
 
 StoresDep = NamedDependency[Stores]
 PUBLIC_PATHS = [

@@ -18,7 +18,6 @@ from litestar.params import FromPath, JSONBody, Parameter, QueryParameter
 from nubo import moderation
 from nubo.ids import parse_id
 from nubo.pagination import Page
-from nubo.ratelimit import rate_limit
 from nubo.server.users import AnyRequest, Before, Limit, StoresDep, caller_id
 from nubo.settings import RateLimit
 
@@ -73,7 +72,7 @@ class AdminReport(Report):
 @post("/reports", summary="Report a user, post, comment or message", tags=["moderation"])
 async def create_report(request: AnyRequest, stores: StoresDep, data: JSONBody[NewReport]) -> Report:
     reporter = caller_id(request)
-    await rate_limit(stores, "reports", str(reporter), REPORT_RATE)
+    await stores.rate_limits.limit("reports", str(reporter), REPORT_RATE)
     row = await moderation.create_report(stores, reporter, data.target_type, data.target_id, data.reason)
     return Report(**moderation.report_view(row))
 

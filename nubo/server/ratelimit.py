@@ -1,6 +1,6 @@
 """HTTP side of rate limiting: the client address (trusted proxies aware) and `X-RateLimit-*` headers.
 
-The limiter itself is :mod:`nubo.ratelimit` (atomic, in Redis, shared by every instance).
+The limiter itself is :mod:`nubo.stores.ratelimit` (atomic, in Redis, shared by every instance).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from nubo import messaging, ratelimit
+from nubo import messaging
 from nubo.errors import Forbidden, NuboError, Unauthorized, ValidationFailed
 from nubo.ids import parse_id
 from nubo.logs import get_logger
@@ -285,7 +285,7 @@ class Session:
         self.conn.offer(Resume(raw))
 
     async def on_lobby(self, text: str) -> None:
-        await ratelimit.rate_limit(self.stores, "lobby", str(self.user_id), self.settings.rate_messages)
+        await self.stores.rate_limits.limit("lobby", str(self.user_id), self.settings.rate_messages)
         await self.hub.bus.publish_lobby(text)
 
 

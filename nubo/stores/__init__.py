@@ -26,6 +26,7 @@ from nubo.stores.mongo import MongoDoc
 from nubo.stores.near import NearCache
 from nubo.stores.postgres import PgPool
 from nubo.stores.projection import Projector
+from nubo.stores.ratelimit import RateLimits
 from nubo.stores.redis import Keys
 from nubo.stores.tiered import TieredStore
 from nubo.stores.transaction import Transaction, transaction
@@ -58,6 +59,7 @@ class Stores:
     projector: Projector  # the tiered writes' projections: the request waits for them
     messaging_projector: Projector  # messaging's: sends do not wait, rows are coalesced (nubo.stores.projection)
     events: EventBus
+    rate_limits: RateLimits
     feed_fan_out: BatchQueue[uuid.UUID, uuid.UUID]  # post id -> author, fanned out to followers' feeds
     mirror_refresh: BatchQueue[uuid.UUID, uuid.UUID]  # session id -> user id, re-checked before its mirror lapses
     # Held around PostgreSQL work nobody waits for (session mirror refreshes, presence peers): it takes at most
@@ -117,10 +119,10 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
     Mongo and Redis connect lazily."""
     pg = await postgres.open_pool(settings.postgres_url, wait=wait_for_postgres, max_size=pg_max_size)
     mongo_client = mongo.open_client(settings.mongo_url)
-    redis_client = redis.open_redis(settings.redis_url)
+    redis_client = redis.open_redis(settings.redis_url, autopipeline=settings.redis_autopipeline)
     keys = Keys(settings.redis_prefix)
     failures = StoreFailures()
-    near = NearCache(settings.redis_url, redis_client, keys, _near_families(), max_entries=settings.near_cache_entries)
+    near = NearCache(settings.redis_url, redis_client, keys, _near_families(), max_entries=_near_entries(settings))
     cache = RedisCache(redis_client, keys)
     tiered = TieredStore(pg, mongo_client[settings.mongo_db], cache, near, failures.count)
     return Stores(
@@ -136,11 +138,17 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
         projector=Projector("tiered", tiered),
         messaging_projector=Projector("messaging", tiered),
         events=EventBus(redis_client, keys, failures.count),
+        rate_limits=RateLimits(redis_client, keys, failures=failures.by_store, leased=settings.rate_leases),
         feed_fan_out=BatchQueue("feed-fan-out"),
         mirror_refresh=BatchQueue("session-mirror-refresh", max_batch=MIRROR_REFRESH_BATCH),
         background_pg=asyncio.Semaphore(BACKGROUND_PG_SLOTS),
         failures=failures,
     )
+
+
+def _near_entries(settings: Settings) -> int:
+    """How many values the near cache keeps; 0 (off) when `NUBO_NEAR_CACHE` is off."""
+    return settings.near_cache_entries if settings.near_cache else 0
 
 
 def _near_families() -> list[str]:

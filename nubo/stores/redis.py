@@ -11,6 +11,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError, DataError, RedisError, ResponseError, TimeoutError
 
@@ -51,6 +52,7 @@ _UNBATCHED = frozenset(
     }
 )
 MAX_BATCH = 256
+PLAIN_MAX_CONNECTIONS = 100  # pooled connections of the plain client (redis-py's default pool size)
 _Pending = tuple[tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]  # a command, its options, its waiter
 
 
@@ -187,10 +189,27 @@ async def timed(seconds: float | None) -> AsyncIterator[None]:
         raise TimeoutError(f"Redis did not answer within {seconds} s") from None
 
 
-def open_redis(url: str, *, timeout: float = 2.0) -> Redis:
+def open_redis(url: str, *, timeout: float = 2.0, autopipeline: bool = True) -> Redis:
     """A lazily connecting client returning `str` values, with automatic pipelining (:class:`BatchingRedis`).
 
-    Round trips are bounded by `timeout` (see :class:`BatchingRedis`); the sockets themselves have none."""
+    Round trips are bounded by `timeout` (see :class:`BatchingRedis`); the sockets themselves have none.
+    ``autopipeline=False`` (``NUBO_REDIS_AUTOPIPELINE=off``) gives redis-py's own client instead: each
+    command on a pooled connection of its own, each socket read and write bounded by `timeout`. Its pool
+    makes a command wait (up to `timeout`) for a free connection: redis-py's default pool refuses any command
+    beyond :data:`PLAIN_MAX_CONNECTIONS` in flight, which a loaded server reaches."""
+    if not autopipeline:
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=PLAIN_MAX_CONNECTIONS,
+            timeout=timeout,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            socket_keepalive=True,
+            health_check_interval=30,
+            retry_on_timeout=False,
+        )
+        return Redis.from_pool(pool)  # the client owns its pool: aclose() closes it
     client: BatchingRedis = BatchingRedis.from_url(  # type: ignore[assignment]
         url,
         decode_responses=True,
