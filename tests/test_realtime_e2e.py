@@ -472,7 +472,8 @@ async def test_revoking_a_session_closes_its_open_sockets_on_every_instance(
 ) -> None:
     a, b = pair
     (alice,) = await make_users(db, "alice")
-    row = await accounts.get_me(db, alice.id)
+    row = await accounts.find_user(db, str(alice.id))
+    assert row is not None
     other = await accounts.open_session(db, row, accounts.ClientInfo(ip="127.0.0.1"))  # a second device
     on_a = await WsClient.connect(a.ws_url, alice.token)
     on_b = await WsClient.connect(b.ws_url, alice.token)
