@@ -436,10 +436,10 @@ async def test_notifications_are_stored_listed_and_pushed_to_their_target_only(
     assert await notifications.notify(db, bob.id, "like", actor_id=bob.id) is None  # never about oneself
     await ws_bob.wait_for(lambda c: bool(c.events("notification")))
     pushed = ws_bob.events("notification")[0]
-    assert pushed["notification"]["id"] == str(note["id"]) and isinstance(pushed["event_id"], int)
+    assert pushed["notification"]["id"] == str(note.id) and isinstance(pushed["event_id"], int)
     async with httpx.AsyncClient(base_url=a.url, timeout=30) as http:
         listed = (await http.get("/notifications", headers=bob.headers)).json()
-        assert [n["id"] for n in listed["items"]] == [str(note["id"])] and not listed["items"][0]["read"]
+        assert [n["id"] for n in listed["items"]] == [str(note.id)] and not listed["items"][0]["read"]
         assert (await http.get("/notifications", headers=carol.headers)).json()["items"] == []
         marked = await http.post("/notifications/read", json={}, headers=bob.headers)
         assert marked.json() == {"updated": 1}
