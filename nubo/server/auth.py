@@ -40,6 +40,7 @@ from nubo.errors import NuboError, Unauthorized, ValidationFailed
 from nubo.ids import parse_id
 from nubo.pagination import Page
 from nubo.ratelimit import RateStatus
+from nubo.server.errors import ErrorBody
 from nubo.server.ratelimit import client_ip, with_raw_headers
 from nubo.server.users import Before, Limit
 from nubo.settings import Settings
@@ -185,7 +186,8 @@ async def deny_websocket(scope: Scope, receive: Receive, send: Send, exc: NuboEr
     server supports the ASGI denial extension (uvicorn does), else a close, which servers turn into 403."""
     await receive()  # the websocket.connect event
     if "websocket.http.response" in (scope.get("extensions") or {}):
-        body = json.dumps(exc.body()).encode()
+        # The bytes json.dumps has always written (", " and ": " separators, ASCII escapes).
+        body = json.dumps(msgspec.to_builtins(ErrorBody.of(exc))).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
