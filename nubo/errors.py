@@ -1,4 +1,5 @@
-"""Domain errors with a stable machine `code`; the server maps each to its HTTP status and JSON body."""
+"""Domain errors with a stable machine `code`; the server maps each to its HTTP status and JSON body
+(:class:`nubo.server.errors.ErrorBody`)."""
 
 from __future__ import annotations
 
@@ -25,12 +26,6 @@ class NuboError(Exception):
         self.code = code or self.default_code
         self.fields = dict(fields or {})
         self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, object]:
-        body: dict[str, object] = {"error": self.message, "code": self.code}
-        if self.fields:
-            body["fields"] = self.fields
-        return body
 
 
 class BadRequest(NuboError):

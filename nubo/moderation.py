@@ -11,8 +11,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import uuid
+from collections.abc import Mapping
+from datetime import datetime
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal, Self
+
+import msgspec
 
 from nubo import accounts, social
 from nubo.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -33,17 +37,70 @@ class ReportState(IntEnum):
     RESOLVED = 2
 
 
-TARGET_TYPES = {
-    "user": ReportTarget.USER,
-    "post": ReportTarget.POST,
-    "comment": ReportTarget.COMMENT,
-    "message": ReportTarget.MESSAGE,
+TargetName = Literal["user", "post", "comment", "message"]
+StateName = Literal["pending", "reviewed", "resolved"]
+
+TARGET_NAMES: dict[int, TargetName] = {
+    ReportTarget.USER: "user",
+    ReportTarget.POST: "post",
+    ReportTarget.COMMENT: "comment",
+    ReportTarget.MESSAGE: "message",
 }
-TARGET_NAMES = {number: name for name, number in TARGET_TYPES.items()}
-REPORT_STATES = {"pending": ReportState.PENDING, "reviewed": ReportState.REVIEWED, "resolved": ReportState.RESOLVED}
-STATE_NAMES = {number: name for name, number in REPORT_STATES.items()}
+TARGET_TYPES = {name: ReportTarget(number) for number, name in TARGET_NAMES.items()}
+STATE_NAMES: dict[int, StateName] = {
+    ReportState.PENDING: "pending",
+    ReportState.REVIEWED: "reviewed",
+    ReportState.RESOLVED: "resolved",
+}
+REPORT_STATES = {name: ReportState(number) for number, name in STATE_NAMES.items()}
 ACTIONS = ("dismiss", "remove_content", "ban_user")
 MAX_REASON_LENGTH = 1000
+
+
+class Report(msgspec.Struct):
+    """A report as its author sees it: target type and state by name."""
+
+    id: uuid.UUID
+    target_type: TargetName
+    target_id: uuid.UUID
+    reason: str
+    state: StateName
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        return cls(*_report_fields(row))
+
+
+class AdminReport(Report):
+    """A report as moderators see it: also who filed it and how it was settled."""
+
+    actor_id: uuid.UUID
+    resolved_by: uuid.UUID | None
+    resolved_at: datetime | None
+    resolution: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        return cls(
+            *_report_fields(row),
+            actor_id=row["actor_id"],
+            resolved_by=row["resolved_by"],
+            resolved_at=row["resolved_at"],
+            resolution=row["resolution"],
+        )
+
+
+def _report_fields(row: Mapping[str, Any]) -> tuple[uuid.UUID, TargetName, uuid.UUID, str, StateName, datetime]:
+    """The fields of :class:`Report`, in order, from a `moderation.reports` row."""
+    return (
+        row["id"],
+        TARGET_NAMES[row["target_type"]],
+        row["target_id"],
+        row["reason"],
+        STATE_NAMES[row["state"]],
+        row["created_at"],
+    )
 
 
 # ---- reporting -------------------------------------------------------------------------------------------
@@ -122,29 +179,9 @@ def _clean_reason(reason: str) -> str:
     return text
 
 
-def report_view(row: Row, *, admin: bool = False) -> dict[str, Any]:
-    """A report as the API shows it (type and state by name); moderators also see who and how it ended."""
-    view = {
-        "id": row["id"],
-        "target_type": TARGET_NAMES[row["target_type"]],
-        "target_id": row["target_id"],
-        "reason": row["reason"],
-        "state": STATE_NAMES[row["state"]],
-        "created_at": row["created_at"],
-    }
-    if admin:
-        view |= {
-            "actor_id": row["actor_id"],
-            "resolved_by": row["resolved_by"],
-            "resolved_at": row["resolved_at"],
-            "resolution": row["resolution"],
-        }
-    return view
-
-
 async def create_report(
     stores: Stores, reporter_id: uuid.UUID, target_type: str, target_id: uuid.UUID, reason: str
-) -> Row:
+) -> Report:
     """File a report on something the reporter can see (404 otherwise); one pending report per target."""
     if target_type not in TARGET_TYPES:
         raise ValidationFailed("unknown target_type", fields={"target_type": f"one of {', '.join(TARGET_TYPES)}"})
@@ -173,7 +210,7 @@ async def create_report(
             )
         ).fetchone()
     assert row is not None
-    return dict(row)
+    return Report.from_row(row)
 
 
 # ---- moderators ------------------------------------------------------------------------------------------
@@ -201,7 +238,7 @@ def parse_state(raw: str | None) -> int | None:
     return REPORT_STATES[raw]
 
 
-async def list_reports(stores: Stores, *, state: int | None, limit: int, before: uuid.UUID | None) -> Page[Row]:
+async def list_reports(stores: Stores, *, state: int | None, limit: int, before: uuid.UUID | None) -> Page[AdminReport]:
     """Reports newest first, optionally of one state; cursor is the report id."""
     async with stores.pg.connection() as conn:
         rows = await (
@@ -211,7 +248,8 @@ async def list_reports(stores: Stores, *, state: int | None, limit: int, before:
                 {"state": state, "before": before, "n": limit + 1},
             )
         ).fetchall()
-    return make_page([dict(row) for row in rows], limit)
+    page = make_page(rows, limit)
+    return Page(items=[AdminReport.from_row(row) for row in page.items], next=page.next)
 
 
 def _inet(ip: str | None) -> str | None:
@@ -270,7 +308,7 @@ async def resolve_report(
     action: str,
     resolution: str,
     ip: str | None = None,
-) -> Row:
+) -> AdminReport:
     """Resolve a report with `action`, writing admin_actions and audit_logs in the same transaction.
 
     404 for an unknown report, 409 `already_resolved` when it was resolved before (also under a race: the
@@ -294,7 +332,7 @@ async def resolve_report(
         details = await _apply_action(stores, tx, moderator_id, dict(report), action)
         await _write_trail(tx, moderator_id, dict(report), action, details, _inet(ip))
     await accounts.mark_revoked(stores, details.get("revoked_sessions", []))
-    return dict(report)
+    return AdminReport.from_row(report)
 
 
 async def _raise_unresolvable(tx: Transaction, report_id: uuid.UUID) -> None:

@@ -21,12 +21,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
+
+import msgspec
 
 from nubo.errors import Unavailable, ValidationFailed
 from nubo.ids import new_id
 from nubo.model import FollowState, active_user, blocked_either_way
 from nubo.pagination import Page, make_page
+from nubo.posts import post_summary
+from nubo.realtime.frames import NotificationFrame, PostNewFrame
 from nubo.social import blocked_between
 from nubo.stores import Stores
 from nubo.stores import notifications as notification_store
@@ -37,15 +41,27 @@ KINDS = frozenset({"follow", "follow_request", "like", "comment", "mention", "me
 MAX_DATA_KEYS = 20
 
 
-def notification_view(doc: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "id": doc["_id"],
-        "kind": doc["kind"],
-        "actor_id": doc.get("actor_id"),
-        "data": doc.get("data") or {},
-        "read": bool(doc.get("read")),
-        "created_at": doc.get("created_at"),
-    }
+class Notification(msgspec.Struct):
+    """A notification as its user sees it: in `GET /notifications` and in the ``notification`` event."""
+
+    id: uuid.UUID
+    kind: str
+    actor_id: uuid.UUID | None
+    data: dict[str, Any]
+    read: bool
+    created_at: datetime
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Self:
+        """A stored notification document (:mod:`nubo.stores.notifications`)."""
+        return cls(
+            id=doc["_id"],
+            kind=doc["kind"],
+            actor_id=doc.get("actor_id"),
+            data=doc.get("data") or {},
+            read=bool(doc.get("read")),
+            created_at=doc["created_at"],
+        )
 
 
 async def notify(
@@ -55,7 +71,7 @@ async def notify(
     *,
     actor_id: uuid.UUID | None = None,
     data: Mapping[str, Any] | None = None,
-) -> dict[str, Any] | None:
+) -> Notification | None:
     """Store a notification for `user_id` and push it live; None when skipped (self, or blocked pair)."""
     if kind not in KINDS:
         raise ValueError(f"unknown notification kind {kind!r}")
@@ -73,20 +89,25 @@ async def notify(
         "last_use": now,
     }
     await notification_store.insert(stores, doc)  # a failure is counted; the live event still goes out
-    view = notification_view(doc)
-    await stores.events.publish_safely([user_id], {"type": "notification", "notification": view})
+    view = Notification.from_doc(doc)
+    await stores.events.publish_safely([user_id], notification_event(view))
     return view
 
 
-async def list_notifications(
+def notification_event(view: Notification) -> NotificationFrame[Notification]:
+    """The ``notification`` event (the event encoder writes its timestamps as it always has, "+00:00")."""
+    return NotificationFrame(notification=view)
+
+
+async def notification_page(
     stores: Stores, user_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
-) -> Page[dict[str, Any]]:
+) -> Page[Notification]:
     """The caller's notifications, newest first (`before` = the last id of the previous page)."""
     try:
         docs = await notification_store.newest(stores, user_id, before=before, limit=limit + 1)
     except NotificationsUnavailable as exc:
         raise Unavailable("Notifications are unavailable right now", code="notifications_unavailable") from exc
-    return make_page([notification_view(doc) for doc in docs], limit)
+    return make_page([Notification.from_doc(doc) for doc in docs], limit, key=lambda view: view.id)
 
 
 async def mark_read(stores: Stores, user_id: uuid.UUID, up_to: uuid.UUID | None = None) -> int:
@@ -116,10 +137,5 @@ async def push_post_new(stores: Stores, post: Mapping[str, Any]) -> int:
         ).fetchall()
     online = await online_among(stores, [row["follower_id"] for row in rows])
     if online:
-        summary = {
-            key: post.get(key)
-            for key in ("id", "user_id", "content", "visibility", "media_ids", "created_at")
-            if key in post
-        }
-        await stores.events.publish_safely(online, {"type": "post.new", "post": summary})
+        await stores.events.publish_safely(online, PostNewFrame(post=post_summary(post)))
     return len(online)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from nubo.errors import NotFound, ValidationFailed
 from nubo.ids import new_id
@@ -29,9 +30,8 @@ from nubo.stores.transaction import Transaction
 MAX_RELATIONSHIP_IDS = 50
 
 
-@dataclass(frozen=True)
-class Relationship:
-    """How the viewer and one other user relate, from the viewer's side."""
+class Relationship(msgspec.Struct, frozen=True):
+    """How the viewer and one other user relate, from the viewer's side (what the relation routes answer)."""
 
     id: uuid.UUID
     following: bool

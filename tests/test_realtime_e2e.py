@@ -436,10 +436,10 @@ async def test_notifications_are_stored_listed_and_pushed_to_their_target_only(
     assert await notifications.notify(db, bob.id, "like", actor_id=bob.id) is None  # never about oneself
     await ws_bob.wait_for(lambda c: bool(c.events("notification")))
     pushed = ws_bob.events("notification")[0]
-    assert pushed["notification"]["id"] == str(note["id"]) and isinstance(pushed["event_id"], int)
+    assert pushed["notification"]["id"] == str(note.id) and isinstance(pushed["event_id"], int)
     async with httpx.AsyncClient(base_url=a.url, timeout=30) as http:
         listed = (await http.get("/notifications", headers=bob.headers)).json()
-        assert [n["id"] for n in listed["items"]] == [str(note["id"])] and not listed["items"][0]["read"]
+        assert [n["id"] for n in listed["items"]] == [str(note.id)] and not listed["items"][0]["read"]
         assert (await http.get("/notifications", headers=carol.headers)).json()["items"] == []
         marked = await http.post("/notifications/read", json={}, headers=bob.headers)
         assert marked.json() == {"updated": 1}
@@ -472,7 +472,8 @@ async def test_revoking_a_session_closes_its_open_sockets_on_every_instance(
 ) -> None:
     a, b = pair
     (alice,) = await make_users(db, "alice")
-    row = await accounts.get_me(db, alice.id)
+    row = await accounts.find_user(db, str(alice.id))
+    assert row is not None
     other = await accounts.open_session(db, row, accounts.ClientInfo(ip="127.0.0.1"))  # a second device
     on_a = await WsClient.connect(a.ws_url, alice.token)
     on_b = await WsClient.connect(b.ws_url, alice.token)

@@ -8,7 +8,9 @@ Plain async functions over :class:`~nubo.stores.Stores` (no HTTP here), one modu
 - :mod:`~nubo.accounts.mirrors`: the rules of the Redis session mirrors (lifetime, revocation, refresh).
 - :mod:`~nubo.accounts.guard`: authenticating a request's token against its session (and rate limit).
 - :mod:`~nubo.accounts.profile`: the owner's profile, settings and deactivation.
-- :mod:`~nubo.accounts.users`: user shapes (public and own views), lookups, public profiles and search.
+- :mod:`~nubo.accounts.users`: user lookups, public profiles, follow lists and search.
+- :mod:`~nubo.accounts.views`: the shapes handed to clients (public and own user views, profile, session,
+  settings, tokens), defined once.
 
 PostgreSQL holds users and sessions. Each live session is mirrored in Redis so the per-request check costs one
 GET; a revoked session is marked there at once and a late "live" write can never overwrite that mark. When
@@ -38,7 +40,6 @@ from nubo.accounts.mirrors import (
 )
 from nubo.accounts.profile import (
     PROFILE_FIELDS,
-    SETTINGS_FIELDS,
     deactivate,
     get_me,
     get_settings,
@@ -55,7 +56,16 @@ from nubo.accounts.sessions import (
     revoke_session,
     revoke_user_sessions,
 )
-from nubo.accounts.users import find_user, me_user, public_user
+from nubo.accounts.users import find_user
+from nubo.accounts.views import (
+    SETTINGS_FIELDS,
+    MeView,
+    Profile,
+    PublicUser,
+    SessionView,
+    SettingsView,
+    TokenView,
+)
 from nubo.stores.session_mirrors import REVOKED_MARKER
 
 __all__ = [
@@ -72,7 +82,13 @@ __all__ = [
     "AuthUser",
     "ClientInfo",
     "IssuedTokens",
+    "MeView",
     "NewUser",
+    "Profile",
+    "PublicUser",
+    "SessionView",
+    "SettingsView",
+    "TokenView",
     "authenticate_and_limit",
     "authenticate_session",
     "deactivate",
@@ -83,9 +99,7 @@ __all__ = [
     "list_sessions",
     "login",
     "mark_revoked",
-    "me_user",
     "open_session",
-    "public_user",
     "put_settings",
     "refresh",
     "refresh_mirrors",

@@ -14,6 +14,7 @@ from typing import Any
 from nubo.accounts.mirrors import mark_revoked
 from nubo.accounts.sessions import revoke_user_sessions
 from nubo.accounts.users import get_active_user
+from nubo.accounts.views import SETTINGS_FIELDS, MeView, SettingsView
 from nubo.errors import NotFound, ValidationFailed
 from nubo.ids import new_id
 from nubo.logs import get_logger
@@ -35,7 +36,6 @@ PROFILE_FIELDS = (
     "works",
     "profile_picture_id",
 )
-SETTINGS_FIELDS = ("privacy", "notifications", "language", "theme")
 
 
 def profile_problems(values: Mapping[str, Any]) -> dict[str, str]:
@@ -53,14 +53,15 @@ def profile_problems(values: Mapping[str, Any]) -> dict[str, str]:
     return problems
 
 
-async def get_me(stores: Stores, user_id: uuid.UUID) -> Row:
+async def get_me(stores: Stores, user_id: uuid.UUID) -> MeView:
+    """The caller's own account; 404 unless it is active."""
     row = await get_active_user(stores, user_id)
     if row is None:
         raise NotFound("No such user", code="user_not_found")
-    return row
+    return MeView.from_row(row)
 
 
-async def update_profile(stores: Stores, user_id: uuid.UUID, changes: Mapping[str, Any]) -> Row:
+async def update_profile(stores: Stores, user_id: uuid.UUID, changes: Mapping[str, Any]) -> MeView:
     """Change profile fields (see PROFILE_FIELDS); unknown fields are a 422."""
     unknown = sorted(set(changes) - set(PROFILE_FIELDS))
     problems = {name: "not a profile field" for name in unknown} | profile_problems(changes)
@@ -73,11 +74,7 @@ async def update_profile(stores: Stores, user_id: uuid.UUID, changes: Mapping[st
         row = await tx.update("users", user_id, values)
     if row is None or row.get("state") != UserState.ACTIVE:
         raise NotFound("No such user", code="user_not_found")
-    return row
-
-
-def _settings_view(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: row.get(name) for name in SETTINGS_FIELDS}
+    return MeView.from_row(row)
 
 
 async def _settings_row(conn: PgConnection, user_id: uuid.UUID) -> Row | None:
@@ -85,14 +82,14 @@ async def _settings_row(conn: PgConnection, user_id: uuid.UUID) -> Row | None:
     return dict(row) if row else None
 
 
-async def get_settings(stores: Stores, user_id: uuid.UUID) -> dict[str, Any]:
+async def get_settings(stores: Stores, user_id: uuid.UUID) -> SettingsView:
+    """The caller's settings (the defaults when an old account has no settings row)."""
     async with stores.pg.connection() as conn:
         row = await _settings_row(conn, user_id)
-    defaults = {"privacy": {}, "notifications": {}, "language": "en", "theme": 0}
-    return _settings_view(row) if row else defaults
+    return SettingsView.from_row(row) if row else SettingsView.defaults()
 
 
-async def put_settings(stores: Stores, user_id: uuid.UUID, values: Mapping[str, Any]) -> dict[str, Any]:
+async def put_settings(stores: Stores, user_id: uuid.UUID, values: Mapping[str, Any]) -> SettingsView:
     """Replace the caller's settings (creating the row if an old account has none)."""
     clean = {k: values[k] for k in SETTINGS_FIELDS}
     async with stores.transaction() as tx:
@@ -101,7 +98,7 @@ async def put_settings(stores: Stores, user_id: uuid.UUID, values: Mapping[str, 
             updated = await tx.insert("user_settings", {"id": new_id(), "user_id": user_id, **clean})
         else:
             updated = await tx.update("user_settings", row["id"], clean) or row
-    return _settings_view(updated)
+    return SettingsView.from_row(updated)
 
 
 async def deactivate(stores: Stores, user_id: uuid.UUID) -> None:

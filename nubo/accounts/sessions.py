@@ -17,7 +17,8 @@ from typing import Any
 
 from nubo.accounts import security
 from nubo.accounts.mirrors import mark_revoked, mirror_live
-from nubo.accounts.users import find_user, get_active_user, me_user
+from nubo.accounts.users import find_user, get_active_user
+from nubo.accounts.views import MeView, SessionView, TokenView
 from nubo.errors import Conflict, NotFound, Unauthorized
 from nubo.ids import new_id
 from nubo.logs import get_logger
@@ -48,16 +49,11 @@ class IssuedTokens:
     expires_in: int
     refresh_token: str
     session_id: uuid.UUID
-    user: dict[str, Any]
+    user: MeView
 
-    def body(self) -> dict[str, Any]:
-        return {
-            "access_token": self.access_token,
-            "token_type": "bearer",
-            "expires_in": self.expires_in,
-            "refresh_token": self.refresh_token,
-            "user": self.user,
-        }
+    def view(self) -> TokenView:
+        """What the client receives (the session id is not part of it)."""
+        return TokenView(self.access_token, "bearer", self.expires_in, self.refresh_token, self.user)
 
 
 def inet(ip: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -104,7 +100,7 @@ async def open_session(
         )
     await mirror_live(stores, session_id, user_row, seconds)
     access, expires_in = security.encode_access_token(settings, user_row["id"], session_id, ttl=access_ttl)
-    return IssuedTokens(access, expires_in, refresh_token, session_id, me_user(user_row))
+    return IssuedTokens(access, expires_in, refresh_token, session_id, MeView.from_row(user_row))
 
 
 async def refresh(stores: Stores, refresh_token: str, client: ClientInfo) -> IssuedTokens:
@@ -133,7 +129,7 @@ async def refresh(stores: Stores, refresh_token: str, client: ClientInfo) -> Iss
         raise Unauthorized("The refresh token is revoked", code="invalid_token")
     await mirror_live(stores, session["id"], user_row, stores.settings.refresh_token_ttl)
     access, expires_in = security.encode_access_token(stores.settings, user_row["id"], session["id"])
-    return IssuedTokens(access, expires_in, new_token, session["id"], me_user(user_row))
+    return IssuedTokens(access, expires_in, new_token, session["id"], MeView.from_row(user_row))
 
 
 async def _rotate(
@@ -190,21 +186,9 @@ async def _revoke_on_reuse(conn: PgConnection, old_hash: str) -> tuple[str, Row 
 # ---------------------------------------------------------------- session management
 
 
-def _session_view(row: Mapping[str, Any], current: uuid.UUID | None) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "current": row["id"] == current,
-        "device_info": row["device_info"] or {},
-        "ip": [str(ip) for ip in row["ip"] or []],
-        "created_at": row["created_at"],
-        "last_used_at": row["last_used_at"],
-        "expires_at": row["expires_at"],
-    }
-
-
 async def list_sessions(
     stores: Stores, user_id: uuid.UUID, current: uuid.UUID | None, *, limit: int, before: uuid.UUID | None
-) -> Page[dict[str, Any]]:
+) -> Page[SessionView]:
     """The caller's live sessions, newest first (cursor: session id)."""
     async with stores.pg.connection() as conn:
         rows = await (
@@ -216,7 +200,7 @@ async def list_sessions(
             )
         ).fetchall()
     page = make_page([dict(r) for r in rows], limit)
-    return Page(items=[_session_view(r, current) for r in page.items], next=page.next)
+    return Page(items=[SessionView.from_row(r, current) for r in page.items], next=page.next)
 
 
 async def revoke_session(stores: Stores, user_id: uuid.UUID, session_id: uuid.UUID, reason: str = "logout") -> None:

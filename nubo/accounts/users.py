@@ -1,18 +1,16 @@
-"""User rows and their shapes: the public view anyone may see, the owner's own view, lookups, search.
+"""User rows and their views: lookups, public profiles, follow lists and search.
 
 A user is hidden from a viewer when deactivated or banned (not :attr:`UserState.ACTIVE`) or when either blocks
 the other; hidden users answer 404 (`user_not_found`) and are left out of search results, never revealed as
-"blocked". The public and own views are defined once here, for every route and socket that shows a user.
+"blocked". The views themselves are defined once in :mod:`nubo.accounts.views`.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from datetime import date
-from typing import Any
 
 from nubo import social
+from nubo.accounts.views import Profile, PublicUser
 from nubo.errors import ValidationFailed
 from nubo.ids import parse_id
 from nubo.model import FollowState, UserState, active_user, blocked_either_way
@@ -20,43 +18,8 @@ from nubo.pagination import Page, make_page
 from nubo.stores import Stores
 from nubo.stores.entities import Row, normalize_row
 
-# What anyone may see of a user; never email, phone, password hash, birthdate, grade or state.
-PUBLIC_FIELDS = (
-    "id",
-    "username",
-    "first_name",
-    "last_name",
-    "bio",
-    "profile_picture_id",
-    "location",
-    "school",
-    "works",
-    "badges",
-    "created_at",
-)
 MAX_QUERY_LENGTH = 64
 _ACTIVE_FOLLOW = f"f.state = {int(FollowState.ACTIVE)} AND {active_user('u')}"  # an approved follow, active user
-
-
-def public_user(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The public projection of a user row (from any tier)."""
-    return {name: row.get(name) for name in PUBLIC_FIELDS}
-
-
-def me_user(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The owner's own view: the public fields plus email, birthdate, sex and grade. Never the hash."""
-    return {
-        **public_user(row),
-        "email": row.get("email"),
-        "email_verified": bool(row.get("email_verified")),
-        "birthdate": _iso_date(row.get("birthdate")),
-        "sex": row.get("sex"),
-        "grade": row.get("grade", 1),
-    }
-
-
-def _iso_date(value: object) -> str | None:
-    return value.isoformat() if isinstance(value, date) else (str(value) if value else None)
 
 
 async def get_active_user(stores: Stores, user_id: uuid.UUID) -> Row | None:
@@ -81,7 +44,7 @@ async def find_user(stores: Stores, ref: str) -> Row | None:
     return normalize_row(row) if row else None
 
 
-async def get_profile(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID) -> dict[str, Any]:
+async def get_profile(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID) -> Profile:
     """A visible user's public fields plus follower/following counts; 404 when hidden."""
     row = await social.visible_user(stores, viewer_id, user_id)
     async with stores.pg.connection() as conn:
@@ -95,11 +58,16 @@ async def get_profile(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID) 
             )
         ).fetchone()
     assert counts is not None
-    return {
-        **public_user(row),
-        "followers_count": counts["followers_count"],
-        "following_count": counts["following_count"],
-    }
+    return Profile.from_row({**row, **counts})
+
+
+async def follow_list(
+    stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID, *, direction: str, limit: int, before: uuid.UUID | None
+) -> Page[PublicUser]:
+    """Followers (`direction="followers"`) or followed users (`"following"`) of a visible user, newest follow
+    first (cursor: the follow id); see :func:`nubo.social.follow_page`."""
+    page = await social.follow_page(stores, viewer_id, user_id, direction=direction, limit=limit, before=before)
+    return Page(items=[PublicUser.from_row(user) for _, user in page.items], next=page.next)
 
 
 def normalize_query(raw: str | None) -> str:
@@ -116,7 +84,7 @@ def normalize_query(raw: str | None) -> str:
 
 async def search(
     stores: Stores, viewer_id: uuid.UUID, raw_query: str | None, *, limit: int, before: uuid.UUID | None
-) -> Page[dict[str, Any]]:
+) -> Page[PublicUser]:
     """Active users whose username, first or last name starts with `q` (case-insensitive), newest first.
 
     Users hidden from the viewer are left out; the viewer finds themself. The cursor is the user id.
@@ -135,4 +103,4 @@ async def search(
             )
         ).fetchall()
     page = make_page([dict(row) for row in rows], limit)
-    return Page(items=[public_user(row) for row in page.items], next=page.next)
+    return Page(items=[PublicUser.from_row(row) for row in page.items], next=page.next)

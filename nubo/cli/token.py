@@ -57,8 +57,8 @@ def token(
                 "access_token": issued.access_token,
                 "token_type": "bearer",
                 "expires_in": issued.expires_in,
-                "user_id": str(issued.user["id"]),
-                "username": issued.user["username"],
+                "user_id": str(issued.user.id),
+                "username": issued.user.username,
                 "session_id": str(issued.session_id),
             }
         )

@@ -35,12 +35,13 @@ from litestar.types import Receive, Scope, Send
 from msgspec import UNSET, Meta, UnsetType
 
 from nubo import accounts
-from nubo.accounts import AuthUser, ClientInfo, security
+from nubo.accounts import AuthUser, ClientInfo, MeView, SessionView, SettingsView, TokenView, security
 from nubo.errors import NuboError, Unauthorized, ValidationFailed
 from nubo.ids import parse_id
 from nubo.pagination import Page
+from nubo.server.errors import ErrorBody
 from nubo.server.ratelimit import client_ip, with_raw_headers
-from nubo.server.users import Before, Limit, PublicUser
+from nubo.server.users import Before, Limit
 from nubo.settings import Settings
 from nubo.stores import Stores
 from nubo.stores.ratelimit import RateStatus
@@ -185,7 +186,8 @@ async def deny_websocket(scope: Scope, receive: Receive, send: Send, exc: NuboEr
     server supports the ASGI denial extension (uvicorn does), else a close, which servers turn into 403."""
     await receive()  # the websocket.connect event
     if "websocket.http.response" in (scope.get("extensions") or {}):
-        body = json.dumps(exc.body()).encode()
+        # The bytes json.dumps has always written (", " and ": " separators, ASCII escapes).
+        body = json.dumps(msgspec.to_builtins(ErrorBody.of(exc))).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -336,62 +338,11 @@ class SettingsBody(msgspec.Struct, forbid_unknown_fields=True):
     theme: Theme
 
 
-# ---------------------------------------------------------------- response shapes
+# ---------------------------------------------------------------- responses (the shapes of nubo.accounts.views)
 
 
-@dataclass
-class MeView(PublicUser):
-    """The caller's own account: the public fields plus email, birthdate, sex and grade."""
-
-    email: str
-    email_verified: bool
-    birthdate: date | None
-    sex: int | None
-    grade: int
-
-
-class TokenView(msgspec.Struct):
-    """Tokens from a login or a refresh. Keep `refresh_token` secret; it is shown only once."""
-
-    access_token: str
-    token_type: str
-    expires_in: int
-    refresh_token: str
-    user: MeView
-
-
-class SessionView(msgspec.Struct):
-    """One live session (a logged-in device)."""
-
-    id: uuid.UUID
-    current: bool
-    device_info: dict[str, Any]
-    ip: list[str]
-    created_at: datetime
-    last_used_at: datetime
-    expires_at: datetime
-
-
-class SettingsView(msgspec.Struct):
-    """The caller's settings."""
-
-    privacy: dict[str, Any]
-    notifications: dict[str, Any]
-    language: str
-    theme: int
-
-
-def me_view(row: dict[str, Any]) -> MeView:
-    view = accounts.me_user(row)
-    if isinstance(view["birthdate"], str):
-        view["birthdate"] = date.fromisoformat(view["birthdate"])
-    return MeView(**view)
-
-
-def token_view(tokens: accounts.IssuedTokens, status: int = 200) -> Response[TokenView]:
-    body = tokens.body()
-    body["user"] = me_view(tokens.user)
-    return Response(TokenView(**body), status_code=status, headers=NO_STORE)
+def token_response(tokens: accounts.IssuedTokens, status: int = 200) -> Response[TokenView]:
+    return Response(tokens.view(), status_code=status, headers=NO_STORE)
 
 
 # ---------------------------------------------------------------- routes
@@ -401,7 +352,7 @@ def token_view(tokens: accounts.IssuedTokens, status: int = 200) -> Response[Tok
 async def signup(data: JSONBody[SignupBody], request: Request[Any, Any, Any], stores: StoresDep) -> MeView:
     new = accounts.NewUser(**msgspec.structs.asdict(data))
     row = await accounts.signup(stores, new, ip=client_info(request, stores.settings).ip)
-    return me_view(row)
+    return MeView.from_row(row)
 
 
 @post("/login", summary="Log in: access token + refresh token", tags=["auth"], status_code=200, security=NO_AUTH)
@@ -410,7 +361,7 @@ async def login(data: JSONBody[LoginBody], request: Request[Any, Any, Any], stor
     if identifier is None:
         raise ValidationFailed("username or email is required", fields={"username": "required (or email)"})
     tokens = await accounts.login(stores, identifier, data.password, client_info(request, stores.settings))
-    return token_view(tokens)
+    return token_response(tokens)
 
 
 @post(
@@ -424,7 +375,7 @@ async def refresh_token(
     data: JSONBody[RefreshBody], request: Request[Any, Any, Any], stores: StoresDep
 ) -> Response[TokenView]:
     tokens = await accounts.refresh(stores, data.refresh_token, client_info(request, stores.settings))
-    return token_view(tokens)
+    return token_response(tokens)
 
 
 @post("/logout", summary="Revoke the current session", tags=["auth"], status_code=204)
@@ -439,8 +390,7 @@ async def list_sessions(
     limit: Limit = 20,
     before: Before = None,
 ) -> Page[SessionView]:
-    page = await accounts.list_sessions(stores, request.user.id, request.user.session_id, limit=limit, before=before)
-    return Page(items=[SessionView(**item) for item in page.items], next=page.next)
+    return await accounts.list_sessions(stores, request.user.id, request.user.session_id, limit=limit, before=before)
 
 
 @delete(
@@ -459,7 +409,7 @@ async def delete_session(
 
 @get("/me", summary="The caller's account", tags=["me"])
 async def get_me(request: AuthRequest, stores: StoresDep) -> MeView:
-    return me_view(await accounts.get_me(stores, request.user.id))
+    return await accounts.get_me(stores, request.user.id)
 
 
 @patch("/me", summary="Change profile fields", tags=["me"])
@@ -467,7 +417,7 @@ async def patch_me(data: JSONBody[ProfilePatch], request: AuthRequest, stores: S
     changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not UNSET}
     if not changes:
         raise ValidationFailed("Nothing to change", fields={"body": "at least one profile field"})
-    return me_view(await accounts.update_profile(stores, request.user.id, changes))
+    return await accounts.update_profile(stores, request.user.id, changes)
 
 
 @delete("/me", summary="Deactivate the account (sessions revoked, content hidden)", tags=["me"], status_code=204)
@@ -477,13 +427,13 @@ async def delete_me(request: AuthRequest, stores: StoresDep) -> None:
 
 @get("/me/settings", summary="The caller's settings", tags=["me"])
 async def get_settings(request: AuthRequest, stores: StoresDep) -> SettingsView:
-    return SettingsView(**await accounts.get_settings(stores, request.user.id))
+    return await accounts.get_settings(stores, request.user.id)
 
 
 @put("/me/settings", summary="Replace the caller's settings", tags=["me"])
 async def put_settings(data: JSONBody[SettingsBody], request: AuthRequest, stores: StoresDep) -> SettingsView:
     values = msgspec.structs.asdict(data)
-    return SettingsView(**await accounts.put_settings(stores, request.user.id, values))
+    return await accounts.put_settings(stores, request.user.id, values)
 
 
 ROUTES = [

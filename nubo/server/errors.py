@@ -1,10 +1,11 @@
-"""Maps every exception to the JSON error shape of DESIGN §4: `{"error", "code"[, "fields"]}`."""
+"""Maps every exception to the one JSON error shape: :class:`ErrorBody`, `{"error", "code"[, "fields"]}`."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
@@ -28,20 +29,32 @@ _CODES_BY_STATUS = {
 }
 
 
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    """Every error a client receives (HTTP responses and refused WebSocket upgrades): a message for humans, a
+    stable snake_case `code` for programs, and `fields` (each bad field and its problem) only when there are
+    some."""
+
+    error: str
+    code: str
+    fields: dict[str, str] | None = None
+
+    @classmethod
+    def of(cls, exc: NuboError) -> ErrorBody:
+        return cls(exc.message, exc.code, exc.fields or None)
+
+
 def error_response(
     status: int, message: str, code: str, *, fields: dict[str, str] | None = None, headers: dict[str, str] | None = None
-) -> Response[dict[str, Any]]:
-    body: dict[str, Any] = {"error": message, "code": code}
-    if fields:
-        body["fields"] = fields
+) -> Response[ErrorBody]:
+    body = ErrorBody(message, code, fields or None)
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-def handle_nubo_error(_: Request[Any, Any, Any], exc: NuboError) -> Response[dict[str, Any]]:
+def handle_nubo_error(_: Request[Any, Any, Any], exc: NuboError) -> Response[ErrorBody]:
     return error_response(exc.status, exc.message, exc.code, fields=exc.fields, headers=exc.headers)
 
 
-def handle_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+def handle_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
     detail = str(exc.detail or "")
     if any(marker in detail for marker in _JSON_ERRORS):
         return error_response(400, "The request body is not valid JSON", "invalid_json")
@@ -68,7 +81,7 @@ def _field_key(key: str, message: str) -> str:
 _JSON_ERRORS = ("JSON is malformed", "Input data was truncated", "Expected JSON")
 
 
-def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
     status = exc.status_code
     if status >= 500:
         log.error("http_error", extra={"status": status, "detail": exc.detail})
@@ -79,7 +92,7 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
     return error_response(status, str(exc.detail or code.replace("_", " ")), code, headers=headers or None)
 
 
-def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     log.exception("unhandled_error", extra={"path": request.url.path, "method": request.method})
     return error_response(500, "Internal server error", "internal_error")
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from litestar import Response, delete, get, patch, post
 from litestar.params import FromPath, JSONBody, Parameter
@@ -69,16 +68,6 @@ class NotificationsReadIn:
 
 
 # ---- responses (messaging's are its views, nubo.messaging.views) -----------------------------------------
-
-
-@dataclass
-class NotificationOut:
-    id: uuid.UUID
-    kind: str
-    actor_id: uuid.UUID | None
-    data: dict[str, Any]
-    read: bool
-    created_at: datetime
 
 
 @dataclass
@@ -221,9 +210,8 @@ async def get_unread(request: AnyRequest, stores: StoresDep) -> UnreadCounts:
 @get("/notifications", summary="The caller's notifications, newest first", tags=["notifications"])
 async def list_notifications(
     request: AnyRequest, stores: StoresDep, limit: Limit = 20, before: Before = None
-) -> Page[NotificationOut]:
-    page = await notifications.list_notifications(stores, caller_id(request), limit=limit, before=before)
-    return Page(items=[NotificationOut(**n) for n in page.items], next=page.next)
+) -> Page[notifications.Notification]:
+    return await notifications.notification_page(stores, caller_id(request), limit=limit, before=before)
 
 
 @post("/notifications/read", summary="Mark notifications read", tags=["notifications"], status_code=200)

@@ -1,14 +1,14 @@
 """Routes for reports and moderation: `POST /reports`, `GET /admin/reports` and
 `POST /admin/reports/{id}/resolve`.
 
-Admin routes answer 403 `forbidden` unless the caller's grade reaches `settings.moderator_grade`.
+Handlers return the shapes of :mod:`nubo.moderation` (:class:`~nubo.moderation.Report`,
+:class:`~nubo.moderation.AdminReport`). Admin routes answer 403 `forbidden` unless the caller's grade reaches
+`settings.moderator_grade`.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -17,6 +17,7 @@ from litestar.params import FromPath, JSONBody, Parameter, QueryParameter
 
 from nubo import moderation
 from nubo.ids import parse_id
+from nubo.moderation import AdminReport, Report, StateName, TargetName
 from nubo.pagination import Page
 from nubo.server.users import AnyRequest, Before, Limit, StoresDep, caller_id
 from nubo.settings import RateLimit
@@ -24,17 +25,15 @@ from nubo.settings import RateLimit
 # Reports are cheap to send and costly to review: cap each user at 30 an hour.
 REPORT_RATE = RateLimit(30, 3600)
 
-TargetType = Literal["user", "post", "comment", "message"]
-ReportState = Literal["pending", "reviewed", "resolved"]
 # `state` is a reserved Litestar kwarg name, hence the alias.
-StateQuery = Annotated[ReportState | None, QueryParameter(name="state", description="Only this state")]
+StateQuery = Annotated[StateName | None, QueryParameter(name="state", description="Only this state")]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=moderation.MAX_REASON_LENGTH)]
 
 
 class NewReport(msgspec.Struct, forbid_unknown_fields=True):
     """A report on a user, post, comment or message the caller can see."""
 
-    target_type: TargetType
+    target_type: TargetName
     target_id: uuid.UUID
     reason: Text
 
@@ -47,34 +46,11 @@ class Resolution(msgspec.Struct, forbid_unknown_fields=True):
     resolution: Text
 
 
-@dataclass
-class Report:
-    """A report as its author sees it."""
-
-    id: uuid.UUID
-    target_type: TargetType
-    target_id: uuid.UUID
-    reason: str
-    state: ReportState
-    created_at: datetime
-
-
-@dataclass
-class AdminReport(Report):
-    """A report as moderators see it: who filed it and how it was settled."""
-
-    actor_id: uuid.UUID
-    resolved_by: uuid.UUID | None
-    resolved_at: datetime | None
-    resolution: str | None
-
-
 @post("/reports", summary="Report a user, post, comment or message", tags=["moderation"])
 async def create_report(request: AnyRequest, stores: StoresDep, data: JSONBody[NewReport]) -> Report:
     reporter = caller_id(request)
     await stores.rate_limits.limit("reports", str(reporter), REPORT_RATE)
-    row = await moderation.create_report(stores, reporter, data.target_type, data.target_id, data.reason)
-    return Report(**moderation.report_view(row))
+    return await moderation.create_report(stores, reporter, data.target_type, data.target_id, data.reason)
 
 
 @get("/admin/reports", summary="Reports, newest first (moderators)", tags=["moderation"])
@@ -82,8 +58,7 @@ async def list_reports(
     request: AnyRequest, stores: StoresDep, limit: Limit = 20, before: Before = None, report_state: StateQuery = None
 ) -> Page[AdminReport]:
     await moderation.require_moderator(stores, caller_id(request))
-    page = await moderation.list_reports(stores, state=moderation.parse_state(report_state), limit=limit, before=before)
-    return Page(items=[AdminReport(**moderation.report_view(row, admin=True)) for row in page.items], next=page.next)
+    return await moderation.list_reports(stores, state=moderation.parse_state(report_state), limit=limit, before=before)
 
 
 @post(
@@ -100,7 +75,7 @@ async def resolve_report(
 ) -> AdminReport:
     moderator = caller_id(request)
     await moderation.require_moderator(stores, moderator)
-    row = await moderation.resolve_report(
+    return await moderation.resolve_report(
         stores,
         moderator,
         parse_id(report_id, "report_id"),
@@ -108,7 +83,6 @@ async def resolve_report(
         resolution=data.resolution,
         ip=request.client.host if request.client else None,
     )
-    return AdminReport(**moderation.report_view(row, admin=True))
 
 
 ROUTES = [create_report, list_reports, resolve_report]

@@ -17,7 +17,6 @@ from litestar.params import FromPath, FromQuery, JSONBody, Parameter, QueryParam
 from msgspec import UNSET, UnsetType
 
 from nubo import posts
-from nubo.accounts import users
 from nubo.ids import parse_id
 from nubo.pagination import Page
 from nubo.posts import CommentView, LikeState, MediaView, PostView
@@ -185,7 +184,7 @@ async def list_likes(
 ) -> Page[PublicUser]:
     """The cursor (`next`, `before`) is a like id, not a user id."""
     page = await posts.list_likers(stores, caller_id(request), parse_id(post_id, "post_id"), limit=limit, before=before)
-    return Page(items=[PublicUser(**users.public_user(row)) for row in page.items], next=page.next)
+    return Page(items=[PublicUser.from_row(row) for row in page.items], next=page.next)
 
 
 # ---- media -------------------------------------------------------------------------------------------------

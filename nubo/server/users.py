@@ -1,14 +1,13 @@
 """Routes for users and their relations: profiles, search, follows, blocks and relationships.
 
-Handlers are thin: parse, call `nubo.accounts.users` / `nubo.social`, shape the answer. Every route needs an
-authenticated caller; users hidden from the caller (deactivated, banned, blocked either way) are 404.
+Handlers are thin: parse, call `nubo.accounts.users` / `nubo.social`, return their shapes (defined once in
+:mod:`nubo.accounts.views` and :mod:`nubo.social`). Every route needs an authenticated caller; users hidden
+from the caller (deactivated, banned, blocked either way) are 404.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Request, delete, get, post
@@ -17,11 +16,12 @@ from litestar.params import FromPath, FromQuery, Parameter
 
 from nubo import notifications, social
 from nubo.accounts import users
+from nubo.accounts.views import Profile
+from nubo.accounts.views import PublicUser as PublicUser  # also imported from here by nubo.server.posts
 from nubo.errors import Unauthorized
 from nubo.ids import parse_id
 from nubo.pagination import MAX_LIMIT, Page
 from nubo.stores import Stores
-from nubo.stores.entities import Row
 
 AnyRequest = Request[Any, Any, Any]
 StoresDep = NamedDependency[Stores]
@@ -29,31 +29,6 @@ StoresDep = NamedDependency[Stores]
 UserIdPath = FromPath[Annotated[str, Parameter(description="A user id (UUID)", schema_extra={"format": "uuid"})]]
 Limit = FromQuery[Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size (default 20)")]]
 Before = FromQuery[Annotated[uuid.UUID | None, Parameter(description="Cursor: the `next` of the previous page")]]
-
-
-@dataclass
-class PublicUser:
-    """What anyone may see of a user."""
-
-    id: uuid.UUID
-    username: str
-    first_name: str
-    last_name: str
-    bio: str | None
-    profile_picture_id: uuid.UUID | None
-    location: str | None
-    school: str | None
-    works: str | None
-    badges: list[str]
-    created_at: datetime
-
-
-@dataclass
-class Profile(PublicUser):
-    """A public user with their follower and following counts."""
-
-    followers_count: int
-    following_count: int
 
 
 def caller_id(request: AnyRequest) -> uuid.UUID:
@@ -65,14 +40,9 @@ def caller_id(request: AnyRequest) -> uuid.UUID:
     return user_id
 
 
-def to_public(row: Row) -> PublicUser:
-    return PublicUser(**users.public_user(row))
-
-
 @get("/users/{user_id:str}", summary="A user's public profile", tags=["users"])
 async def get_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath) -> Profile:
-    profile = await users.get_profile(stores, caller_id(request), parse_id(user_id, "user_id"))
-    return Profile(**profile)
+    return await users.get_profile(stores, caller_id(request), parse_id(user_id, "user_id"))
 
 
 @get("/users", summary="Search users by username or name prefix", tags=["users"])
@@ -90,8 +60,7 @@ async def search_users(
     limit: Limit = 20,
     before: Before = None,
 ) -> Page[PublicUser]:
-    page = await users.search(stores, caller_id(request), q, limit=limit, before=before)
-    return Page(items=[PublicUser(**item) for item in page.items], next=page.next)
+    return await users.search(stores, caller_id(request), q, limit=limit, before=before)
 
 
 @post("/users/{user_id:str}/follow", summary="Follow a user (idempotent)", tags=["relations"], status_code=200)
@@ -113,10 +82,9 @@ async def unfollow_user(request: AnyRequest, stores: StoresDep, user_id: UserIdP
 async def _follow_list(
     request: AnyRequest, stores: Stores, user_id: str, direction: str, limit: int, before: uuid.UUID | None
 ) -> Page[PublicUser]:
-    page = await social.follow_page(
+    return await users.follow_list(
         stores, caller_id(request), parse_id(user_id, "user_id"), direction=direction, limit=limit, before=before
     )
-    return Page(items=[to_public(user) for _, user in page.items], next=page.next)
 
 
 @get("/users/{user_id:str}/followers", summary="Who follows a user, newest first", tags=["relations"])
