@@ -39,10 +39,10 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `tests.harness` is imported from the checkout, not an installed package
+if str(ROOT) not in sys.path:  # `tests.helpers.harness` is imported from the checkout, not an installed package
     sys.path.insert(0, str(ROOT))
 
-from tests.harness import ServerProcess, free_port, new_run_id, run_nubo, service_env, with_database  # noqa: E402
+from tests.helpers.harness import ServerProcess, free_port, new_run_id, run_nubo, service_env, with_database  # noqa: E402
 
 BENCH_DIR = ROOT / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
