@@ -4,13 +4,17 @@ fan-out on write into Mongo `feed_cache`, pull on read for big authors, and Post
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from typing import Any
 
 import pytest
+from litestar.testing import AsyncTestClient
 
 from nubo import feed
+from nubo.server.app import create_app
+from nubo.settings import Settings
 from nubo.stores import Stores, feed_cache
 from tests.helpers.social import Client, Member, new_member
 
@@ -86,24 +90,27 @@ async def test_fan_out_reaches_followers_within_a_second(client: Client, db: Sto
         assert await feed_ids(client, fan) == [post_id]
 
 
-async def test_big_authors_are_pulled_at_read_time(client: Client, db: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(feed, "FANOUT_MAX_FOLLOWERS", 1)
-    monkeypatch.setattr(feed, "CATCHUP_SECONDS", 3600.0)  # no catch-up: only the pull can find the post
-    star = await new_member(client)
-    fans = [await new_member(client), await new_member(client)]
-    for fan in fans:
-        await follow(client, fan, star)
-    for fan in fans:
-        assert await feed_ids(client, fan) == []
-        assert [str(a) for a in (await feed_doc(db, fan) or {}).get("big", [])] == [str(star.id)]
-    post_id = await post(client, star, "to my many fans")
-    await asyncio.sleep(0.3)  # give a (wrong) fan-out time to happen
-    for fan in fans:
-        assert post_id not in doc_ids(await feed_doc(db, fan))  # not written to followers' documents
-        assert await feed_ids(client, fan) == [post_id]  # but pulled from PostgreSQL when reading
+async def test_big_authors_are_pulled_at_read_time(db: Stores, settings: Settings) -> None:
+    # A fan-out threshold of one follower, and no catch-up: only the pull can find the post.
+    pulling = dataclasses.replace(settings, feed_fanout_max_followers=1, feed_catchup_seconds=3600)
+    async with AsyncTestClient(create_app(pulling)) as client:
+        star = await new_member(client)
+        fans = [await new_member(client), await new_member(client)]
+        for fan in fans:
+            await follow(client, fan, star)
+        for fan in fans:
+            assert await feed_ids(client, fan) == []
+            assert [str(a) for a in (await feed_doc(db, fan) or {}).get("big", [])] == [str(star.id)]
+        post_id = await post(client, star, "to my many fans")
+        await asyncio.sleep(0.3)  # give a (wrong) fan-out time to happen
+        for fan in fans:
+            assert post_id not in doc_ids(await feed_doc(db, fan))  # not written to followers' documents
+            assert await feed_ids(client, fan) == [post_id]  # but pulled from PostgreSQL when reading
 
 
-async def test_a_failed_fan_out_is_caught_up(client: Client, db: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failed_fan_out_is_caught_up(
+    client: Client, db: Stores, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def lost(*_: object) -> int:
         return 0  # as if the process died before fanning out
 
@@ -116,7 +123,7 @@ async def test_a_failed_fan_out_is_caught_up(client: Client, db: Stores, monkeyp
     assert uuid.UUID(post_id).hex not in str(await db.redis.smembers(db.keys("feed", fan.id, "items")))
     started = time.monotonic()
     while post_id not in await feed_ids(client, fan):
-        assert time.monotonic() - started < feed.CATCHUP_SECONDS + 2, "the catch-up never found the post"
+        assert time.monotonic() - started < settings.feed_catchup_seconds + 2, "the catch-up never found the post"
         await asyncio.sleep(0.2)
     assert post_id in doc_ids(await feed_doc(db, fan))  # merged into the document for next time
 

@@ -173,3 +173,13 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     settings = load_settings({"NUBO_MONGO_DB": "from_env"}, env_file=env_file)
     assert settings.port == 9000 and settings.mongo_db == "from_env"
     assert load_settings({}, env_file=tmp_path / "missing.env").port == 8080
+
+
+def test_feed_settings() -> None:
+    assert (load().feed_fanout_max_followers, load().feed_catchup_seconds) == (1000, 5)
+    tuned = load(NUBO_FEED_FANOUT_MAX_FOLLOWERS="0", NUBO_FEED_CATCHUP="1m")
+    assert (tuned.feed_fanout_max_followers, tuned.feed_catchup_seconds) == (0, 60)
+    for variable, raw in (("NUBO_FEED_FANOUT_MAX_FOLLOWERS", "-1"), ("NUBO_FEED_CATCHUP", "0")):
+        with pytest.raises(SettingsError) as info:
+            load(**{variable: raw})
+        assert info.value.variable == variable
