@@ -1,4 +1,5 @@
-"""Helpers shared by the `test_auth_*` modules: users made through the real HTTP API, crafted JWTs."""
+"""Helpers shared by the account tests (`tests/integration/accounts`, ...): users made through the real HTTP
+API, crafted JWTs."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Shared helpers for the social and moderation tests: in-process app client, users created through the auth
-routes, and checks on each tier. (No tests here: the module is imported by test_social_* and test_moderation.)
+routes, and checks on each tier. (No tests here: the module is imported by integration/test_social_*,
+test_moderation and others.)
 """
 
 from __future__ import annotations
