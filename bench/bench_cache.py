@@ -48,7 +48,7 @@ from bench.common import (  # noqa: E402
 from nubo.stores.cache.admin import used_memory  # noqa: E402
 from nubo.stores.cache.collection import CacheCollection, RedisCache  # noqa: E402
 from nubo.stores.redis import Keys, delete_prefix, open_redis  # noqa: E402
-from tests.harness import service_env  # noqa: E402
+from tests.helpers.harness import service_env  # noqa: E402
 
 PER_CONVERSATION = 10  # results of one indexed equality get (<= 20)
 SCAN_ELEMENTS = 10_000

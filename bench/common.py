@@ -42,10 +42,10 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `tests.harness` is imported from the checkout, not an installed package
+if str(ROOT) not in sys.path:  # `tests.helpers.harness` is imported from the checkout, not an installed package
     sys.path.insert(0, str(ROOT))
 
-from tests.harness import ServerProcess, free_port, new_run_id, run_nubo, service_env, with_database  # noqa: E402
+from tests.helpers.harness import ServerProcess, free_port, new_run_id, run_nubo, service_env, with_database  # noqa: E402
 
 BENCH_DIR = ROOT / "bench"
 # Settings `bench/run` gives every nubo process of one benchmark run (``NAME=value`` pairs, space-separated),

@@ -8,18 +8,20 @@ Design (fan-out on write for small authors, pull on read for big ones, PostgreSQ
   the items are complete down to)), kept in Mongo `feed_cache` with a hot copy in Redis by
   :mod:`nubo.stores.feed_cache`. Items are unsorted and sorted at read time.
 - **Fan-out on write.** After a post commits, ``stores.feed_fan_out`` (a batch queue) adds it to the
-  documents of the author and of each follower, only when the author has at most `FANOUT_MAX_FOLLOWERS`
-  followers. Posts committed while a fan-out runs go out together in the next one (one follower query, one
-  Mongo bulk write). Users without a document (inactive) are skipped by the update itself. The post reaches
-  active followers' feeds within milliseconds.
+  documents of the author and of each follower, only when the author has at most
+  `settings.feed_fanout_max_followers` followers (``NUBO_FEED_FANOUT_MAX_FOLLOWERS``). Posts committed while
+  a fan-out runs go out together in the next one (one follower query, one Mongo bulk write). Users without a
+  document (inactive) are skipped by the update itself. The post reaches active followers' feeds within
+  milliseconds.
 - **Pull on read.** Authors with more followers than that are "big": their posts are never fanned out (one
   post would mean a write per follower, as Mastodon learned); each read queries PostgreSQL for the big authors
   the reader follows, on the page's id range (`(user_id, id DESC)` index) and merges them in.
 - **Safety net.** Fan-out is best effort: if the task fails (Mongo down, process stopped) nothing is lost,
-  because every read older than `CATCHUP_SECONDS` since the last check asks PostgreSQL for all posts of the
-  followed authors newer than `checked_id` and merges them into the document. `checked_id` is set a few
-  seconds in the past (`COMMIT_MARGIN_SECONDS`): a post whose id was minted before the check but committed
-  after it is found by the next check. A changed follow set rebuilds the document from PostgreSQL.
+  because a read `settings.feed_catchup_seconds` (``NUBO_FEED_CATCHUP``) or more after the last check asks
+  PostgreSQL for all posts of the followed authors newer than `checked_id` and merges them into the document.
+  `checked_id` is set a few seconds in the past (`COMMIT_MARGIN_SECONDS`): a post whose id was minted before
+  the check but committed after it is found by the next check. A changed follow set rebuilds the document
+  from PostgreSQL.
 - **Else PostgreSQL.** Without a document (first read, or Mongo down) the page comes from PostgreSQL; the
   document is then built for next time (when Mongo answers). Pages older than the document's `floor` (items
   are trimmed to `FEED_CAP`) also come from PostgreSQL.
@@ -48,9 +50,7 @@ from nubo.stores.postgres import pg_read
 
 log = get_logger(__name__)
 
-FANOUT_MAX_FOLLOWERS = 1000  # above this many followers an author's posts are pulled at read time
 FEED_CAP = 800  # items kept per document (older pages come from PostgreSQL)
-CATCHUP_SECONDS = 5.0  # how often a reader's document is reconciled with PostgreSQL
 COMMIT_MARGIN_SECONDS = 10.0  # a post id minted this long before its commit is still caught up
 PAGE_SLACK = 10  # extra candidates per page, for rows deleted since they were fanned out
 
@@ -116,16 +116,17 @@ async def _post_ids(
 
 
 async def _big_authors(stores: Stores, authors: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-    """Which `authors` have more than FANOUT_MAX_FOLLOWERS followers (each count stops at the threshold)."""
+    """Which `authors` have more than the fan-out threshold of followers (each count stops at it)."""
     if not authors:
         return []
+    threshold = stores.settings.feed_fanout_max_followers
     async with pg_read(stores) as conn:
         rows = await (
             await conn.execute(
                 "SELECT a FROM unnest(%(a)s::uuid[]) AS a "
                 "WHERE (SELECT count(*) FROM (SELECT 1 FROM auth.follows "
                 f"WHERE followed_id = a AND state = {FollowState.ACTIVE:d} LIMIT %(n)s) s) > %(t)s",
-                {"a": list(authors), "n": FANOUT_MAX_FOLLOWERS + 1, "t": FANOUT_MAX_FOLLOWERS},
+                {"a": list(authors), "n": threshold + 1, "t": threshold},
             )
         ).fetchall()
     return [row["a"] for row in rows]
@@ -138,6 +139,7 @@ async def fan_out(stores: Stores, posts: Sequence[tuple[uuid.UUID, uuid.UUID]]) 
     """Add posts `(id, author)` to the feed documents of their authors and followers; big authors' posts are
     skipped (readers pull them). Returns how many documents changed. Never raises."""
     try:
+        threshold = stores.settings.feed_fanout_max_followers  # above it an author's posts are pulled on read
         authors = list({author for _, author in posts})
         async with pg_read(stores) as conn:
             rows = await (
@@ -145,7 +147,7 @@ async def fan_out(stores: Stores, posts: Sequence[tuple[uuid.UUID, uuid.UUID]]) 
                     "SELECT a AS author, f.follower_id FROM unnest(%(a)s::uuid[]) AS a "
                     "CROSS JOIN LATERAL (SELECT follower_id FROM auth.follows "
                     f"WHERE followed_id = a AND state = {FollowState.ACTIVE:d} LIMIT %(n)s) f",
-                    {"a": authors, "n": FANOUT_MAX_FOLLOWERS + 1},
+                    {"a": authors, "n": threshold + 1},
                 )
             ).fetchall()
         followers: dict[uuid.UUID, list[uuid.UUID]] = {a: [a] for a in authors}
@@ -153,7 +155,7 @@ async def fan_out(stores: Stores, posts: Sequence[tuple[uuid.UUID, uuid.UUID]]) 
             followers[row["author"]].append(row["follower_id"])
         targets: dict[uuid.UUID, list[str]] = {}
         for post_id, author in posts:
-            if len(followers[author]) > FANOUT_MAX_FOLLOWERS + 1:
+            if len(followers[author]) > threshold + 1:
                 continue  # a big author: readers pull these posts
             for user in followers[author]:
                 targets.setdefault(user, []).append(pack(post_id, author))
@@ -225,7 +227,7 @@ async def _candidates(
     doc = await cache.load(viewer)
     if doc is not None and doc.authors != _authors_hash(authors):
         doc = await _rebuild(stores, cache, viewer, authors)
-    elif doc is not None and time.time() - doc.checked_at >= CATCHUP_SECONDS:
+    elif doc is not None and time.time() - doc.checked_at >= stores.settings.feed_catchup_seconds:
         doc = await _catch_up(stores, cache, doc, authors)
     elif doc is None and before is None and cache.mongo_available:
         doc = await _rebuild(stores, cache, viewer, authors)  # a first read makes the user "recently active"

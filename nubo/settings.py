@@ -66,6 +66,8 @@ class Settings:
     redis_autopipeline: bool = True
     near_cache: bool = True
     rate_leases: bool = True
+    feed_fanout_max_followers: int = 1000
+    feed_catchup_seconds: int = 5
     allowed_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
     rate_login: RateLimit = RateLimit(10, 300)
@@ -223,6 +225,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         "NUBO_WS_QUEUE_SIZE": ("ws_queue_size", 1),
         "NUBO_MODERATOR_GRADE": ("moderator_grade", 0),
         "NUBO_NEAR_CACHE_ENTRIES": ("near_cache_entries", 0),
+        "NUBO_FEED_FANOUT_MAX_FOLLOWERS": ("feed_fanout_max_followers", 0),
     }
     for name, (attr, minimum) in int_settings.items():
         if (raw := get(name)) is not None:
@@ -241,7 +244,11 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         else:
             parse_size("NUBO_REDIS_MEMORY_MARGIN", raw)
         kwargs["redis_memory_margin"] = raw
-    duration_settings = {"NUBO_ACCESS_TOKEN_TTL": "access_token_ttl", "NUBO_REFRESH_TOKEN_TTL": "refresh_token_ttl"}
+    duration_settings = {
+        "NUBO_ACCESS_TOKEN_TTL": "access_token_ttl",
+        "NUBO_REFRESH_TOKEN_TTL": "refresh_token_ttl",
+        "NUBO_FEED_CATCHUP": "feed_catchup_seconds",
+    }
     for name, attr in duration_settings.items():
         if (raw := get(name)) is not None:
             kwargs[attr] = parse_duration(name, raw)

@@ -6,7 +6,7 @@ the rest of a small request. Redis's server-assisted client-side caching (``CLIE
 lets a process keep copies safely: Redis sends an invalidation for every change of a key under the tracked
 prefixes (write, delete, expiry, eviction, flush) on one dedicated connection, before it answers the writer.
 
-Coherence rules (the tests in ``tests/test_near_cache.py`` exercise each):
+Coherence rules (the tests in ``tests/integration/stores/test_near.py`` exercise each):
 
 - A copy is stored only while tracking is confirmed live, and only if no invalidation of its key arrived
   between the moment its read was *started* and its result: a change racing the read either invalidates

@@ -1,0 +1,2 @@
+"""Unit tests: pure rules, parsing, schemas and settings. No PostgreSQL, Redis, Mongo or server process, so
+`pytest tests/unit` runs in seconds with every service stopped."""
