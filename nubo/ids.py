@@ -1,4 +1,4 @@
-"""Time-ordered UUIDv7 ids, generated once in the app and used unchanged in every store (DESIGN §2)."""
+"""Time-ordered UUIDv7 ids, generated once in the app and used unchanged in every store (docs/architecture.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one list shape of the HTTP API (DESIGN §4): newest first, `?limit=` and `?before=<id>` cursors.
+"""The one list shape of the HTTP API (docs/architecture.md §9): newest first, `?limit=` and `?before=<id>` cursors.
 
 Ids are UUIDv7, so "newest first" is `ORDER BY id DESC` and the cursor is the last id of a page:
 the next page is `WHERE id < before`. Fetch `limit + 1` rows and hand them to `make_page`, which keeps

@@ -1,4 +1,4 @@
-"""Typed settings read once from the environment and an optional `.env` file (DESIGN §6).
+"""Typed settings read once from the environment and an optional `.env` file (docs/architecture.md §12).
 
 Every bad value raises :class:`SettingsError` naming the variable, so commands can print one line and exit 2.
 """

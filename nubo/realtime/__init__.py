@@ -1,6 +1,6 @@
 """Realtime delivery: per-user event streams fanned out across server instances through Redis.
 
-Why not Litestar channels (DESIGN §8): its Redis pub/sub backend keeps no history (no recovery) and its
+Why not Litestar channels (docs/architecture.md §11): its Redis pub/sub backend keeps no history (no recovery) and its
 streams backend has subscribe/unsubscribe races that lose events. The layer here is small and its guarantees
 are tested end to end against two real `nubo serve` processes.
 

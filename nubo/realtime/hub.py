@@ -268,7 +268,7 @@ class Hub:
         try:
             await asyncio.wait_for(self.subscribed.wait(), wait_seconds)
         except TimeoutError:
-            # Redis down at start: serve anyway (DESIGN §2); the listener keeps retrying and catches up.
+            # Redis down at start: serve anyway (docs/architecture.md §1); the listener keeps retrying and catches up.
             log.warning("realtime_subscription_pending", extra={"waited_seconds": wait_seconds})
 
     async def stop(self) -> None:

@@ -1,4 +1,4 @@
-"""Account routes and the authentication guard (Litestar JWT auth, DESIGN §4, §5, §8).
+"""Account routes and the authentication guard (Litestar JWT auth, docs/architecture.md §9, §10, §11).
 
 Public: POST /signup, /login, /token/refresh (plus /ping, /healthz, /readyz, /schema*). Everything else needs
 `Authorization: Bearer <access token>`; WebSocket handshakes may pass `?token=` instead (browsers cannot set

@@ -1,4 +1,5 @@
-"""`GET /ws`: the WebSocket endpoint (DESIGN §5) on top of the per-instance hub (:mod:`nubo.realtime.hub`).
+"""`GET /ws`: the WebSocket endpoint (docs/architecture.md §10) on top of the per-instance hub
+(:mod:`nubo.realtime.hub`).
 
 Handshake, in order, all before any frame:
 

@@ -1,4 +1,5 @@
-"""Redis connection and key naming: every key and channel starts with the configured prefix (DESIGN §3)."""
+"""Redis connection and key naming: every key and channel starts with the configured prefix
+(docs/architecture.md §7)."""
 
 from __future__ import annotations
 

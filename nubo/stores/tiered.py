@@ -1,10 +1,12 @@
-"""The one tiered read/write path (DESIGN §2): PostgreSQL is the truth, Mongo `*_recent` and Redis are copies.
+"""The one tiered read/write path (docs/architecture.md §1): PostgreSQL is the truth, Mongo `*_recent` and
+Redis are copies.
 
-Reads go Redis -> Mongo -> PostgreSQL and fill the upper tiers on a miss. Writes run in one PostgreSQL
-transaction that also records each touched row in `logic.outbox`; after the commit the row is projected to
-Mongo and Redis. When a projection fails (a store is down) the request still succeeds: the failure is logged
-and counted, and `drain_outbox` (run by every server) re-projects the row's current PostgreSQL state later.
-Projections are idempotent upserts/deletes, so running one twice is harmless.
+Reads go Redis -> Mongo -> PostgreSQL and fill the upper tiers on a miss. Writes run in
+:mod:`nubo.stores.transaction`, which records each touched row in `logic.outbox`; after the commit a
+:class:`~nubo.stores.projection.Projector` has :meth:`TieredStore.project` write the rows' Mongo and Redis
+copies. When a projection fails (a store is down) the request still succeeds: the failure is logged and
+counted, and the outbox worker (:mod:`nubo.stores.outbox`) re-projects the row's current PostgreSQL state
+later. Projections are idempotent upserts/deletes, so running one twice is harmless.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ async def set_user_fields(stores: Stores, user_id: uuid.UUID, **changes: Any) ->
 
 
 async def redis_hash(stores: Stores, collection: str, entity_id: uuid.UUID) -> dict[str, str]:
-    """The raw Redis hash of a cached row (DESIGN §3 key `{p}cache:{collection}:{id}`), {} when absent."""
+    """The raw Redis hash of a cached row (docs/architecture.md §7 key `{p}cache:{collection}:{id}`), {} when absent."""
     key = stores.keys("cache", collection, str(entity_id))
     if await stores.redis.type(key) not in ("hash", b"hash"):
         return {}
@@ -80,7 +80,7 @@ async def pg_all(stores: Stores, query: str, *params: Any) -> list[dict[str, Any
 
 
 def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    """A JSON error of DESIGN §4 with `status` (and `code` when given)."""
+    """A JSON error of docs/architecture.md §9 with `status` (and `code` when given)."""
     assert response.status_code == status, response.text
     body: dict[str, Any] = response.json()
     assert isinstance(body.get("code"), str) and body["code"], body

@@ -1,5 +1,5 @@
 """Fixtures of the integration tests: each test run gets its own PostgreSQL database, Mongo database and Redis
-prefix (DESIGN §7).
+prefix (docs/architecture.md §8).
 
 A service that cannot be reached makes the tests fail, never skip. These fixtures live here, not in the root
 conftest, so that `tests/unit` cannot reach a service even by mistake.

@@ -1,6 +1,6 @@
 """The cache collections: schema-checked elements in Redis with per-value index sets and MongoDB-style filters.
 
-Keys (DESIGN §3, all under the configured prefix):
+Keys (docs/architecture.md §7, all under the configured prefix):
 
 * ``cache:{collection}:{id}`` — the element, a hash of typed values (see :mod:`nubo.stores.cache.schema`)
   plus ``_rev``, a revision counter used for compare-and-set by filtered writes;

@@ -252,7 +252,7 @@ def test_seed_table_exists_with_seed_columns(twice: Any, table: str) -> None:
     assert table in columns, f"{table} missing"
     missing = SEED_COLUMNS[table] - set(columns[table])
     assert not missing, f"{table} lacks seed columns {sorted(missing)}"
-    assert columns[table]["id"] == "uuid"  # UUIDv7 from the app (DESIGN §2)
+    assert columns[table]["id"] == "uuid"  # UUIDv7 from the app (docs/architecture.md §1)
     # The seed: "Datetime en timestamptz".
     stamps = {c: t for c, t in columns[table].items() if c.endswith("_at")}
     assert stamps and set(stamps.values()) == {"timestamp with time zone"}, stamps
