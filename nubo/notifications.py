@@ -7,13 +7,12 @@ event to its one target user. If Mongo is down the live event still goes out and
 notification is lost from the list, never the cause itself. This is a deliberate exception to "everything is
 in PostgreSQL": notifications can be regenerated from the relations, likes and comments they point at.
 
-For other modules (posts, social):
+Register them inside the transaction of their cause, to run after its commit (the follow route passes
+``on_created`` to :func:`nubo.social.follow`):
 
-    await notifications.notify(stores, target_id, "follow", actor_id=follower_id)
-    await notifications.notify(stores, author_id, "like", actor_id=liker_id, data={"post_id": post_id})
-    await notifications.push_post_new(stores, post_row)
+    tx.on_commit(lambda: notifications.notify(stores, author_id, "like", actor_id=liker_id, data=...))
 
-Call them after your commit. Self-notifications and pairs blocked either way are skipped.
+Self-notifications and pairs blocked either way are skipped.
 """
 
 from __future__ import annotations

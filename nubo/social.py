@@ -25,7 +25,7 @@ from nubo.stores import Stores
 from nubo.stores.derived import user_tag
 from nubo.stores.entities import Row, normalize_row
 from nubo.stores.postgres import pg_read, sql_text
-from nubo.stores.transaction import Transaction
+from nubo.stores.transaction import AfterCommit, Transaction
 
 MAX_RELATIONSHIP_IDS = 50
 
@@ -141,10 +141,13 @@ async def _lock_pair(tx: Transaction, a: uuid.UUID, b: uuid.UUID) -> None:
     await tx.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"pair:{low}:{high}",))
 
 
-async def follow(stores: Stores, follower_id: uuid.UUID, followed_id: uuid.UUID) -> tuple[Row, bool]:
+async def follow(
+    stores: Stores, follower_id: uuid.UUID, followed_id: uuid.UUID, *, on_created: AfterCommit | None = None
+) -> tuple[Row, bool]:
     """Follow a visible user; idempotent. Returns the follow row and whether it was created now.
 
-    The created row is the hook for "new follower" notifications (the realtime layer can publish it).
+    `on_created` (e.g. the "new follower" notification) runs after the commit of a follow created now; a
+    repeated (idempotent) follow does not run it.
     """
     _not_self(follower_id, followed_id, "follow")
     await visible_user(stores, follower_id, followed_id)
@@ -164,6 +167,8 @@ async def follow(stores: Stores, follower_id: uuid.UUID, followed_id: uuid.UUID)
         if row is not None:
             created = normalize_row(row)
             tx.touch("follows", created["id"], created)
+            if on_created is not None:
+                tx.on_commit(on_created)
             return created, True
         existing = await (
             await tx.conn.execute(
@@ -281,12 +286,12 @@ async def unblock(stores: Stores, blocker_id: uuid.UUID, blocked_id: uuid.UUID) 
     """Remove the caller's block; idempotent. True when a block was removed. Follows are not restored."""
     _not_self(blocker_id, blocked_id, "unblock")
     await _user_exists_active(stores, blocked_id)
-    async with pg_read(stores) as conn:
-        cur = await conn.execute(
+    async with stores.transaction() as tx:
+        cur = await tx.conn.execute(
             "DELETE FROM auth.blocks WHERE blocker_id = %s AND blocked_id = %s", (blocker_id, blocked_id)
         )
-    if cur.rowcount:
-        await stores.derived.invalidate([user_tag(blocker_id), user_tag(blocked_id)])
+        if cur.rowcount:
+            tx.tag(user_tag(blocker_id), user_tag(blocked_id))
     return cur.rowcount > 0
 
 

@@ -66,9 +66,9 @@ async def search_users(
 @post("/users/{user_id:str}/follow", summary="Follow a user (idempotent)", tags=["relations"], status_code=200)
 async def follow_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath) -> social.Relationship:
     viewer, target = caller_id(request), parse_id(user_id, "user_id")
-    _, created = await social.follow(stores, viewer, target)
-    if created:  # after the commit; a repeated (idempotent) follow notifies nobody
-        await notifications.notify(stores, target, "follow", actor_id=viewer)
+    await social.follow(
+        stores, viewer, target, on_created=lambda: notifications.notify(stores, target, "follow", actor_id=viewer)
+    )
     return await social.relationship(stores, viewer, target)
 
 
