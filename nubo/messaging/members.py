@@ -19,7 +19,6 @@ from nubo.model import ConversationKind, MemberRole
 from nubo.stores import Stores
 from nubo.stores.entities import Row, normalize_row
 from nubo.stores.transaction import Transaction
-from nubo.stores.unread import unread_counters
 
 
 async def member_ids(stores: Stores, conversation_id: uuid.UUID) -> list[uuid.UUID]:
@@ -76,7 +75,7 @@ async def remove_member(stores: Stores, actor_id: uuid.UUID, conversation_id: uu
         ):
             raise Forbidden("You cannot remove this member", code="cannot_remove")
         removed = await _delete_member(tx, target["id"])
-        tx.on_commit(lambda: unread_counters(stores).apply([(user_id, conversation_id, -removed)]))
+        tx.on_commit(lambda: stores.unread.apply([(user_id, conversation_id, -removed)]))
 
 
 async def _delete_member(tx: Transaction, member_id: uuid.UUID) -> int:
@@ -105,7 +104,7 @@ async def leave_conversation(stores: Stores, user_id: uuid.UUID, conversation_id
             ).fetchone()
             if heir is not None:
                 tx.touch("conversation_members", heir["id"], normalize_row(heir))
-        tx.on_commit(lambda: unread_counters(stores).apply([(user_id, conversation_id, -removed)]))
+        tx.on_commit(lambda: stores.unread.apply([(user_id, conversation_id, -removed)]))
 
 
 async def typing_recipients(stores: Stores, user_id: uuid.UUID, conversation_id: uuid.UUID) -> list[uuid.UUID]:

@@ -39,7 +39,7 @@ from nubo.stores.events import event_type
 from nubo.stores.postgres import single_statement
 from nubo.stores.redis import REDIS_FAILURES
 from nubo.stores.transaction import Transaction
-from nubo.stores.unread import SCRIPT_CHUNK, Delta, unread_counters
+from nubo.stores.unread import SCRIPT_CHUNK, Delta
 
 log = get_logger(__name__)
 
@@ -94,7 +94,7 @@ async def _publish_with_unread(
     <nubo.stores.events.EventBus.publish>`); failures as in :meth:`UnreadCounters.apply
     <nubo.stores.unread.UnreadCounters.apply>` and :func:`publish_safely`: logged and counted, never a failed
     send (PostgreSQL already committed)."""
-    counters = unread_counters(stores)
+    counters = stores.unread
     if len(deltas) > SCRIPT_CHUNK:  # big groups: the chunked paths
         await counters.apply(deltas)
         await stores.events.publish_safely(recipients, event)
@@ -331,7 +331,7 @@ async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UU
             if conv.get("last_message_id") == message_id:
                 await _set_preview(tx, conv["id"], None)
         members = await fetch_member_ids(tx.conn, conv["id"])
-        tx.on_commit(lambda: unread_counters(stores).apply(deltas))
+        tx.on_commit(lambda: stores.unread.apply(deltas))
         tx.emit(members, MessageDeletedFrame(conversation_id=conv["id"], message_id=message_id))
     return message_view(message)
 

@@ -20,7 +20,6 @@ from nubo.model import MessageState
 from nubo.realtime.frames import ReadFrame
 from nubo.stores import Stores
 from nubo.stores.entities import normalize_row
-from nubo.stores.unread import unread_counters
 
 
 async def mark_read(
@@ -69,14 +68,14 @@ async def mark_read(
         tx.touch("conversation_members", row["id"], row)
         members = await fetch_member_ids(tx.conn, conversation_id)
         delta = row["unread_count"] - member["unread_count"]
-        tx.on_commit(lambda: unread_counters(stores).apply([(user_id, conversation_id, delta)]))
+        tx.on_commit(lambda: stores.unread.apply([(user_id, conversation_id, delta)]))
         tx.emit(members, ReadFrame(conversation_id=conversation_id, user_id=user_id, message_id=target))
     return ReadMarker(conversation_id=conversation_id, last_read_message_id=target, unread_count=row["unread_count"])
 
 
 async def unread_counts(stores: Stores, user_id: uuid.UUID) -> dict[uuid.UUID, int]:
     """The caller's unread count per conversation, from Redis (rebuilt from PostgreSQL when absent)."""
-    counters = unread_counters(stores)
+    counters = stores.unread
     cached = await counters.read(user_id)
     if cached is not None:
         return cached

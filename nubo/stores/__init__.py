@@ -30,6 +30,7 @@ from nubo.stores.ratelimit import RateLimits
 from nubo.stores.redis import Keys
 from nubo.stores.tiered import TieredStore
 from nubo.stores.transaction import Transaction, transaction
+from nubo.stores.unread import UnreadCounters
 
 log = get_logger(__name__)
 
@@ -60,6 +61,7 @@ class Stores:
     messaging_projector: Projector  # messaging's: sends do not wait, rows are coalesced (nubo.stores.projection)
     events: EventBus
     rate_limits: RateLimits
+    unread: UnreadCounters  # per-user unread counters (nubo.stores.unread)
     feed_fan_out: BatchQueue[uuid.UUID, uuid.UUID]  # post id -> author, fanned out to followers' feeds
     mirror_refresh: BatchQueue[uuid.UUID, uuid.UUID]  # session id -> user id, re-checked before its mirror lapses
     # Held around PostgreSQL work nobody waits for (session mirror refreshes, presence peers): it takes at most
@@ -67,7 +69,7 @@ class Stores:
     # socket, took every connection, and a message send waited 350 ms for one.
     background_pg: asyncio.Semaphore
     failures: StoreFailures
-    _scripts: dict[str, AsyncScript] = field(default_factory=dict)
+    scripts: LuaScripts
 
     @property
     def mongo(self) -> AsyncDatabase[MongoDoc]:
@@ -82,10 +84,7 @@ class Stores:
 
     def script(self, source: str) -> AsyncScript:
         """The Lua script `source` registered on this Redis client (hashed once per process, not per call)."""
-        found = self._scripts.get(source)
-        if found is None:
-            found = self._scripts[source] = self.redis.register_script(source)
-        return found
+        return self.scripts(source)
 
     def count_failure(self, store: str) -> None:
         """Count a store write that failed after the PostgreSQL commit (repaired later)."""
@@ -122,6 +121,7 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
     redis_client = redis.open_redis(settings.redis_url, autopipeline=settings.redis_autopipeline)
     keys = Keys(settings.redis_prefix)
     failures = StoreFailures()
+    scripts = LuaScripts(redis_client)
     near = NearCache(settings.redis_url, redis_client, keys, _near_families(), max_entries=_near_entries(settings))
     cache = RedisCache(redis_client, keys)
     tiered = TieredStore(pg, mongo_client[settings.mongo_db], cache, near, failures.count)
@@ -139,6 +139,8 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
         messaging_projector=Projector("messaging", tiered),
         events=EventBus(redis_client, keys, failures.count),
         rate_limits=RateLimits(redis_client, keys, failures=failures.by_store, leased=settings.rate_leases),
+        unread=UnreadCounters(redis_client, keys, scripts, failures.count),
+        scripts=scripts,
         feed_fan_out=BatchQueue("feed-fan-out"),
         mirror_refresh=BatchQueue("session-mirror-refresh", max_batch=MIRROR_REFRESH_BATCH),
         background_pg=asyncio.Semaphore(BACKGROUND_PG_SLOTS),
@@ -156,6 +158,20 @@ def _near_families() -> list[str]:
     the cache collections of the hot entities."""
     families = ["session", "derived", "tag"]
     return families + [f"cache:{entity.cache_collection}" for entity in ENTITIES.values() if entity.near]
+
+
+@dataclass
+class LuaScripts:
+    """Each Lua script registered once per process on the Redis client (hashed once, not per call)."""
+
+    redis: Redis
+    registered: dict[str, AsyncScript] = field(default_factory=dict)
+
+    def __call__(self, source: str) -> AsyncScript:
+        found = self.registered.get(source)
+        if found is None:
+            found = self.registered[source] = self.redis.register_script(source)
+        return found
 
 
 @dataclass

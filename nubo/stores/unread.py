@@ -24,7 +24,7 @@ from nubo.logs import get_logger
 from nubo.stores.redis import Keys
 
 if TYPE_CHECKING:
-    from nubo.stores import Stores
+    pass
 
 log = get_logger(__name__)
 
@@ -129,8 +129,3 @@ class UnreadCounters:
             )
         except (RedisError, OSError) as exc:
             log.warning("unread_rebuild_failed", extra={"error": str(exc)[:200]})
-
-
-def unread_counters(stores: Stores) -> UnreadCounters:
-    """The unread counters on this process's Redis client."""
-    return UnreadCounters(stores.redis, stores.keys, stores.script, stores.count_failure)
