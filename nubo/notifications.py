@@ -40,7 +40,7 @@ KINDS = frozenset({"follow", "follow_request", "like", "comment", "mention", "me
 MAX_DATA_KEYS = 20
 
 
-class Notification(msgspec.Struct):
+class Notification(msgspec.Struct, gc=False):
     """A notification as its user sees it: in `GET /notifications` and in the ``notification`` event."""
 
     id: uuid.UUID

@@ -30,7 +30,7 @@ from nubo.stores.transaction import AfterCommit, Transaction
 MAX_RELATIONSHIP_IDS = 50
 
 
-class Relationship(msgspec.Struct, frozen=True):
+class Relationship(msgspec.Struct, frozen=True, gc=False):
     """How the viewer and one other user relate, from the viewer's side (what the relation routes answer)."""
 
     id: uuid.UUID

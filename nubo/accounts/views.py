@@ -34,7 +34,7 @@ SETTINGS_FIELDS = ("privacy", "notifications", "language", "theme")
 SettingValue = bool | int | str
 
 
-class PublicUser(msgspec.Struct):
+class PublicUser(msgspec.Struct, gc=False):
     """What anyone may see of a user (from a row of any tier)."""
 
     id: uuid.UUID
@@ -105,7 +105,7 @@ def _as_date(value: object) -> date | None:
     return date.fromisoformat(str(value)) if value else None
 
 
-class TokenView(msgspec.Struct):
+class TokenView(msgspec.Struct, gc=False):
     """Tokens from a login or a refresh. Keep `refresh_token` secret; it is shown only once."""
 
     access_token: str
@@ -115,7 +115,7 @@ class TokenView(msgspec.Struct):
     user: MeView
 
 
-class SessionView(msgspec.Struct):
+class SessionView(msgspec.Struct, gc=False):
     """One live session (a logged-in device)."""
 
     id: uuid.UUID
@@ -140,7 +140,7 @@ class SessionView(msgspec.Struct):
         )
 
 
-class SettingsView(msgspec.Struct):
+class SettingsView(msgspec.Struct, gc=False):
     """The caller's settings."""
 
     privacy: dict[str, SettingValue]

@@ -21,7 +21,7 @@ KIND_NAMES = {kind: kind.name.lower() for kind in ConversationKind}
 ROLE_NAMES = {role: role.name.lower() for role in MemberRole}
 
 
-class MessageView(msgspec.Struct, frozen=True):
+class MessageView(msgspec.Struct, frozen=True, gc=False):
     """A message; a deleted one (state 2) keeps its place with `content` null. State 1 means edited."""
 
     id: uuid.UUID
@@ -35,7 +35,7 @@ class MessageView(msgspec.Struct, frozen=True):
     edited_at: datetime | None
 
 
-class LastMessage(msgspec.Struct, frozen=True):
+class LastMessage(msgspec.Struct, frozen=True, gc=False):
     """The latest message of a conversation, its text cut to a preview (null once deleted)."""
 
     id: uuid.UUID
@@ -43,7 +43,7 @@ class LastMessage(msgspec.Struct, frozen=True):
     created_at: datetime | None
 
 
-class MemberView(msgspec.Struct, frozen=True):
+class MemberView(msgspec.Struct, frozen=True, gc=False):
     """A member of a conversation, with their read marker and whether they are online now."""
 
     user_id: uuid.UUID
@@ -54,7 +54,7 @@ class MemberView(msgspec.Struct, frozen=True):
     online: bool
 
 
-class ConversationView(msgspec.Struct, frozen=True):
+class ConversationView(msgspec.Struct, frozen=True, gc=False):
     """A conversation as the caller sees it (`members` only on the single-conversation routes)."""
 
     id: uuid.UUID
@@ -69,7 +69,7 @@ class ConversationView(msgspec.Struct, frozen=True):
     members: list[MemberView] | None = None
 
 
-class ReadMarker(msgspec.Struct, frozen=True):
+class ReadMarker(msgspec.Struct, frozen=True, gc=False):
     """The caller's read marker in a conversation after a read, and what is still unread there."""
 
     conversation_id: uuid.UUID
@@ -77,14 +77,14 @@ class ReadMarker(msgspec.Struct, frozen=True):
     unread_count: int
 
 
-class UnreadCounts(msgspec.Struct, frozen=True):
+class UnreadCounts(msgspec.Struct, frozen=True, gc=False):
     """Unread counts per conversation (from Redis, rebuilt from PostgreSQL when absent)."""
 
     total: int
     conversations: dict[str, int] = msgspec.field(default_factory=dict)
 
 
-class MessageLikes(msgspec.Struct, frozen=True):
+class MessageLikes(msgspec.Struct, frozen=True, gc=False):
     """Whether the caller likes a message now, and its like count."""
 
     message_id: uuid.UUID
@@ -92,7 +92,7 @@ class MessageLikes(msgspec.Struct, frozen=True):
     likes: int
 
 
-class SendResult(msgspec.Struct, frozen=True):
+class SendResult(msgspec.Struct, frozen=True, gc=False):
     """A stored message and whether this call created it (False: an idempotent retry)."""
 
     message: MessageView

@@ -24,21 +24,21 @@ from nubo.stores.entities import Row
 from nubo.stores.postgres import pg_read
 
 
-class Mention(msgspec.Struct):
+class Mention(msgspec.Struct, gc=False):
     """A user named in a post's content (`@username`) who existed and was active when it was written."""
 
     user_id: str
     username: str
 
 
-class PostMeta(msgspec.Struct):
+class PostMeta(msgspec.Struct, gc=False):
     """Parsed from the content: mentioned users (existing ones, with ids) and hashtags, lower-cased."""
 
     mentions: list[Mention]
     hashtags: list[str]
 
 
-class PostView(msgspec.Struct):
+class PostView(msgspec.Struct, gc=False):
     """A post with its like and comment counts; `visibility` 0 public, 1 followers only."""
 
     id: uuid.UUID
@@ -55,7 +55,7 @@ class PostView(msgspec.Struct):
     comment_count: int
 
 
-class CommentView(msgspec.Struct):
+class CommentView(msgspec.Struct, gc=False):
     """A comment with its like count."""
 
     id: uuid.UUID
@@ -68,7 +68,7 @@ class CommentView(msgspec.Struct):
     liked: bool
 
 
-class LikeState(msgspec.Struct):
+class LikeState(msgspec.Struct, gc=False):
     """The caller's like on a target after the call, and the target's like count."""
 
     target_id: uuid.UUID
@@ -76,7 +76,7 @@ class LikeState(msgspec.Struct):
     like_count: int
 
 
-class MediaView(msgspec.Struct):
+class MediaView(msgspec.Struct, gc=False):
     """A media's metadata (`processing_state` 0 pending, 1 done)."""
 
     id: uuid.UUID
@@ -90,7 +90,7 @@ class MediaView(msgspec.Struct):
     created_at: datetime
 
 
-class PostSummary(msgspec.Struct, kw_only=True):
+class PostSummary(msgspec.Struct, kw_only=True, gc=False):
     """What a `post.new` push carries: a post's own fields, without counts. Fields the post it is made from
     does not hold are left out of the JSON (UNSET), as the push has always left out absent keys."""
 

@@ -27,7 +27,7 @@ from nubo.stores.postgres import pg_read
 USER_VISIBLE_SQL = f"(u.id = %(viewer)s OR ({active_user('u')} AND NOT {blocked_either_way('u.id', '%(viewer)s')}))"
 
 
-class PostContext(msgspec.Struct, frozen=True):
+class PostContext(msgspec.Struct, frozen=True, gc=False):
     """A viewer's relation to a post's author (`author_state` None when the author is gone) and the post's
     counts, fresh from PostgreSQL or from the derived cache."""
 

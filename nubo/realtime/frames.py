@@ -43,7 +43,7 @@ Payload = TypeVar("Payload")
 """A domain's shape carried by a frame (its view Struct)."""
 
 
-class Frame(msgspec.Struct, frozen=True, tag_field="type"):
+class Frame(msgspec.Struct, frozen=True, tag_field="type", gc=False):
     """A server -> client frame; its ``type`` is the subclass's tag."""
 
 
