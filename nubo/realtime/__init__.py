@@ -4,9 +4,10 @@ Why not Litestar channels (docs/architecture.md §11): its Redis pub/sub backend
 streams backend has subscribe/unsubscribe races that lose events. The layer here is small and its guarantees
 are tested end to end against two real `nubo serve` processes.
 
-How an event travels (see :mod:`nubo.realtime.bus`):
+How an event travels (see :mod:`nubo.stores.events`):
 
-1. The domain commits to PostgreSQL, then calls :func:`nubo.realtime.bus.publish` with the recipients.
+1. The domain registers the event inside its transaction (``tx.emit(recipients, frame)``); it is published
+   after the commit by :meth:`nubo.stores.events.EventBus.publish`.
 2. One Lua script, atomically for all recipients: ``INCR {p}rt:user:{id}:seq`` gives the event its id for that
    user, ``XADD {p}rt:user:{id}:events MAXLEN ~ N`` keeps it in a bounded per-user history, and one
    ``PUBLISH`` on the shared channel ``{p}rt:events`` carries the recipients with their ids and the body.

@@ -5,8 +5,7 @@ since BSON dates hold milliseconds)."""
 from __future__ import annotations
 
 import ipaddress
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -102,7 +101,3 @@ def to_document(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
 def from_document(doc: Mapping[str, Any]) -> Row:
     row = {("id" if key == "_id" else key): value for key, value in doc.items() if key != "last_use"}
     return normalize_row(row)
-
-
-def ids_of(rows: Iterable[Row]) -> list[uuid.UUID]:
-    return [row["id"] for row in rows]
