@@ -19,6 +19,9 @@ Coherence rules (the tests in ``tests/integration/stores/test_near.py`` exercise
   reads its own writes. Other instances drop a changed key when its invalidation arrives: Redis queues it
   before replying to the writer, so it lands within the network latency.
 - A copy lives at most :data:`MAX_AGE_SECONDS`, and a process holds at most ``max_entries`` of them.
+- An expiry is announced when Redis expires the key, on its next access or when the background sweep
+  reaches it (seconds on a large keyspace): a copy may outlive its key's TTL by that much, never by more
+  than :data:`MAX_AGE_SECONDS`. Tracked families must not rely on short TTLs for correctness.
 
 Copies are shared objects: callers must not mutate what :meth:`NearCache.get` returns.
 """
