@@ -131,7 +131,8 @@ async def get_relationships(
         ]
     ],
 ) -> Page[social.Relationship]:
-    """Unknown or hidden-by-state users are left out; a blocked user shows `blocking`/`blocked_by`."""
+    """Unknown users, users hidden by their state and users who block the caller are left out; a user the caller
+    blocks shows `blocking`."""
     found = await social.relationships(stores, caller_id(request), social.parse_id_list(ids))
     return Page(items=found, next=None)
 
