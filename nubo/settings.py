@@ -80,8 +80,9 @@ class Settings:
     moderator_grade: int = 5
     log_level: str = "info"
     extra: Mapping[str, str] = field(default_factory=dict)
-    # Set only when NUBO_ENV is given explicitly (not defaulted): the dev JWT key may then serve off loopback.
-    env_explicit: bool = False
+    # Whether NUBO_ENV was given (not defaulted): the dev JWT key may then serve off loopback. Not a value:
+    # left out of comparisons.
+    env_explicit: bool = field(default=False, compare=False)
     rate_reports: RateLimit = RateLimit(30, 3600)
 
     @property

@@ -67,7 +67,10 @@ async def search_users(
 async def follow_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath) -> social.Relationship:
     viewer, target = caller_id(request), parse_id(user_id, "user_id")
     await social.follow(
-        stores, viewer, target, on_created=lambda: notifications.notify(stores, target, "follow", actor_id=viewer)
+        stores,
+        viewer,
+        target,
+        on_created=lambda: notifications.notify(stores, target, "follow", actor_id=viewer, group="follow"),
     )
     return await social.relationship(stores, viewer, target)
 
