@@ -5,6 +5,7 @@ The rules of `nubo.settings` themselves are unit tests: `tests/unit/test_setting
 
 from __future__ import annotations
 
+import re
 import socket
 
 import pytest
@@ -31,6 +32,13 @@ def test_every_command_help_describes_it(process_env: dict[str, str], path: tupl
     assert "Usage:" in out
     first_words = " ".join(help_text.split()[:6])
     assert first_words in out, f"help of `nubo {' '.join(path)}` does not show its description"
+
+
+@pytest.mark.parametrize(("path", "help_text"), COMMANDS, ids=[" ".join(p) or "nubo" for p, _ in COMMANDS])
+def test_help_shows_no_python_type_metavars(process_env: dict[str, str], path: tuple[str, ...], help_text: str) -> None:
+    result = run_nubo([*path, "--help"], {**process_env, "COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.returncode == 0, result.stderr
+    assert not re.search(r"<(bool|str|int|float|path)>", result.stdout), result.stdout
 
 
 def test_db_help_lists_its_commands_and_options(process_env: dict[str, str]) -> None:
