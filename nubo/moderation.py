@@ -371,3 +371,92 @@ async def _write_trail(
         "VALUES (%s, %s, 'report.resolve', 'report', %s, %s, %s)",
         (new_id(), moderator_id, report["id"], Jsonb(data), ip),
     )
+
+
+# ---- operators (`nubo users ...`) --------------------------------------------------------------------------
+
+ROLES = ("user", "moderator", "admin")
+USER_GRADE = 1  # the default of auth.users.grade
+ADMIN_GRADE = 10  # above the default moderator grade (NUBO_MODERATOR_GRADE, 5)
+
+
+class UserRole(msgspec.Struct):
+    """A user as an operator command leaves them: role (from the grade), grade, state, sessions revoked."""
+
+    id: uuid.UUID
+    username: str
+    role: str
+    grade: int
+    state: str
+    revoked_sessions: int = 0
+
+
+def role_grade(stores: Stores, role: str) -> int:
+    """The grade a role gives: moderators get NUBO_MODERATOR_GRADE, admins at least that."""
+    moderator = stores.settings.moderator_grade
+    grades = {"user": USER_GRADE, "moderator": moderator, "admin": max(ADMIN_GRADE, moderator)}
+    if role not in grades:
+        raise ValidationFailed(f"unknown role {role!r}", fields={"role": " | ".join(ROLES)})
+    return grades[role]
+
+
+def role_of(stores: Stores, grade: int) -> str:
+    if grade >= role_grade(stores, "admin"):
+        return "admin"
+    return "moderator" if grade >= stores.settings.moderator_grade else "user"
+
+
+def _user_role(stores: Stores, row: Mapping[str, Any], revoked: int = 0) -> UserRole:
+    grade = int(row.get("grade") or USER_GRADE)
+    state = UserState(row["state"]).name.lower()
+    return UserRole(row["id"], row["username"], role_of(stores, grade), grade, state, revoked)
+
+
+async def _operator_user(stores: Stores, ref: str) -> Row:
+    row = await accounts.find_user(stores, ref)
+    if row is None:
+        raise NotFound(f"No user with id or username {ref!r}", code="user_not_found")
+    return row
+
+
+async def _audit(tx: Transaction, action: str, user_id: uuid.UUID, data: dict[str, Any]) -> None:
+    """An audit_logs row without an actor: the change came from an operator's command line."""
+    await tx.conn.execute(
+        "INSERT INTO moderation.audit_logs (id, actor_id, action, entity, entity_id, data) "
+        "VALUES (%s, NULL, %s, 'user', %s, %s)",
+        (new_id(), action, user_id, Jsonb(data)),
+    )
+
+
+async def set_role(stores: Stores, ref: str, role: str) -> UserRole:
+    """Give a user (id or username) a role: `user`, `moderator` or `admin` (its grade, see :func:`role_grade`).
+
+    The row goes through the tiered write path (its Mongo and Redis copies, and the near copies of every
+    instance, follow at once) and the mirrors of the user's live sessions are rewritten from PostgreSQL, so
+    the change applies to the next request, without a new login.
+    """
+    grade = role_grade(stores, role)
+    row = await _operator_user(stores, ref)
+    async with stores.transaction() as tx:
+        changed = await tx.update("users", row["id"], {"grade": grade})
+        await _audit(tx, "operator.role", row["id"], {"role": role, "grade": grade, "was": row.get("grade")})
+    await accounts.refresh_user_mirrors(stores, row["id"])
+    return _user_role(stores, changed or row)
+
+
+async def set_banned(stores: Stores, ref: str, banned: bool) -> UserRole:
+    """Ban a user (every session revoked at once, on every instance; content hidden by every reader) or lift
+    the ban (the account is active again; the user logs in again). Deactivated accounts are left alone."""
+    row = await _operator_user(stores, ref)
+    current = UserState(row["state"])
+    if current == UserState.DEACTIVATED:
+        raise Conflict(f"User {row['username']} deactivated their account", code="user_inactive")
+    target = UserState.BANNED if banned else UserState.ACTIVE
+    revoked: list[uuid.UUID] = []
+    async with stores.transaction() as tx:
+        changed = await tx.update("users", row["id"], {"state": target})
+        if banned:
+            revoked = await accounts.revoke_user_sessions(stores, row["id"], "banned", conn=tx.conn)
+        await _audit(tx, "operator.ban" if banned else "operator.unban", row["id"], {"was": current.name.lower()})
+    await accounts.mark_revoked(stores, revoked)
+    return _user_role(stores, changed or row, len(revoked))

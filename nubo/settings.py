@@ -80,6 +80,10 @@ class Settings:
     moderator_grade: int = 5
     log_level: str = "info"
     extra: Mapping[str, str] = field(default_factory=dict)
+    # Whether NUBO_ENV was given (not defaulted): the dev JWT key may then serve off loopback. Not a value:
+    # left out of comparisons.
+    env_explicit: bool = field(default=False, compare=False)
+    rate_reports: RateLimit = RateLimit(30, 3600)
 
     @property
     def is_prod(self) -> bool:
@@ -197,6 +201,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
     if env not in ENVIRONMENTS:
         raise SettingsError("NUBO_ENV", f"expected one of {', '.join(ENVIRONMENTS)}, got {env!r}")
     kwargs["env"] = env
+    kwargs["env_explicit"] = get("NUBO_ENV") is not None
     if (raw := get("NUBO_POSTGRES_URL")) is not None:
         kwargs["postgres_url"] = _url("NUBO_POSTGRES_URL", raw, ("postgresql", "postgres"))
     if (raw := get("NUBO_MONGO_URL")) is not None:
@@ -207,7 +212,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,63}", raw):
             raise SettingsError("NUBO_MONGO_DB", f"not a valid database name: {raw!r}")
         kwargs["mongo_db"] = raw
-    if (raw := get("NUBO_REDIS_PREFIX")) is not None:
+    if (raw := values.get("NUBO_REDIS_PREFIX")) is not None:
+        if not raw.strip():
+            raise SettingsError("NUBO_REDIS_PREFIX", "must not be empty or blank (unset it for the default nubo:)")
         if any(ch in raw for ch in "*?[] \n"):
             raise SettingsError("NUBO_REDIS_PREFIX", "must not contain spaces or glob characters (* ? [ ])")
         kwargs["redis_prefix"] = raw
@@ -257,6 +264,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         "NUBO_RATE_SIGNUP": "rate_signup",
         "NUBO_RATE_DEFAULT": "rate_default",
         "NUBO_RATE_MESSAGES": "rate_messages",
+        "NUBO_RATE_REPORTS": "rate_reports",
     }
     for name, attr in rate_settings.items():
         if (raw := get(name)) is not None:
@@ -281,3 +289,21 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
             raise SettingsError("NUBO_LOG_LEVEL", f"expected debug, info, warning or error, got {raw!r}")
         kwargs["log_level"] = raw.lower()
     return Settings(**kwargs)  # type: ignore[arg-type]
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def dev_key_exposure(settings: Settings, host: str) -> str | None:
+    """A warning when the built-in development JWT key serves on a non-loopback `host` under an explicit
+    ``NUBO_ENV=dev``; :class:`SettingsError` when NUBO_ENV was not set explicitly (anyone who reads the source
+    could mint tokens). None when the key is not the development one or the bind is loopback only."""
+    if settings.jwt_secret != DEV_JWT_SECRET or host in LOOPBACK_HOSTS or host.startswith("127."):
+        return None
+    if not (settings.env_explicit and settings.env == "dev"):
+        raise SettingsError(
+            "JWT_SECRET",
+            f"the built-in development key must not serve on {host}: set JWT_SECRET, bind 127.0.0.1, "
+            "or set NUBO_ENV=dev explicitly",
+        )
+    return f"the built-in development JWT key serves on {host}: anyone can mint tokens (set JWT_SECRET)"

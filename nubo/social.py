@@ -31,13 +31,15 @@ MAX_RELATIONSHIP_IDS = 50
 
 
 class Relationship(msgspec.Struct, frozen=True, gc=False):
-    """How the viewer and one other user relate, from the viewer's side (what the relation routes answer)."""
+    """How the viewer and one other user relate, from the viewer's side (what the relation routes answer).
+
+    There is no "blocked by": a user who blocks the viewer is absent to the viewer, as on every other route.
+    """
 
     id: uuid.UUID
     following: bool
     followed_by: bool
     blocking: bool
-    blocked_by: bool
 
 
 # ---- checks used by every read path ------------------------------------------------------------------------
@@ -317,7 +319,8 @@ def parse_id_list(raw: str | None, *, field: str = "ids", maximum: int = MAX_REL
 
 
 async def relationships(stores: Stores, viewer_id: uuid.UUID, ids: Sequence[uuid.UUID]) -> list[Relationship]:
-    """The viewer's relationship with each existing, active user of `ids` (others are left out), in order."""
+    """The viewer's relationship with each existing, active user of `ids` who does not block the viewer (others
+    are left out, as absent), in order."""
     async with pg_read(stores) as conn:
         rows = await (
             await conn.execute(
@@ -327,10 +330,9 @@ async def relationships(stores: Stores, viewer_id: uuid.UUID, ids: Sequence[uuid
                 "EXISTS (SELECT 1 FROM auth.follows f WHERE f.follower_id = u.id AND f.followed_id = %(v)s "
                 f"        AND f.state = {FollowState.ACTIVE:d}) AS followed_by, "
                 "EXISTS (SELECT 1 FROM auth.blocks b WHERE b.blocker_id = %(v)s AND b.blocked_id = u.id) "
-                "        AS blocking, "
-                "EXISTS (SELECT 1 FROM auth.blocks b WHERE b.blocker_id = u.id AND b.blocked_id = %(v)s) "
-                "        AS blocked_by "
-                f"FROM auth.users u WHERE u.id = ANY(%(ids)s) AND ({active_user('u')} OR u.id = %(v)s)",
+                "        AS blocking "
+                f"FROM auth.users u WHERE u.id = ANY(%(ids)s) AND ({active_user('u')} OR u.id = %(v)s) "
+                "AND NOT EXISTS (SELECT 1 FROM auth.blocks b WHERE b.blocker_id = u.id AND b.blocked_id = %(v)s)",
                 {"v": viewer_id, "ids": list(ids)},
             )
         ).fetchall()
@@ -341,4 +343,4 @@ async def relationships(stores: Stores, viewer_id: uuid.UUID, ids: Sequence[uuid
 async def relationship(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID) -> Relationship:
     """The viewer's relationship with one user (all false when the user is absent)."""
     found = await relationships(stores, viewer_id, [user_id])
-    return found[0] if found else Relationship(user_id, False, False, False, False)
+    return found[0] if found else Relationship(user_id, False, False, False)

@@ -36,6 +36,7 @@ from nubo.accounts.mirrors import (
     MIRROR_TTL,
     mark_revoked,
     refresh_mirrors,
+    refresh_user_mirrors,
     revoked_among,
 )
 from nubo.accounts.profile import (
@@ -103,6 +104,7 @@ __all__ = [
     "put_settings",
     "refresh",
     "refresh_mirrors",
+    "refresh_user_mirrors",
     "revoke_session",
     "revoke_user_sessions",
     "revoked_among",

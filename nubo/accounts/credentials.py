@@ -111,11 +111,27 @@ async def _user_for_login(stores: Stores, identifier: str) -> Row | None:
     return normalize_row(row) if row else None
 
 
+def _names_other_account(row: Row | None, email: str | None) -> bool:
+    """True when an `email` given beside the username is not that account's email."""
+    if email is None or row is None:
+        return False
+    return str(row.get("email") or "").lower() != email.strip().lower()
+
+
 async def login(
-    stores: Stores, identifier: str, password: str, client: ClientInfo, *, rate_limited: bool = True
+    stores: Stores,
+    identifier: str,
+    password: str,
+    client: ClientInfo,
+    *,
+    email: str | None = None,
+    rate_limited: bool = True,
 ) -> IssuedTokens:
     """Check credentials and open a session. Unknown user, wrong password and an inactive account all get
-    the same 401 after the same argon2 work. Counts the login limit per IP and per account first."""
+    the same 401 after the same argon2 work. Counts the login limit per IP and per account first.
+
+    `email`, when given beside a username `identifier`, must be that account's email: a username with another
+    user's email is refused like a wrong password (which of the two is wrong is not said)."""
     settings = stores.settings
     if rate_limited and inet(client.ip) is not None:  # peers without an address have no per-IP limit
         await stores.rate_limits.limit("login_ip", str(client.ip), settings.rate_login)
@@ -124,7 +140,7 @@ async def login(
         account = str(row["id"]) if row else "name:" + identifier.strip().lower()
         await stores.rate_limits.limit("login_account", account, settings.rate_login)
     ok = await security.verify_password(row["password_hash"] if row else None, password)
-    if row is None or not ok or row.get("state") != UserState.ACTIVE:
+    if row is None or not ok or row.get("state") != UserState.ACTIVE or _names_other_account(row, email):
         log.info("login_failed", extra={"known_user": row is not None, "ip": client.ip})
         raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
     if security.needs_rehash(row["password_hash"]):

@@ -122,3 +122,18 @@ async def refresh_mirrors(stores: Stores, sessions: Mapping[uuid.UUID, uuid.UUID
     except _REFRESH_FAILURES as exc:
         stores.count_failure("redis_session")
         log.warning("session_mirror_refresh_failed", extra={"error": type(exc).__name__})
+
+
+async def refresh_user_mirrors(stores: Stores, user_id: uuid.UUID) -> int:
+    """Rewrite the mirrors of a user's live sessions from PostgreSQL now (after a change of grade, say), so
+    every instance sees the change at its next request; returns how many sessions were refreshed."""
+    async with stores.pg.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT id FROM auth.sessions WHERE user_id = %s AND NOT revoked AND expires_at > now()", (user_id,)
+            )
+        ).fetchall()
+    sessions = {row["id"]: user_id for row in rows}
+    if sessions:
+        await refresh_mirrors(stores, sessions)
+    return len(sessions)

@@ -23,12 +23,13 @@ import websockets
 from rich.text import Text
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from nubo.cli.common import console, fail
+from nubo.cli.common import console, fail, settings_or_exit
 
 HELP = (
-    "/list  conversations | /open ID|N  switch | /history  last messages | /read  mark read | "
+    "/list  conversations | /open N|ID  switch | /history  last messages | /read  mark read | "
     "/typing  show you are typing | /lobby TEXT  public lobby | /quit"
 )
+COMMANDS = ("help", "list", "open", "history", "read", "typing", "lobby", "quit")
 ACK_WAIT_SECONDS = 10.0
 
 
@@ -81,13 +82,30 @@ class ChatClient:
         if not self.conversations:
             say("no conversations yet", "dim")
         for number, conv in enumerate(self.conversations, 1):
-            title = conv["title"] or f"direct with {conv.get('peer_id') or '?'}"
+            title = conv["title"] or f"direct with {await self.username(conv.get('peer_id'))}"
             last = (conv.get("last_message") or {}).get("text") or ""
             unread = f" ({conv['unread_count']} unread)" if conv["unread_count"] else ""
-            say(f"{number:>2}. {conv['id']}  {title}{unread}  {last[:40]}")
+            say(f"{number:>2}. {title}{unread}  {last[:40]}")
+        if self.conversations:
+            say("/open N opens conversation N", "dim")
+
+    async def username(self, user_id: str | None) -> str:
+        """A user's username (asked once, then remembered); the id's start when the user cannot be seen."""
+        if not user_id:
+            return "?"
+        if user_id not in self.names:
+            response = await self.http.get(f"/users/{user_id}", headers=self.headers)
+            if response.status_code != 200:
+                return user_id[:8]
+            self.names[user_id] = response.json()["username"]
+        return self.names[user_id]
 
     async def open(self, ref: str) -> None:
-        if ref.isdigit() and 0 < int(ref) <= len(self.conversations):
+        if ref.isdigit():
+            if not 0 < int(ref) <= len(self.conversations):
+                count = len(self.conversations)
+                hint = f"/list shows 1 to {count}" if count else "there are no conversations yet"
+                raise ChatError(f"no conversation number {ref}: {hint}")
             ref = self.conversations[int(ref) - 1]["id"]
         view = await self.api("GET", f"/conversations/{ref}")
         self.conversation = view["id"]
@@ -137,9 +155,10 @@ class ChatClient:
         try:
             event = json.loads(raw)
         except ValueError:
-            say(f"[lobby] {raw!s}", "cyan")
-            return
-        if not isinstance(event, dict):
+            event = None
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            # Not an envelope: lobby text, even when it parses as JSON (`42`, `"x"`).
+            say(f"[lobby] {raw if isinstance(raw, str) else raw.decode(errors='replace')}", "cyan")
             return
         if isinstance(event.get("event_id"), int) and event.get("type") != "resync":
             self.last_event_id = max(self.last_event_id or 0, event["event_id"])
@@ -253,8 +272,10 @@ class ChatClient:
             await self.send_frame({"type": "typing", "conversation_id": self.conversation})
         elif name == "lobby" and arg.strip() and not arg.lstrip().startswith(("{", "[")):
             await self.send_frame(arg)
+        elif name in COMMANDS:
+            say(HELP, "dim")  # /help, or a command missing what it needs (/open without ID, /read with none open)
         else:
-            say(HELP, "dim")
+            say(f"unknown command /{name}: /help lists the commands", "yellow")
         return True
 
     async def input_loop(self, lines: asyncio.Queue[str | None]) -> None:
@@ -327,7 +348,7 @@ async def run_chat(client: ChatClient, conversation: str | None) -> None:
 
 
 def chat(
-    url: str = typer.Option("http://127.0.0.1:8080", help="Base URL of a nubo server."),
+    url: str | None = typer.Option(None, help="Base URL of a nubo server (default http://127.0.0.1:PORT, PORT 8080)."),
     token: str | None = typer.Option(None, envvar="NUBO_TOKEN", help="An access token (or use --username)."),
     username: str | None = typer.Option(None, help="Log in with this username or email."),
     password: str | None = typer.Option(None, envvar="NUBO_PASSWORD", help="Password for --username."),
@@ -336,6 +357,7 @@ def chat(
     """Chat in the terminal: list conversations, show history, send lines, print live events."""
     if not token and not (username and password):
         fail("give --token, or --username and --password", code=2)
+    url = url or f"http://127.0.0.1:{settings_or_exit().port}"  # where `nubo serve` listens by default
     client = ChatClient(url, token, username, password)
     try:
         asyncio.run(run_chat(client, conversation))

@@ -6,21 +6,15 @@ Exit codes (cron-friendly): 0 success (also "nothing to do"), 1 a store is unrea
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
-import psycopg_pool
 import typer
-from pymongo.errors import PyMongoError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from nubo.cli.common import console, err_console, fail, print_json, settings_or_exit
-from nubo.root import open_root
+from nubo.cli.stores import EXIT_UNREACHABLE, run_with_stores
 from nubo.settings import Settings
 from nubo.stores import Stores
 from nubo.stores.schema import InitReport, SchemaError, init_databases, purge_cutoff, purge_recent
@@ -31,58 +25,20 @@ db_app = typer.Typer(
     no_args_is_help=True,
 )
 
-EXIT_UNREACHABLE = 1
 EXIT_DRIFT = 3
 # Show a progress bar only when a purge visits at least this many collections (and stdout is a terminal).
 _PROGRESS_MIN_COLLECTIONS = 5
-_CONNECT_TIMEOUT = 5  # seconds per attempt: an unreachable store fails well under 15 s
 
 T = TypeVar("T")
 _JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _short(exc: BaseException) -> str:
-    """The first useful part of a driver error (pymongo appends its whole topology description)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text.split(" (configured timeouts")[0].split(", Timeout: ")[0][:300]
-
-
-async def _probe_postgres(url: str) -> None:
-    """One direct connection first: it fails at once with the real reason (the pool only says "timeout")."""
-    conn = await psycopg.AsyncConnection.connect(url, connect_timeout=_CONNECT_TIMEOUT)
-    await conn.close()
-
-
-async def _with_stores(settings: Settings, work: Callable[[Stores], Awaitable[T]]) -> T:
-    await _probe_postgres(settings.postgres_url)
-    stores = (await open_root(settings, wait_for_postgres=True, pg_max_size=2)).stores
-    try:
-        return await work(stores)
-    finally:
-        await stores.close()
-
-
 def _run(settings: Settings, work: Callable[[Stores], Awaitable[T]]) -> T:
-    """Run `work` with open stores; an unreachable store becomes one line naming it and exit code 1."""
-    # The pool logs each failed attempt as a warning; the one-line error below says it once.
-    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    """Run `work` with open stores; an unreachable store or a broken schema becomes one line and exit code 1."""
     try:
-        return asyncio.run(_with_stores(settings, work))
+        return run_with_stores(settings, work)
     except SchemaError as exc:
         fail(str(exc), EXIT_UNREACHABLE)
-    except (psycopg_pool.PoolTimeout, psycopg.OperationalError) as exc:
-        fail(f"PostgreSQL unreachable at {_redact(settings.postgres_url)}: {_short(exc)}", EXIT_UNREACHABLE)
-    except PyMongoError as exc:
-        fail(f"MongoDB unreachable at {_redact(settings.mongo_url)}: {_short(exc)}", EXIT_UNREACHABLE)
 
 
 # -------------------------------------------------------------------------------------------------- init

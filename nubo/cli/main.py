@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from nubo.cli.cache import cache_app
 from nubo.cli.chat import chat
+from nubo.cli.common import plain_metavars
 from nubo.cli.db import db_app
 from nubo.cli.serve import serve
 from nubo.cli.token import token
+from nubo.cli.users import users_app
 
 app = typer.Typer(
     name="nubo",
-    help="nubo: the Nubo social backend (API server, database setup, cache tools, test tokens, chat client).",
+    help="nubo: the Nubo social backend (API server, database and cache tools, test tokens, operator commands, chat).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -21,7 +25,7 @@ app = typer.Typer(
 
 @app.callback()
 def main() -> None:
-    """nubo: the Nubo social backend (API server, database setup, cache tools, test tokens, chat client)."""
+    """nubo: the Nubo social backend (API server, database and cache tools, test tokens, operator commands, chat)."""
 
 
 app.command("serve")(serve)
@@ -29,7 +33,15 @@ app.command("token")(token)
 app.command("chat")(chat)
 app.add_typer(db_app, name="db")
 app.add_typer(cache_app, name="cache")
+app.add_typer(users_app, name="users")
+
+
+def command() -> Any:
+    """The `nubo` command tree as click runs it, with plain value names in `--help`."""
+    tree = typer.main.get_command(app)
+    plain_metavars(tree)
+    return tree
 
 
 def run() -> None:
-    app()
+    command()()

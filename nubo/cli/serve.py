@@ -9,8 +9,10 @@ from types import FrameType
 import typer
 import uvicorn
 
-from nubo.cli.common import settings_or_exit
+from nubo.cli.common import err_console, settings_or_exit
 from nubo.logs import configure_logging
+from nubo.server.ws_protocol import DenialCompletesHandshake
+from nubo.settings import SettingsError, dev_key_exposure
 
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
@@ -26,6 +28,14 @@ def serve(
     """Run the REST API and the /ws WebSocket (Litestar under uvicorn)."""
     settings = settings_or_exit()
     configure_logging(settings.log_level)
+    bind = host or settings.host
+    try:
+        warning = dev_key_exposure(settings, bind)
+    except SettingsError as exc:
+        err_console.print(f"[bold red]config error[/]: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if warning is not None:
+        err_console.print(f"[bold yellow]warning[/]: {warning}", highlight=False, soft_wrap=True)
     if flush_cache:
         from nubo.cli.cache import flush_prefix
 
@@ -39,9 +49,10 @@ def serve(
     uvicorn.run(
         "nubo.server.app:create_app_from_env",
         factory=True,
-        host=host or settings.host,
+        host=bind,
         port=port if port is not None else settings.port,
         workers=workers,
+        ws=DenialCompletesHandshake,  # a refused upgrade is not an ERROR (see nubo.server.ws_protocol)
         ws_max_size=settings.ws_max_frame_bytes,
         ws_per_message_deflate=False,  # ~37 KB of zlib state per socket; chat frames are small
         access_log=False,  # uvicorn's access log would print `?token=` query strings

@@ -7,27 +7,16 @@ or an unreachable database, 2 for bad configuration or a bad `--ttl`.
 
 from __future__ import annotations
 
-import asyncio
-
 import psycopg
-import psycopg_pool
 import typer
 
 from nubo import accounts
 from nubo.cli.common import console, fail, print_json, settings_or_exit
+from nubo.cli.stores import run_with_stores, short_error
 from nubo.errors import NuboError
-from nubo.root import open_root
-from nubo.settings import Settings, SettingsError, parse_duration
+from nubo.settings import SettingsError, parse_duration
 
 MAX_TTL = 366 * 86400
-
-
-async def _issue(settings: Settings, ref: str, ttl: int) -> accounts.IssuedTokens:
-    stores = (await open_root(settings, pg_max_size=2)).stores
-    try:
-        return await accounts.issue_operator_token(stores, ref, ttl)
-    finally:
-        await stores.close()
 
 
 def token(
@@ -44,13 +33,13 @@ def token(
     if seconds > MAX_TTL:
         fail(f"--ttl: at most {MAX_TTL // 86400} days", code=2)
     try:
-        issued = asyncio.run(_issue(settings, sub, seconds))
+        issued = run_with_stores(settings, lambda stores: accounts.issue_operator_token(stores, sub, seconds))
     except NuboError as exc:
         fail(exc.message)
     except psycopg.errors.UndefinedTable:
         fail("the database has no nubo schema yet: run `nubo db init` first")
-    except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as exc:
-        fail(f"cannot reach PostgreSQL: {type(exc).__name__}")
+    except (psycopg.Error, OSError) as exc:
+        fail(f"PostgreSQL failed: {short_error(exc)}")
     if as_json:
         print_json(
             {

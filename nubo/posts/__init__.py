@@ -22,7 +22,7 @@ This package exports what other packages use.
 
 from __future__ import annotations
 
-from nubo.posts.comments import add_comment, delete_comment, list_comments, visible_comment
+from nubo.posts.comments import add_comment, delete_comment, earlier_commenters, list_comments, visible_comment
 from nubo.posts.likes import TARGET_COMMENT, TARGET_MESSAGE, TARGET_POST, check_target, like, list_likers, unlike
 from nubo.posts.media import (
     MAX_MEDIA_BYTES,
@@ -79,6 +79,7 @@ __all__ = [
     "decorate_posts",
     "delete_comment",
     "delete_post",
+    "earlier_commenters",
     "get_media",
     "get_post",
     "like",

@@ -5,13 +5,14 @@ by the post's author.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable, Collection
 
 from nubo import social
 from nubo.errors import Forbidden, NotFound
 from nubo.ids import new_id
 from nubo.model import LikeTarget
 from nubo.pagination import Page, make_page
-from nubo.posts.parsing import MAX_COMMENT_CHARS, checked_text
+from nubo.posts.parsing import MAX_COMMENT_CHARS, build_meta, checked_text
 from nubo.posts.views import CommentView, comment_view, like_counts
 from nubo.posts.visibility import USER_VISIBLE_SQL, visible_post
 from nubo.stores import Stores
@@ -19,12 +20,40 @@ from nubo.stores.entities import Row, normalize_row
 from nubo.stores.postgres import pg_read, sql_text
 
 
-async def add_comment(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, content: object) -> CommentView:
+async def add_comment(
+    stores: Stores,
+    viewer: uuid.UUID,
+    post_id: uuid.UUID,
+    content: object,
+    *,
+    on_created: Callable[[Row], Awaitable[object]] | None = None,
+) -> CommentView:
+    """Comment on a visible post. `on_created` (the notifications) runs after the commit with the comment row
+    and its parsed `meta` (the @mentions of existing users)."""
     text = checked_text(content, "content", MAX_COMMENT_CHARS, required=True)
     await visible_post(stores, viewer, post_id)
     async with stores.transaction() as tx:
         row = await tx.insert("comments", {"id": new_id(), "post_id": post_id, "user_id": viewer, "content": text})
+        if on_created is not None:
+            created = {**row, "meta": await build_meta(tx, text)}
+            tx.on_commit(lambda: on_created(created))
     return comment_view(row)
+
+
+async def earlier_commenters(
+    stores: Stores, post_id: uuid.UUID, before: uuid.UUID, *, exclude: Collection[uuid.UUID], limit: int = 50
+) -> list[uuid.UUID]:
+    """The users who commented on a post before comment `before`, most recent first, `exclude` left out."""
+    async with pg_read(stores) as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT user_id FROM (SELECT DISTINCT ON (user_id) user_id, id FROM content.comments "
+                "WHERE post_id = %s AND id < %s AND user_id <> ALL(%s) ORDER BY user_id, id DESC) latest "
+                "ORDER BY id DESC LIMIT %s",
+                (post_id, before, list(exclude), limit),
+            )
+        ).fetchall()
+    return [row["user_id"] for row in rows]
 
 
 async def list_comments(

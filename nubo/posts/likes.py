@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 
 from nubo.errors import NotFound, ValidationFailed
 from nubo.ids import new_id
@@ -56,16 +57,27 @@ async def _like_state(stores: Stores, viewer: uuid.UUID, target_type: int, targe
     return LikeState(target_id=target_id, liked=liked, like_count=count)
 
 
-async def like(stores: Stores, viewer: uuid.UUID, target_type: int, target_id: uuid.UUID) -> LikeState:
-    """Like a visible target; liking twice is a no-op. Returns the like state after the call."""
+async def like(
+    stores: Stores,
+    viewer: uuid.UUID,
+    target_type: int,
+    target_id: uuid.UUID,
+    *,
+    on_created: Callable[[Row], Awaitable[object]] | None = None,
+) -> LikeState:
+    """Like a visible target; liking twice is a no-op. Returns the like state after the call.
+
+    `on_created` (the notification) runs after the commit of a like created now, with its row."""
     await check_target(stores, viewer, target_type, target_id)
     async with stores.transaction() as tx:
         with contextlib.suppress(LookupError):  # already liked: idempotent
-            await tx.insert(
+            row = await tx.insert(
                 "likes",
                 {"id": new_id(), "target_type": target_type, "target_id": target_id, "user_id": viewer},
                 on_conflict_do_nothing=True,
             )
+            if on_created is not None:
+                tx.on_commit(lambda: on_created(row))
     return await _like_state(stores, viewer, target_type, target_id)
 
 

@@ -8,7 +8,7 @@ its comments and the likes on both.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from nubo import social
@@ -34,8 +34,10 @@ async def create_post(
     media_ids: object = (),
     visibility: object = "public",
     location: object = None,
+    on_created: Callable[[Row], Awaitable[object]] | None = None,
 ) -> PostView:
-    """Create a post (content and/or media); returns its API view. Fans it out to followers' feeds."""
+    """Create a post (content and/or media); returns its API view. Fans it out to followers' feeds;
+    `on_created` (the notifications of its @mentions) runs after the commit with the post row."""
     text = checked_text(content, "content", MAX_CONTENT_CHARS, required=False)
     media = media_id_list(media_ids)
     if not (text and text.strip()) and not media:
@@ -57,6 +59,8 @@ async def create_post(
         values["meta"] = await build_meta(tx, text)
         row = await tx.insert("posts", values)
         tx.on_commit(lambda: stores.feed_fan_out.add(row["id"], row["user_id"]))  # to followers' feeds
+        if on_created is not None:
+            tx.on_commit(lambda: on_created(row))
     return post_view(row)
 
 

@@ -29,5 +29,6 @@ positions a client can resume from. ``resync`` carries the ``event_id`` to resum
 Every frame the server sends is a Struct of :mod:`nubo.realtime.frames`, whose docstring lists them all.
 
 The lobby (the seed's plain-text broadcast) is public by design: any plain-text frame goes to every connected
-client on every instance, on its own channel, with no history.
+client on every instance, on its own channel, with no history (:mod:`nubo.realtime.lobby` says what it may
+carry).
 """

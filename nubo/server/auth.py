@@ -302,7 +302,8 @@ class SignupBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
-    """Credentials: `username` (a username or an email) or `email`, and the password."""
+    """Credentials: `username` (a username or an email) or `email`, and the password. When both are given they
+    must name the same account (else 401 `invalid_credentials`)."""
 
     password: Annotated[str, Meta(min_length=1, max_length=accounts.PASSWORD_MAX)]
     username: Login | None = None
@@ -360,7 +361,9 @@ async def login(data: JSONBody[LoginBody], request: Request[Any, Any, Any], stor
     identifier = data.username if data.username is not None else data.email
     if identifier is None:
         raise ValidationFailed("username or email is required", fields={"username": "required (or email)"})
-    tokens = await accounts.login(stores, identifier, data.password, client_info(request, stores.settings))
+    # Both given: the email must be the username's own (a mismatch is refused like a wrong password).
+    email = data.email if data.username is not None else None
+    tokens = await accounts.login(stores, identifier, data.password, client_info(request, stores.settings), email=email)
     return token_response(tokens)
 
 

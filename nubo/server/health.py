@@ -60,7 +60,8 @@ async def readyz(stores: NamedDependency[Stores]) -> Response[Ready | Unready]:
     checks = await stores.check()
     down = [name for name, state in checks.items() if state["status"] != "up"]
     if down:
-        body = Unready("unavailable", f"store down: {', '.join(down)}", "store_unavailable", down, checks)
+        reasons = "; ".join(f"{name}: {checks[name].get('error', 'down')}" for name in down)
+        body = Unready("unavailable", f"store down: {reasons}", "store_unavailable", down, checks)
         return Response(body, status_code=503)
     return Response(Ready("ready", checks, stores.near.status()), status_code=200)
 

@@ -11,10 +11,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated
 
+import msgspec
 from litestar import Response, delete, get, patch, post
 from litestar.params import FromPath, JSONBody, Parameter
+from msgspec import UNSET, UnsetType
 
 from nubo import messaging, notifications
+from nubo.errors import ValidationFailed
 from nubo.ids import parse_id
 from nubo.messaging.views import ConversationView, MessageLikes, MessageView, ReadMarker, UnreadCounts
 from nubo.pagination import Page
@@ -221,6 +224,31 @@ async def read_notifications(
     return UpdatedOut(updated=await notifications.mark_read(stores, caller_id(request), data.up_to if data else None))
 
 
+class NotificationSettingsPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Kinds to turn on (`true`) or off (`false`); absent kinds are kept."""
+
+    follow: bool | UnsetType = UNSET
+    like: bool | UnsetType = UNSET
+    comment: bool | UnsetType = UNSET
+    reply: bool | UnsetType = UNSET
+    mention: bool | UnsetType = UNSET
+
+
+@get("/me/settings/notifications", summary="Which notification kinds the caller receives", tags=["notifications"])
+async def get_notification_settings(request: AnyRequest, stores: StoresDep) -> notifications.NotificationSettings:
+    return await notifications.get_notification_settings(stores, caller_id(request))
+
+
+@patch("/me/settings/notifications", summary="Turn notification kinds on or off", tags=["notifications"])
+async def patch_notification_settings(
+    request: AnyRequest, stores: StoresDep, data: JSONBody[NotificationSettingsPatch]
+) -> notifications.NotificationSettings:
+    changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not UNSET}
+    if not changes:
+        raise ValidationFailed("Nothing to change", fields={"body": "at least one notification kind"})
+    return await notifications.update_notification_settings(stores, caller_id(request), changes)
+
+
 ROUTES = [
     create_conversation,
     list_conversations,
@@ -238,4 +266,6 @@ ROUTES = [
     get_unread,
     list_notifications,
     read_notifications,
+    get_notification_settings,
+    patch_notification_settings,
 ]

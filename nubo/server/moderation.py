@@ -20,10 +20,6 @@ from nubo.ids import parse_id
 from nubo.moderation import AdminReport, Report, StateName, TargetName
 from nubo.pagination import Page
 from nubo.server.users import AnyRequest, Before, Limit, StoresDep, caller_id
-from nubo.settings import RateLimit
-
-# Reports are cheap to send and costly to review: cap each user at 30 an hour.
-REPORT_RATE = RateLimit(30, 3600)
 
 # `state` is a reserved Litestar kwarg name, hence the alias.
 StateQuery = Annotated[StateName | None, QueryParameter(name="state", description="Only this state")]
@@ -49,7 +45,8 @@ class Resolution(msgspec.Struct, forbid_unknown_fields=True):
 @post("/reports", summary="Report a user, post, comment or message", tags=["moderation"])
 async def create_report(request: AnyRequest, stores: StoresDep, data: JSONBody[NewReport]) -> Report:
     reporter = caller_id(request)
-    await stores.rate_limits.limit("reports", str(reporter), REPORT_RATE)
+    # Reports are cheap to send and costly to review: each user is capped (NUBO_RATE_REPORTS, 30/hour).
+    await stores.rate_limits.limit("reports", str(reporter), stores.settings.rate_reports)
     return await moderation.create_report(stores, reporter, data.target_type, data.target_id, data.reason)
 
 

@@ -16,7 +16,7 @@ from litestar import delete, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter, QueryParameter
 from msgspec import UNSET, UnsetType
 
-from nubo import posts
+from nubo import notifications, posts
 from nubo.ids import parse_id
 from nubo.pagination import Page
 from nubo.posts import CommentView, LikeState, MediaView, PostView
@@ -83,6 +83,7 @@ async def create_post(request: AnyRequest, stores: StoresDep, data: JSONBody[New
         media_ids=data.media_ids,
         visibility=data.visibility,
         location=data.location,
+        on_created=lambda row: notifications.post_created(stores, row),
     )
 
 
@@ -137,7 +138,13 @@ async def list_comments(
 async def add_comment(
     request: AnyRequest, stores: StoresDep, post_id: PostIdPath, data: JSONBody[NewComment]
 ) -> CommentView:
-    return await posts.add_comment(stores, caller_id(request), parse_id(post_id, "post_id"), data.content)
+    return await posts.add_comment(
+        stores,
+        caller_id(request),
+        parse_id(post_id, "post_id"),
+        data.content,
+        on_created=lambda row: notifications.comment_created(stores, row),
+    )
 
 
 @delete(
@@ -155,7 +162,13 @@ async def delete_comment(request: AnyRequest, stores: StoresDep, comment_id: Com
 
 @post("/posts/{post_id:str}/like", summary="Like a post (idempotent)", tags=["likes"], status_code=200)
 async def like_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) -> LikeState:
-    return await posts.like(stores, caller_id(request), posts.TARGET_POST, parse_id(post_id, "post_id"))
+    return await posts.like(
+        stores,
+        caller_id(request),
+        posts.TARGET_POST,
+        parse_id(post_id, "post_id"),
+        on_created=lambda row: notifications.like_created(stores, row),
+    )
 
 
 @delete("/posts/{post_id:str}/like", summary="Unlike a post (idempotent)", tags=["likes"], status_code=200)
@@ -165,7 +178,13 @@ async def unlike_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPat
 
 @post("/comments/{comment_id:str}/like", summary="Like a comment (idempotent)", tags=["likes"], status_code=200)
 async def like_comment(request: AnyRequest, stores: StoresDep, comment_id: CommentIdPath) -> LikeState:
-    return await posts.like(stores, caller_id(request), posts.TARGET_COMMENT, parse_id(comment_id, "comment_id"))
+    return await posts.like(
+        stores,
+        caller_id(request),
+        posts.TARGET_COMMENT,
+        parse_id(comment_id, "comment_id"),
+        on_created=lambda row: notifications.like_created(stores, row),
+    )
 
 
 @delete(

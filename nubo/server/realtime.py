@@ -15,7 +15,8 @@ Then the server sends ``hello`` (with the position it resumes from), replays wha
 
 Server -> client frames are the Structs of :mod:`nubo.realtime.frames` (its docstring lists them). Client -> server
 frames are JSON envelopes ``{"type": ...}``; a text frame whose first non-blank character is neither ``{`` nor ``[``
-is a plain lobby message (the seed's broadcast, public). Types: ``message.send`` {conversation_id, content,
+is a plain lobby message (the seed's broadcast, public; :mod:`nubo.realtime.lobby` refuses blank text, text over
+4,000 characters and bare JSON values such as ``42`` or ``null``). Types: ``message.send`` {conversation_id, content,
 client_id} -> ``ack`` {client_id, message_id, conversation_id, duplicate} right after the PostgreSQL commit (before the
 ``message.new`` events are published); ``typing`` {conversation_id}; ``read`` {conversation_id, message_id?};
 ``ping`` -> ``pong``; ``resume`` {last_event_id} (first frame only, an alternative to the query parameter). Any bad
@@ -47,6 +48,7 @@ from nubo.logs import get_logger
 from nubo.realtime import typing_events
 from nubo.realtime.frames import AckFrame, ErrorFrame, PongFrame
 from nubo.realtime.hub import CLOSE_REASONS, CLOSE_TIMEOUT_SECONDS, Connection, Hub, Resume
+from nubo.realtime.lobby import checked_lobby_text
 from nubo.root import Root
 from nubo.server.auth import deny_websocket
 from nubo.settings import Settings
@@ -286,6 +288,7 @@ class Session:
         self.conn.offer(Resume(raw))
 
     async def on_lobby(self, text: str) -> None:
+        checked_lobby_text(text)  # blank, too long or a bare JSON value: an `error` frame, nothing broadcast
         await self.stores.rate_limits.limit("lobby", str(self.user_id), self.settings.rate_messages)
         await self.hub.bus.publish_lobby(text)
 

@@ -67,7 +67,10 @@ async def search_users(
 async def follow_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath) -> social.Relationship:
     viewer, target = caller_id(request), parse_id(user_id, "user_id")
     await social.follow(
-        stores, viewer, target, on_created=lambda: notifications.notify(stores, target, "follow", actor_id=viewer)
+        stores,
+        viewer,
+        target,
+        on_created=lambda: notifications.notify(stores, target, "follow", actor_id=viewer, group="follow"),
     )
     return await social.relationship(stores, viewer, target)
 
@@ -131,7 +134,8 @@ async def get_relationships(
         ]
     ],
 ) -> Page[social.Relationship]:
-    """Unknown or hidden-by-state users are left out; a blocked user shows `blocking`/`blocked_by`."""
+    """Unknown users, users hidden by their state and users who block the caller are left out; a user the caller
+    blocks shows `blocking`."""
     found = await social.relationships(stores, caller_id(request), social.parse_id_list(ids))
     return Page(items=found, next=None)
 

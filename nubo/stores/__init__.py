@@ -101,8 +101,10 @@ class Stores:
         async def run(name: str, probe: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
             try:
                 return {"status": "up", **await asyncio.wait_for(probe(), timeout)}
+            except TimeoutError:  # its message is empty: say what happened
+                return {"status": "down", "error": f"{name} did not answer within {timeout:g} s"}
             except Exception as exc:  # any failure means "down"; the reason is reported, not raised
-                return {"status": "down", "error": f"{type(exc).__name__}: {exc}"[:300]}
+                return {"status": "down", "error": describe_failure(exc)}
 
         results = await asyncio.gather(*(run(name, probe) for name, probe in probes.items()))
         return dict(zip(probes, results, strict=True))
@@ -111,6 +113,12 @@ class Stores:
         await self.pg.close()
         await self.mongo_client.close()
         await self.redis.aclose()
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A store error as one short line: its type, and its message when it has one."""
+    message = " ".join(str(exc).split())
+    return (f"{type(exc).__name__}: {message}" if message else type(exc).__name__)[:300]
 
 
 async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg_max_size: int = 20) -> Stores:

@@ -1,7 +1,9 @@
 """Mongo `notifications`: each user's notifications, newest first by their UUIDv7 `_id`.
 
-Documents are ``{_id, user_id, kind, actor_id, data, read, created_at, last_use}``; `last_use` lets
-`nubo db purge` age them out like every `*_recent` collection. Notifications are derived data (they can be
+Documents are ``{_id, user_id, kind, group, actor_id, actor_ids, count, data, read, created_at,
+last_use}``; `last_use` lets `nubo db purge` age them out like every `*_recent` collection. A `group` names
+what a notification is about ("like:post:<id>"): :func:`insert_grouped` keeps one document per user and
+group. Notifications are derived data (they can be
 regenerated from the relations, likes and comments they point at), so a failed insert is counted and logged,
 not raised; a failed read or update raises :class:`NotificationsUnavailable`.
 """
@@ -9,6 +11,7 @@ not raised; a failed read or update raises :class:`NotificationsUnavailable`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -64,3 +67,37 @@ async def mark_read(stores: Stores, user_id: uuid.UUID, up_to: uuid.UUID | None)
     except PyMongoError as exc:
         raise NotificationsUnavailable(str(exc)) from exc
     return int(result.modified_count)
+
+
+MERGE_ATTEMPTS = 5
+
+
+async def insert_grouped(
+    stores: Stores, doc: MongoDoc, merge: Callable[[MongoDoc, MongoDoc], MongoDoc | None]
+) -> MongoDoc | None:
+    """Store `doc`, folding in the newest document of its group (same `user_id` and `group`) when there is one.
+
+    `merge(previous, doc)` gives the document to store, or None when the activity adds nothing (then nothing
+    changes and None is returned). The merged document gets `doc`'s new `_id`, so a group moves to the top of
+    the newest-first list with its latest activity. The previous document is taken (deleted) before the
+    merged one is written; a writer that finds it already taken re-reads and merges with whatever replaced
+    it, so concurrent activity is never lost. Returns what was stored (or, when Mongo fails, what would have
+    been: the failure is counted).
+    """
+    notes = stores.mongo[COLLECTION]
+    for _ in range(MERGE_ATTEMPTS):
+        try:
+            previous = await notes.find_one({"user_id": doc["user_id"], "group": doc["group"]}, sort=[("_id", -1)])
+            stored = merge(previous, doc) if previous is not None else doc
+            if stored is None:
+                return None
+            if previous is not None and await notes.find_one_and_delete({"_id": previous["_id"]}) is None:
+                continue  # merged by a concurrent writer meanwhile: merge with its result
+        except PyMongoError as exc:
+            stores.count_failure("mongo_notifications")
+            log.warning("notification_store_failed", extra={"kind": doc.get("kind"), "error": str(exc)[:200]})
+            return doc
+        await insert(stores, stored)
+        return stored
+    await insert(stores, doc)
+    return doc

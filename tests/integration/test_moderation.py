@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
 import pytest
+from litestar.testing import AsyncTestClient
 
 from nubo.ids import new_id
 from nubo.model import Visibility
-from nubo.settings import Settings
+from nubo.server.app import create_app
+from nubo.settings import RateLimit, Settings
 from nubo.stores import Stores
 from tests.helpers.social import (
     Client,
@@ -280,3 +283,14 @@ async def test_demoted_moderator_loses_access_at_once(client: Client, moderator:
     assert (await client.get("/admin/reports", headers=moderator.headers)).status_code == 200
     await set_user_fields(db, moderator.id, grade=1)
     assert_error(await client.get("/admin/reports", headers=moderator.headers), 403, "forbidden")
+
+
+async def test_the_report_limit_is_a_setting(db: Stores, settings: Settings) -> None:
+    """NUBO_RATE_REPORTS (it was 30 an hour, hard-coded)."""
+    limited = dataclasses.replace(settings, rate_reports=RateLimit(2, 3600))
+    async with AsyncTestClient(create_app(limited)) as small:
+        reporter, author = await new_member(small), await new_member(small)
+        posts = [await make_post(db, author.id) for _ in range(3)]
+        for post_id in posts[:2]:
+            assert (await report(small, reporter, "post", post_id)).status_code == 201
+        assert_error(await report(small, reporter, "post", posts[2]), 429, "rate_limited")

@@ -56,7 +56,6 @@ async def test_block_removes_follows_both_ways_from_every_tier(
         "following": False,
         "followed_by": False,
         "blocking": True,
-        "blocked_by": False,
     }
     assert await follows_between(db, alice.id, bob.id) == []
     for follow_id in follow_ids:
@@ -68,8 +67,10 @@ async def test_block_removes_follows_both_ways_from_every_tier(
     # Idempotent.
     assert (await client.post(f"/users/{bob.id}/block", headers=alice.headers)).status_code == 200
     assert len(await pg_all(db, "SELECT * FROM auth.blocks WHERE blocker_id = %s", alice.id)) == 1
+    # Bob is told nothing: Alice is absent to him, as on every other route (no `blocked_by` leak).
     seen_by_bob = await client.get("/relationships", params={"ids": str(alice.id)}, headers=bob.headers)
-    assert seen_by_bob.json()["items"][0]["blocked_by"] is True
+    assert seen_by_bob.status_code == 200 and seen_by_bob.json()["items"] == []
+    assert (await client.get(f"/users/{alice.id}", headers=bob.headers)).status_code == 404
 
 
 async def test_blocked_users_are_absent_to_each_other(client: Client, pair: tuple[Member, Member]) -> None:

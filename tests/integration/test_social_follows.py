@@ -44,7 +44,6 @@ async def test_follow_is_idempotent_and_reaches_every_tier(
             "following": True,
             "followed_by": False,
             "blocking": False,
-            "blocked_by": False,
         }
     rows = await follow_rows(db, alice.id, bob.id)
     assert len(rows) == 1 and rows[0]["state"] == 1
@@ -83,7 +82,7 @@ async def test_relationships_from_both_sides(client: Client, pair: tuple[Member,
     items = response.json()["items"]
     assert [item["id"] for item in items] == [str(bob.id), str(carol.id)]  # unknown left out, order kept
     assert items[0]["following"] is True and items[0]["followed_by"] is False
-    assert not any(items[1][key] for key in ("following", "followed_by", "blocking", "blocked_by"))
+    assert not any(items[1][key] for key in ("following", "followed_by", "blocking"))
     seen_by_bob = (await client.get("/relationships", params={"ids": str(alice.id)}, headers=bob.headers)).json()
     assert seen_by_bob["items"][0]["followed_by"] is True and seen_by_bob["items"][0]["following"] is False
 

@@ -16,6 +16,7 @@ from nubo.settings import (
     RateLimit,
     Settings,
     SettingsError,
+    dev_key_exposure,
     load_settings,
     parse_duration,
     parse_rate,
@@ -195,3 +196,31 @@ def test_feed_settings() -> None:
         with pytest.raises(SettingsError) as info:
             load(**{variable: raw})
         assert info.value.variable == variable
+
+
+@pytest.mark.parametrize("raw", ["", " ", "\t"])
+def test_an_empty_or_blank_redis_prefix_is_refused(raw: str) -> None:
+    """An empty prefix used to become `nubo:` silently: `nubo cache flush` would empty the default namespace."""
+    with pytest.raises(SettingsError) as info:
+        load(NUBO_REDIS_PREFIX=raw)
+    assert info.value.variable == "NUBO_REDIS_PREFIX"
+
+
+def test_the_report_limit_is_a_setting() -> None:
+    assert load().rate_reports == RateLimit(30, 3600)
+    assert load(NUBO_RATE_REPORTS="5/minute").rate_reports == RateLimit(5, 60)
+    with pytest.raises(SettingsError):
+        load(NUBO_RATE_REPORTS="lots")
+
+
+def test_the_development_key_off_loopback_needs_an_explicit_dev_env() -> None:
+    with pytest.raises(SettingsError) as info:
+        dev_key_exposure(load(), "0.0.0.0")
+    assert info.value.variable == "JWT_SECRET"
+    with pytest.raises(SettingsError):
+        dev_key_exposure(load(NUBO_ENV="test"), "10.0.0.5")
+    warning = dev_key_exposure(load(NUBO_ENV="dev"), "0.0.0.0")
+    assert warning is not None and "JWT_SECRET" in warning
+    assert dev_key_exposure(load(), "127.0.0.1") is None
+    assert dev_key_exposure(load(), "::1") is None
+    assert dev_key_exposure(load(JWT_SECRET="x" * 32), "0.0.0.0") is None

@@ -82,6 +82,16 @@ async def test_signup_login_me_refresh_reuse_revokes_then_login_again(client: Cl
     assert (await client.get("/me", headers=again.headers)).status_code == 200
 
 
+async def test_login_with_a_username_and_another_users_email_is_refused(client: Client, account: Account) -> None:
+    other = await new_account(client)
+    mixed = {"username": account.username, "email": other.email, "password": PASSWORD}
+    assert_error(await client.post("/login", json=mixed), 401, "invalid_credentials")
+    same = {"username": account.username, "email": account.email.upper(), "password": PASSWORD}
+    response = await client.post("/login", json=same)
+    assert response.status_code == 200, response.text
+    assert claims_of(response.json()["access_token"])["sub"] == str(account.id)
+
+
 async def test_login_by_email_any_case(client: Client, account: Account) -> None:
     response = await client.post("/login", json={"email": account.email.upper(), "password": PASSWORD})
     assert response.status_code == 200, response.text

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from nubo import messaging
+from nubo.cli.chat import ChatClient
 from nubo.stores import Stores
 from tests.helpers.harness import ROOT, ServerProcess
 from tests.helpers.messaging import PASSWORD, WsClient, make_users
@@ -119,3 +120,45 @@ async def test_chat_refuses_bad_credentials(db: Stores, server: ServerProcess, p
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
     assert b"login failed" in err and b"invalid_credentials" in err
+
+
+async def test_chat_lists_by_username_explains_bad_commands_and_follows_port(
+    db: Stores, server: ServerProcess, process_env: dict[str, str]
+) -> None:
+    alice, bob = await make_users(db, "alice", "bob")
+    conv, _ = await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])
+    env = {**process_env, "COLUMNS": "200", "PORT": str(server.port)}  # no --url: PORT says where
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "nubo", "chat", "--username", alice.username, "--password", PASSWORD),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    seen: list[str] = []
+    try:
+        await _read_until(proc.stdout, "connected", seen)
+        listing = "".join(seen)
+        assert f"1. direct with {bob.username}" in listing and str(conv.id) not in listing
+        proc.stdin.write(b"/open 99\n/frobnicate now\n/open 1\n/quit\n")
+        await proc.stdin.drain()
+        await _read_until(proc.stdout, "no conversation number 99: /list shows 1 to 1", seen)
+        await _read_until(proc.stdout, "unknown command /frobnicate", seen)
+        await _read_until(proc.stdout, "== direct conversation", seen)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.parametrize("text", ["42", "null", '"x"', '{"no": "type"}'])
+async def test_chat_shows_lobby_text_that_parses_as_json(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    client = ChatClient("http://127.0.0.1:1", "token", None, None)
+    try:
+        await client.on_frame(text)
+    finally:
+        await client.http.aclose()
+    assert f"[lobby] {text}" in capsys.readouterr().out

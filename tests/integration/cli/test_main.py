@@ -5,6 +5,9 @@ The rules of `nubo.settings` themselves are unit tests: `tests/unit/test_setting
 
 from __future__ import annotations
 
+import re
+import socket
+
 import pytest
 
 from tests.helpers.cli import command_paths
@@ -29,6 +32,13 @@ def test_every_command_help_describes_it(process_env: dict[str, str], path: tupl
     assert "Usage:" in out
     first_words = " ".join(help_text.split()[:6])
     assert first_words in out, f"help of `nubo {' '.join(path)}` does not show its description"
+
+
+@pytest.mark.parametrize(("path", "help_text"), COMMANDS, ids=[" ".join(p) or "nubo" for p, _ in COMMANDS])
+def test_help_shows_no_python_type_metavars(process_env: dict[str, str], path: tuple[str, ...], help_text: str) -> None:
+    result = run_nubo([*path, "--help"], {**process_env, "COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.returncode == 0, result.stderr
+    assert not re.search(r"<(bool|str|int|float|path)>", result.stdout), result.stdout
 
 
 def test_db_help_lists_its_commands_and_options(process_env: dict[str, str]) -> None:
@@ -64,3 +74,31 @@ def test_bad_setting_is_one_line_naming_it_and_exit_2(
     assert variable in lines[0] and "Traceback" not in result.stderr
     assert "too-short" not in result.stderr  # a rejected secret is never echoed
     assert result.stdout == ""
+
+
+def test_serve_refuses_the_development_key_off_loopback_without_an_explicit_dev_env(
+    process_env: dict[str, str],
+) -> None:
+    env = {k: v for k, v in process_env.items() if k not in ("JWT_SECRET", "NUBO_ENV")}
+    result = run_nubo(["serve", "--host", "0.0.0.0", "--port", "1"], env, timeout=30)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "JWT_SECRET" in lines[0] and "NUBO_ENV=dev" in lines[0], result.stderr
+
+
+def test_serve_warns_about_the_development_key_under_an_explicit_dev_env(process_env: dict[str, str]) -> None:
+    env = {k: v for k, v in process_env.items() if k != "JWT_SECRET"} | {"NUBO_ENV": "dev"}
+    with socket.socket() as taken:  # the port is taken, so the server stops right after the warning
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_nubo(["serve", "--host", "0.0.0.0", "--port", str(port)], env, timeout=60)
+    assert result.returncode != 0
+    assert "warning" in result.stderr and "development JWT key" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", [["serve"], ["cache", "flush"]], ids=" ".join)
+def test_an_empty_redis_prefix_stops_the_command(process_env: dict[str, str], command: list[str]) -> None:
+    result = run_nubo(command, {**process_env, "NUBO_REDIS_PREFIX": " "}, timeout=30)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1 and "NUBO_REDIS_PREFIX" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -59,3 +60,15 @@ async def test_deactivated_user_exits_1(client: Client, process_env: dict[str, s
     assert (await client.delete("/me", headers=account.headers)).status_code == 204
     result = run_nubo(["token", "--sub", account.username], process_env)
     assert result.returncode == 1 and "not active" in result.stderr
+
+
+def test_wrong_postgres_password_is_one_line_naming_the_cause(process_env: dict[str, str]) -> None:
+    url = urlsplit(process_env["NUBO_POSTGRES_URL"])
+    netloc = f"{url.username}:not-the-password@{url.hostname}:{url.port}"
+    env = {**process_env, "NUBO_POSTGRES_URL": urlunsplit(url._replace(netloc=netloc))}
+    result = run_nubo(["token", "--sub", "someone"], env, timeout=60)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # no pool warnings, no PoolTimeout
+    assert "PostgreSQL" in lines[0] and "password authentication failed" in lines[0], lines
+    assert "not-the-password" not in result.stderr

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 
 from nubo.server.app import create_app
 from nubo.settings import Settings
+from nubo.stores import open_stores
 from tests.helpers.harness import ServerProcess, free_port
 
 
@@ -94,3 +97,18 @@ async def test_startup_heap_is_frozen_while_the_app_runs(db: object, settings: S
     async with create_app(settings).lifespan():
         assert gc.get_freeze_count() > 10_000
     assert gc.get_freeze_count() == 0
+
+
+async def test_readyz_names_a_store_that_does_not_answer(settings: Settings) -> None:
+    """A store that accepts connections but never answers: the reason is said (it was `"TimeoutError: "`)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"mongodb://127.0.0.1:{silent.getsockname()[1]}/"
+        stores = await open_stores(dataclasses.replace(settings, mongo_url=url))
+        try:
+            checks = await stores.check(timeout=0.5)
+        finally:
+            await stores.close()
+    assert checks["mongo"] == {"status": "down", "error": "mongo did not answer within 0.5 s"}
+    assert checks["postgres"]["status"] == "up"
