@@ -1,4 +1,5 @@
-"""The three stores and their connections. Domain code reaches them only through `nubo.stores` modules."""
+"""The three stores (and the media bucket) and their connections. Domain code reaches them only through
+`nubo.stores` modules."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from nubo.stores.entities import ENTITIES
 from nubo.stores.events import EventBus
 from nubo.stores.mongo import MongoDoc
 from nubo.stores.near import NearCache
+from nubo.stores.objects import ObjectStore
 from nubo.stores.postgres import PgPool
 from nubo.stores.projection import Projector
 from nubo.stores.ratelimit import RateLimits
@@ -70,6 +72,7 @@ class Stores:
     background_pg: asyncio.Semaphore
     failures: StoreFailures
     scripts: LuaScripts
+    objects: ObjectStore  # the media bucket on S3-compatible storage (nubo.stores.objects)
 
     @property
     def mongo(self) -> AsyncDatabase[MongoDoc]:
@@ -145,6 +148,7 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
         mirror_refresh=BatchQueue("session-mirror-refresh", max_batch=MIRROR_REFRESH_BATCH),
         background_pg=asyncio.Semaphore(BACKGROUND_PG_SLOTS),
         failures=failures,
+        objects=ObjectStore(settings),
     )
 
 
