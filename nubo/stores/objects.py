@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
@@ -55,14 +55,15 @@ class ObjectInfo:
     content_type: str | None
 
 
-@dataclass
 class ObjectStore:
-    """One bucket of an S3-compatible store (settings `NUBO_S3_*`)."""
+    """One bucket of an S3-compatible store (settings `NUBO_S3_*`). A plain class, not a dataclass: the
+    server's dependency injection inspects dataclass fields, and a lock is not a type it converts."""
 
-    settings: Settings
-    _client: Any = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _bucket_checked: bool = False
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._bucket_checked = False
 
     @property
     def bucket(self) -> str:
