@@ -118,8 +118,12 @@ def process_image(data: bytes, max_pixels: int, widths: tuple[int, ...] = VARIAN
     oriented = ImageOps.exif_transpose(image)
     rgb = oriented.convert("RGBA" if _has_alpha(oriented) else "RGB")
     rgb.info = {}  # no EXIF, XMP or comment may reach an encoder that would copy it from `info`
-    variants = [_variant(rgb, width) for width in widths]
-    return ProcessedImage(width, height, variants, _placeholder(rgb))
+    variants: list[Variant] = []
+    source = rgb
+    for target in sorted(widths, reverse=True):  # each size from the next larger one: fewer pixels to filter
+        variant, source = _variant(source, target)
+        variants.insert(0, variant)
+    return ProcessedImage(width, height, variants, _placeholder(source))
 
 
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
@@ -132,15 +136,15 @@ def _has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
 
 
-def _variant(image: Image.Image, width: int) -> Variant:
-    """`image` scaled down to `width` (never up), encoded as WebP with no metadata."""
+def _variant(image: Image.Image, width: int) -> tuple[Variant, Image.Image]:
+    """`image` scaled down to `width` (never up) and encoded as WebP with no metadata; and the scaled image."""
     scaled = image
     if image.width > width:
         height = max(1, round(image.height * width / image.width))
         scaled = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
     out = io.BytesIO()
     scaled.save(out, "WEBP", quality=WEBP_QUALITY, method=4)  # no exif= / icc_profile=: nothing copied
-    return Variant(str(width), out.getvalue(), scaled.width, scaled.height)
+    return Variant(str(width), out.getvalue(), scaled.width, scaled.height), scaled
 
 
 def _placeholder(image: Image.Image) -> str:
