@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from nubo import media
 from nubo.stores import Stores
 from tests.helpers.media import download, jpeg_with_exif, media_prefix, upload_media
 from tests.helpers.social import Client, Member, assert_error, new_member, pg_one
@@ -129,3 +130,18 @@ async def test_a_message_attachment_is_for_members_only(client: Client, db: Stor
     assert (await client.get(f"/conversations/{conv}/messages", headers=bob.headers)).json()["items"][0][
         "attachments"
     ] == []
+
+
+async def test_a_deleted_accounts_media_objects_are_purged(client: Client, db: Stores) -> None:
+    dora = await new_member(client)
+    photo = await upload_media(client, dora, jpeg_with_exif(40, 30))
+    async with db.pg.connection() as conn:  # an account deleted for good: its media rows go by cascade
+        await conn.execute("DELETE FROM auth.users WHERE id = %s", (dora.id,))
+    assert len(await db.objects.list_keys(media_prefix(dora.id, photo["id"]))) == 2
+    assert (await media.purge_media(db))["objects"] >= 2
+    assert await db.objects.list_keys(media_prefix(dora.id, photo["id"])) == []
+
+
+async def test_the_api_schema_documents_the_media_routes(client: Client) -> None:
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert {"/media", "/media/{media_id}/complete", "/media/{media_id}"} <= set(schema["paths"])

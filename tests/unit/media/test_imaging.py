@@ -63,3 +63,16 @@ def test_bad_images_are_rejected(data: bytes, code: str) -> None:
     with pytest.raises(ImageRejected) as caught:
         process_image(data, max_pixels=20_000_000)
     assert caught.value.code == code
+
+
+def test_heic_from_phones_is_accepted() -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (640, 480), (10, 200, 30)).save(out, "HEIF", quality=60)  # pillow-heif's encoder
+    data = out.getvalue()
+    assert sniff(data[:64]) == "image/heic"
+    result = process_image(data, max_pixels=1_000_000)
+    assert (result.width, result.height) == (640, 480)
+    assert [(v.name, v.width, v.mime) for v in result.variants] == [
+        ("320", 320, "image/webp"),
+        ("1080", 640, "image/webp"),
+    ]
