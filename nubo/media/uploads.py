@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from nubo import social
 from nubo.errors import Conflict, NotFound, PayloadTooLarge, RateLimited, ValidationFailed
@@ -128,37 +128,48 @@ async def complete_upload(stores: Stores, owner: uuid.UUID, media_id: uuid.UUID)
     row = await own_media(stores, owner, media_id)
     if row["processing_state"] == READY:
         return media_view(row, stores.objects)
-    key = row["storage_path"]
+    data = await _checked_upload(stores, row)
+    is_image = row["kind"] == 0
+    changes = await _processed_image(stores, row, data) if is_image else _video(row)
+    async with stores.transaction() as tx:
+        updated = await tx.update("media", media_id, {"processing_state": READY, **changes})
+    if updated is None:  # deleted meanwhile (a purge): its objects are listed for the next purge
+        raise NotFound("No such media", code="media_not_found")
+    if is_image:
+        await stores.objects.delete([row["storage_path"]])  # the upload, with its EXIF: only clean variants stay
+    log.info("media_ready", extra={"media_id": str(media_id), "kind": KINDS[row["kind"]], "size": row["size"]})
+    return media_view(updated, stores.objects)
+
+
+async def _checked_upload(stores: Stores, row: Row) -> bytes:
+    """The upload's bytes (an image whole, within its size limit; a video's first bytes only), once its size
+    and magic bytes match what was declared."""
+    key, is_image = row["storage_path"], row["kind"] == 0
     info = await stores.objects.head(key)
     if info is None:
         raise Conflict("Nothing was uploaded for this media yet", code="upload_missing")
     if info.size != row["size"]:
         await _refuse(stores, row, "size_mismatch", f"the upload has {info.size} bytes, {row['size']} were declared")
-    head = await stores.objects.read(key, MAGIC_BYTES)
-    if not same_family(row["mime"], sniff(head)):
-        code = "not_an_image" if row["kind"] == 0 else "not_a_video"
+    data = await stores.objects.read(key, None if is_image else MAGIC_BYTES)
+    if not same_family(row["mime"], sniff(data[:MAGIC_BYTES])):
+        code = "not_an_image" if is_image else "not_a_video"
         await _refuse(stores, row, code, f"the file is not a {row['mime']} file")
-    variants: dict[str, Any]
-    changes: dict[str, Any] = {"processing_state": READY}
-    if row["kind"] == 0:
-        data = await stores.objects.read(key)
-        try:
-            image = await asyncio.to_thread(process_image, data, stores.settings.media_max_pixels)
-        except ImageRejected as exc:
-            await _refuse(stores, row, exc.code, str(exc))
-        variants = await _store_variants(stores, row, image)
-        changes |= {"width": image.width, "height": image.height, "placeholder": image.placeholder}
-    else:
-        variants = {"original": {"key": key, "size": info.size, "mime": row["mime"]}}
-    changes["variants"] = variants
-    async with stores.transaction() as tx:
-        updated = await tx.update("media", media_id, changes)
-    if updated is None:  # deleted meanwhile (a purge): its objects are listed for the next purge
-        raise NotFound("No such media", code="media_not_found")
-    if row["kind"] == 0:
-        await stores.objects.delete([key])  # the upload, with its EXIF: only the clean variants stay
-    log.info("media_ready", extra={"media_id": str(media_id), "kind": KINDS[row["kind"]], "size": row["size"]})
-    return media_view(updated, stores.objects)
+    return data
+
+
+async def _processed_image(stores: Stores, row: Row, data: bytes) -> dict[str, Any]:
+    """Process the image in a thread and store its variants; the row's new columns."""
+    try:
+        image = await asyncio.to_thread(process_image, data, stores.settings.media_max_pixels)
+    except ImageRejected as exc:
+        await _refuse(stores, row, exc.code, str(exc))
+    variants = await _store_variants(stores, row, image)
+    return {"width": image.width, "height": image.height, "placeholder": image.placeholder, "variants": variants}
+
+
+def _video(row: Row) -> dict[str, Any]:
+    """A video is kept as uploaded: its one variant is the upload."""
+    return {"variants": {"original": {"key": row["storage_path"], "size": row["size"], "mime": row["mime"]}}}
 
 
 async def _store_variants(stores: Stores, row: Row, image: ProcessedImage) -> dict[str, Any]:
@@ -170,7 +181,7 @@ async def _store_variants(stores: Stores, row: Row, image: ProcessedImage) -> di
     }
 
 
-async def _refuse(stores: Stores, row: Row, code: str, message: str) -> None:
+async def _refuse(stores: Stores, row: Row, code: str, message: str) -> NoReturn:
     """Delete the upload and the row (nothing left behind), then raise a 422 with `code`."""
     await stores.objects.delete_prefix(f"media/{row['owner_id']}/{row['id']}/")
     async with stores.transaction() as tx:
