@@ -114,6 +114,7 @@ class Stores:
         await self.pg.close()
         await self.mongo_client.close()
         await self.redis.aclose()
+        self.objects.close()
 
 
 async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg_max_size: int = 20) -> Stores:

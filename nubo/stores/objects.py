@@ -114,7 +114,14 @@ class ObjectStore:
             except ClientError as exc:
                 if _code(exc) not in _MISSING and _status(exc) != 404:
                     raise
-                self.client.create_bucket(Bucket=self.bucket)
+                region = self.settings.s3_region
+                if region and region != "us-east-1":  # AWS wants the region of a bucket made elsewhere
+                    self.client.create_bucket(
+                        Bucket=self.bucket,
+                        CreateBucketConfiguration={"LocationConstraint": region},  # type: ignore[typeddict-item]
+                    )
+                else:
+                    self.client.create_bucket(Bucket=self.bucket)
 
         await self._run(ensure)
         self._bucket_checked = True
@@ -199,6 +206,13 @@ class ObjectStore:
             self.client.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
             )
+
+    def close(self) -> None:
+        """Close the client's connections (a new client is made if the store is used again)."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     async def ping(self) -> dict[str, Any]:
         await self._run(lambda: self.client.head_bucket(Bucket=self.bucket))
