@@ -64,6 +64,7 @@ class ObjectStore:
         self._client: Any = None
         self._lock = threading.Lock()
         self._bucket_checked = False
+        self._down = False
 
     @property
     def bucket(self) -> str:
@@ -94,14 +95,25 @@ class ObjectStore:
     async def _run(self, call: Callable[[], T]) -> T:
         """Run one blocking boto3 call in a thread; an unreachable store becomes a 503 ("s3")."""
         try:
-            return await asyncio.to_thread(call)
+            result = await asyncio.to_thread(call)
         except _UNREACHABLE as exc:
-            log.warning("s3_unreachable", extra={"error": str(exc)[:200]})
+            self._mark_down(str(exc))
             raise StoreUnavailable("s3") from exc
         except ClientError as exc:
             if _status(exc) >= 500:
+                self._mark_down(str(exc))
                 raise StoreUnavailable("s3") from exc
             raise
+        if self._down:
+            self._down = False
+            log.info("s3_reachable", extra={"bucket": self.bucket})
+        return result
+
+    def _mark_down(self, error: str) -> None:
+        """One log line when the store goes down, not one per request."""
+        if not self._down:
+            self._down = True
+            log.warning("s3_unreachable", extra={"bucket": self.bucket, "error": error[:200]})
 
     async def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (once per process)."""

@@ -143,15 +143,21 @@ async def test_the_daily_quota(strict_client: Client) -> None:
     assert int(response.headers["Retry-After"]) > 3600
 
 
-async def test_s3_down_is_a_503_naming_the_store(db: Stores, settings_env: dict[str, str]) -> None:
+async def test_s3_down_is_a_503_naming_the_store(
+    db: Stores, settings_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**settings_env, "NUBO_S3_ENDPOINT": f"http://127.0.0.1:{port}"}
     async with AsyncTestClient(create_app(load_settings(env, env_file=None))) as down:
         alice = await new_member(down)
-        response = await down.post(
-            "/media", json={"kind": "image", "content_type": "image/jpeg", "size": 10}, headers=alice.headers
-        )
-    body = assert_error(response, 503, "store_unavailable")
-    assert body["store"] == "s3"
+        responses = [
+            await down.post(
+                "/media", json={"kind": "image", "content_type": "image/jpeg", "size": 10}, headers=alice.headers
+            )
+            for _ in range(2)
+        ]
+    for response in responses:
+        assert assert_error(response, 503, "store_unavailable")["store"] == "s3"
+    assert [r.getMessage() for r in caplog.records].count("s3_unreachable") == 1  # per state change, not request
