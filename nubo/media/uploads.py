@@ -160,7 +160,8 @@ async def _checked_upload(stores: Stores, row: Row) -> bytes:
 async def _processed_image(stores: Stores, row: Row, data: bytes) -> dict[str, Any]:
     """Process the image in a thread and store its variants; the row's new columns."""
     try:
-        image = await asyncio.to_thread(process_image, data, stores.settings.media_max_pixels)
+        async with stores.image_slots:
+            image = await asyncio.to_thread(process_image, data, stores.settings.media_max_pixels)
     except ImageRejected as exc:
         await _refuse(stores, row, exc.code, str(exc))
     variants = await _store_variants(stores, row, image)

@@ -38,6 +38,7 @@ log = get_logger(__name__)
 
 BACKGROUND_PG_SLOTS = 4  # pooled PostgreSQL connections that background work may hold at once (of 20)
 MIRROR_REFRESH_BATCH = 500  # session mirrors re-checked per query
+IMAGE_SLOTS = 2  # images processed at once per process (see Stores.image_slots)
 
 
 @dataclass
@@ -73,6 +74,9 @@ class Stores:
     failures: StoreFailures
     scripts: LuaScripts
     objects: ObjectStore  # the media bucket on S3-compatible storage (nubo.stores.objects)
+    # Held around the processing of one image (decoded, it holds tens of MB): at most IMAGE_SLOTS at once per
+    # process, so a burst of completes queues instead of taking every thread and the memory they would need.
+    image_slots: asyncio.Semaphore
 
     @property
     def mongo(self) -> AsyncDatabase[MongoDoc]:
@@ -150,6 +154,7 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
         background_pg=asyncio.Semaphore(BACKGROUND_PG_SLOTS),
         failures=failures,
         objects=ObjectStore(settings),
+        image_slots=asyncio.Semaphore(IMAGE_SLOTS),
     )
 
 
