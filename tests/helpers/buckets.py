@@ -13,7 +13,11 @@ from nubo.stores.objects import ObjectStore
 def remove_bucket(settings: Settings) -> None:
     """Delete every object of the run's bucket, then the bucket (nothing when it was never created)."""
     store = ObjectStore(settings)
+    client = store.client
     with contextlib.suppress(ClientError, BotoCoreError):  # never created, or the server is gone (tests failed)
-        keys = store._list("")
-        store._delete_keys(keys)
-        store.client.delete_bucket(Bucket=store.bucket)
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=store.bucket, Delete={"Objects": keys, "Quiet": True})
+        client.delete_bucket(Bucket=store.bucket)
+    store.close()
