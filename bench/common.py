@@ -270,6 +270,9 @@ def isolated_env(overrides: Mapping[str, str] | None = None) -> Iterator[dict[st
     from pymongo import MongoClient
     from redis import Redis
 
+    from nubo.settings import load_settings
+    from tests.helpers.buckets import remove_bucket
+
     base = service_env()
     name = "nubo_bench_" + new_run_id()
     with psycopg.connect(base["NUBO_POSTGRES_URL"], autocommit=True, connect_timeout=5) as conn:
@@ -282,6 +285,10 @@ def isolated_env(overrides: Mapping[str, str] | None = None) -> Iterator[dict[st
             "NUBO_MONGO_DB": name,
             "NUBO_REDIS_URL": base["NUBO_REDIS_URL"],
             "NUBO_REDIS_PREFIX": f"{name}:",
+            "NUBO_S3_ENDPOINT": base["NUBO_S3_ENDPOINT"],
+            "NUBO_S3_ACCESS_KEY": base["NUBO_S3_ACCESS_KEY"],
+            "NUBO_S3_SECRET_KEY": base["NUBO_S3_SECRET_KEY"],
+            "NUBO_S3_BUCKET": name.replace("_", "-"),
             # Measure what ships: production mode, default log level.
             "NUBO_ENV": "prod",
             "JWT_SECRET": secrets.token_urlsafe(48),
@@ -301,6 +308,7 @@ def isolated_env(overrides: Mapping[str, str] | None = None) -> Iterator[dict[st
             keys = list(redis.scan_iter(match=f"{name}:*", count=1000))
             for start in range(0, len(keys), 500):
                 redis.unlink(*keys[start : start + 500])
+        remove_bucket(load_settings(env, env_file=None))
 
 
 def init_db(env: Mapping[str, str]) -> None:

@@ -91,3 +91,13 @@ class Unavailable(NuboError):
 
     status = 503
     default_code = "unavailable"
+
+
+class StoreUnavailable(Unavailable):
+    """A named store is unreachable: 503 `{"error", "code": "store_unavailable", "store": <name>}`."""
+
+    default_code = "store_unavailable"
+
+    def __init__(self, store: str, message: str | None = None) -> None:
+        super().__init__(message or f"The {store} store is unavailable; try again shortly")
+        self.store = store

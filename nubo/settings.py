@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -84,6 +84,19 @@ class Settings:
     # left out of comparisons.
     env_explicit: bool = field(default=False, compare=False)
     rate_reports: RateLimit = RateLimit(30, 3600)
+    # Media on S3-compatible object storage (docs/media.md). The defaults match `scripts/services`.
+    s3_endpoint: str = "http://127.0.0.1:8333"
+    s3_bucket: str = "nubo-media"
+    s3_access_key: str = "nubo"
+    s3_secret_key: str = "nubo-dev-secret"
+    s3_region: str = "us-east-1"
+    s3_public_base_url: str = ""  # set: reads get <base>/<key> URLs (a public bucket) instead of presigned GETs
+    s3_upload_expiry: int = 300
+    s3_url_expiry: int = 3600
+    media_max_image_bytes: int = 20 * 1024**2
+    media_max_video_bytes: int = 200 * 1024**2
+    media_max_pixels: int = 50_000_000
+    media_daily_quota: int = 1024**3
 
     @property
     def is_prod(self) -> bool:
@@ -288,6 +301,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         if raw.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError("NUBO_LOG_LEVEL", f"expected debug, info, warning or error, got {raw!r}")
         kwargs["log_level"] = raw.lower()
+    kwargs.update(_media_settings(get))
     return Settings(**kwargs)  # type: ignore[arg-type]
 
 
@@ -307,3 +321,34 @@ def dev_key_exposure(settings: Settings, host: str) -> str | None:
             "or set NUBO_ENV=dev explicitly",
         )
     return f"the built-in development JWT key serves on {host}: anyone can mint tokens (set JWT_SECRET)"
+def _media_settings(get: Callable[[str], str | None]) -> dict[str, object]:
+    """The object storage and media settings (docs/media.md)."""
+    kwargs: dict[str, object] = {}
+    if (raw := get("NUBO_S3_ENDPOINT")) is not None:
+        kwargs["s3_endpoint"] = _url("NUBO_S3_ENDPOINT", raw, ("http", "https"))
+    if (raw := get("NUBO_S3_PUBLIC_BASE_URL")) is not None:
+        kwargs["s3_public_base_url"] = _url("NUBO_S3_PUBLIC_BASE_URL", raw, ("http", "https"))
+    if (raw := get("NUBO_S3_BUCKET")) is not None:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", raw):
+            raise SettingsError("NUBO_S3_BUCKET", f"not a valid bucket name: {raw!r}")
+        kwargs["s3_bucket"] = raw
+    for name, attr in (
+        ("NUBO_S3_ACCESS_KEY", "s3_access_key"),
+        ("NUBO_S3_SECRET_KEY", "s3_secret_key"),
+        ("NUBO_S3_REGION", "s3_region"),
+    ):
+        if (raw := get(name)) is not None:
+            kwargs[attr] = raw
+    for name, attr in (("NUBO_S3_UPLOAD_EXPIRY", "s3_upload_expiry"), ("NUBO_S3_URL_EXPIRY", "s3_url_expiry")):
+        if (raw := get(name)) is not None:
+            kwargs[attr] = min(parse_duration(name, raw), 7 * 86400)  # SigV4 presigned URLs live 7 days at most
+    for name, attr in (
+        ("NUBO_MEDIA_MAX_IMAGE", "media_max_image_bytes"),
+        ("NUBO_MEDIA_MAX_VIDEO", "media_max_video_bytes"),
+        ("NUBO_MEDIA_DAILY_QUOTA", "media_daily_quota"),
+    ):
+        if (raw := get(name)) is not None:
+            kwargs[attr] = parse_size(name, raw)
+    if (raw := get("NUBO_MEDIA_MAX_PIXELS")) is not None:
+        kwargs["media_max_pixels"] = _int("NUBO_MEDIA_MAX_PIXELS", raw, 1)
+    return kwargs

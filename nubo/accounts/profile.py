@@ -1,7 +1,8 @@
 """The owner's own account: their profile, their settings, and deactivation.
 
 User and settings rows are written through the tiered path, so their Mongo and Redis copies follow. Only an
-active account can be read or changed here; deactivating revokes every session at once.
+active account can be read or changed here; deactivating revokes every session at once. A profile picture is
+one's own ready image (422 `media_not_owned` otherwise); the one it replaces is deleted unless used elsewhere.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from typing import Any
 
 from nubo.accounts.mirrors import mark_revoked
 from nubo.accounts.sessions import revoke_user_sessions
-from nubo.accounts.users import get_active_user
+from nubo.accounts.users import get_active_user, with_picture
 from nubo.accounts.views import SETTINGS_FIELDS, MeView, SettingsView
 from nubo.errors import NotFound, ValidationFailed
-from nubo.ids import new_id
+from nubo.ids import new_id, parse_id
 from nubo.logs import get_logger
+from nubo.media import check_attachable, release_media
 from nubo.model import UserState
 from nubo.stores import Stores
 from nubo.stores.entities import Row
 from nubo.stores.postgres import PgConnection
+from nubo.stores.transaction import Transaction
 
 log = get_logger(__name__)
 
@@ -58,7 +61,7 @@ async def get_me(stores: Stores, user_id: uuid.UUID) -> MeView:
     row = await get_active_user(stores, user_id)
     if row is None:
         raise NotFound("No such user", code="user_not_found")
-    return MeView.from_row(row)
+    return await with_picture(stores, MeView.from_row(row))
 
 
 async def update_profile(stores: Stores, user_id: uuid.UUID, changes: Mapping[str, Any]) -> MeView:
@@ -71,10 +74,23 @@ async def update_profile(stores: Stores, user_id: uuid.UUID, changes: Mapping[st
         k: (v.strip() if k in ("first_name", "last_name") and isinstance(v, str) else v) for k, v in changes.items()
     }
     async with stores.transaction() as tx:
+        before = await _picture_of(tx, user_id)
+        if values.get("profile_picture_id") is not None:  # one's own ready image only
+            picture = values["profile_picture_id"] = parse_id(values["profile_picture_id"], "profile_picture_id")
+            await check_attachable(tx.conn, user_id, [picture], field="profile_picture_id", kinds=(0,))
         row = await tx.update("users", user_id, values)
+        if before is not None and row is not None and row.get("profile_picture_id") != before:
+            await release_media(tx, stores, user_id, [before])  # the replaced picture, unless used elsewhere
     if row is None or row.get("state") != UserState.ACTIVE:
         raise NotFound("No such user", code="user_not_found")
-    return MeView.from_row(row)
+    return await with_picture(stores, MeView.from_row(row))
+
+
+async def _picture_of(tx: Transaction, user_id: uuid.UUID) -> uuid.UUID | None:
+    row = await (
+        await tx.conn.execute("SELECT profile_picture_id FROM auth.users WHERE id = %s FOR UPDATE", (user_id,))
+    ).fetchone()
+    return row["profile_picture_id"] if row else None
 
 
 async def _settings_row(conn: PgConnection, user_id: uuid.UUID) -> Row | None:

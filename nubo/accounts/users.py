@@ -8,11 +8,13 @@ the other; hidden users answer 404 (`user_not_found`) and are left out of search
 from __future__ import annotations
 
 import uuid
+from typing import TypeVar
 
 from nubo import social
-from nubo.accounts.views import Profile, PublicUser
+from nubo.accounts.views import MeView, Profile, PublicUser
 from nubo.errors import ValidationFailed
 from nubo.ids import parse_id
+from nubo.media import media_views
 from nubo.model import FollowState, UserState, active_user, blocked_either_way
 from nubo.pagination import Page, make_page
 from nubo.stores import Stores
@@ -44,6 +46,17 @@ async def find_user(stores: Stores, ref: str) -> Row | None:
     return normalize_row(row) if row else None
 
 
+ViewWithPicture = TypeVar("ViewWithPicture", MeView, Profile)
+
+
+async def with_picture(stores: Stores, view: ViewWithPicture) -> ViewWithPicture:
+    """Fill `profile_picture` (the ready media of `profile_picture_id`, with its URLs)."""
+    if view.profile_picture_id is not None:
+        found = await media_views(stores, [view.profile_picture_id])
+        view.profile_picture = found.get(view.profile_picture_id)
+    return view
+
+
 async def get_profile(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID) -> Profile:
     """A visible user's public fields plus follower/following counts; 404 when hidden."""
     row = await social.visible_user(stores, viewer_id, user_id)
@@ -58,7 +71,7 @@ async def get_profile(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID) 
             )
         ).fetchone()
     assert counts is not None
-    return Profile.from_row({**row, **counts})
+    return await with_picture(stores, Profile.from_row({**row, **counts}))
 
 
 async def follow_list(

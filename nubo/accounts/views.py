@@ -15,6 +15,8 @@ from typing import Any, Self
 
 import msgspec
 
+from nubo.media import MediaView
+
 # What anyone may see of a user; never email, phone, password hash, birthdate, grade or state.
 PUBLIC_FIELDS = (
     "id",
@@ -59,6 +61,7 @@ class Profile(PublicUser):
 
     followers_count: int
     following_count: int
+    profile_picture: MediaView | None = None  # the picture with a URL per variant
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
@@ -78,6 +81,7 @@ class MeView(PublicUser):
     birthdate: date | None
     sex: int | None
     grade: int
+    profile_picture: MediaView | None = None  # the picture with a URL per variant
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from nubo.cli.common import console, err_console, fail, print_json, settings_or_exit
 from nubo.cli.stores import EXIT_UNREACHABLE, run_with_stores
+from nubo.media import purge_media
 from nubo.settings import Settings
 from nubo.stores import Stores
 from nubo.stores.schema import InitReport, SchemaError, init_databases, purge_cutoff, purge_recent
@@ -175,7 +176,8 @@ def purge(
     dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be deleted; delete nothing."),
     json_output: bool = _JSON_OPTION,
 ) -> None:
-    """Delete Mongo documents whose last_use is older than the retention, in every collection.
+    """Delete Mongo documents whose last_use is older than the retention, in every collection; and media
+    never completed or never attached after a day, with the objects of deleted media (docs/media.md).
 
     Needed from cron where the Mongo server has no TTL indexes (FerretDB), harmless elsewhere:
     `17 3 * * * nubo db purge`. Exit code 0 on success, 1 when a store is unreachable.
@@ -191,8 +193,10 @@ def purge(
         "dry_run": dry_run,
         "total": sum(counts.values()),
         "counts": counts,
+        "media": _run(settings, lambda stores: purge_media(stores, dry_run=dry_run)),
     }
     if json_output:
         print_json(summary)
     else:
         _print_purge(counts, summary)
+        console.print(f"media: {summary['media']}", highlight=False)

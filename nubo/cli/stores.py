@@ -18,6 +18,7 @@ import psycopg_pool
 from pymongo.errors import PyMongoError
 
 from nubo.cli.common import fail
+from nubo.errors import StoreUnavailable
 from nubo.root import open_root
 from nubo.settings import Settings
 from nubo.stores import Stores
@@ -68,3 +69,5 @@ def run_with_stores(settings: Settings, work: Callable[[Stores], Awaitable[T]], 
         fail(f"PostgreSQL unreachable at {redact(settings.postgres_url)}: {short_error(exc)}", EXIT_UNREACHABLE)
     except PyMongoError as exc:
         fail(f"MongoDB unreachable at {redact(settings.mongo_url)}: {short_error(exc)}", EXIT_UNREACHABLE)
+    except StoreUnavailable as exc:
+        fail(f"{exc.store} unreachable: {exc.message}", EXIT_UNREACHABLE)

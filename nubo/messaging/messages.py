@@ -9,10 +9,13 @@
   happens after the commit. Clients order a conversation by message id, which is the commit order.
 - A send is one statement (:data:`_SEND_SQL`), committed before the sender is acknowledged; its rows reach
   Mongo and Redis through messaging's projector without being waited for.
+- Attachments (`media_ids`, the sender's own ready media, stored as `{"media_ids": [...]}`) are shown with
+  their URLs to the conversation's members only; deleting the message deletes them unless used elsewhere.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 
@@ -20,6 +23,7 @@ from nubo import posts
 from nubo.errors import Conflict, Forbidden, NotFound
 from nubo.ids import new_id
 from nubo.logs import get_logger
+from nubo.media import check_attachable, release_media
 from nubo.messaging.shared import (
     PREVIEW_CHARS,
     clean_client_id,
@@ -29,14 +33,14 @@ from nubo.messaging.shared import (
     require_member,
     write,
 )
-from nubo.messaging.views import MessageLikes, MessageView, SendResult, message_view
+from nubo.messaging.views import MessageLikes, MessageView, SendResult, attachment_ids, message_view, message_views
 from nubo.model import ConversationKind, ConversationState, LikeTarget, MessageState, active_user, blocked_either_way
 from nubo.pagination import Page, make_page
 from nubo.realtime.frames import MessageDeletedFrame, MessageEditedFrame, MessageNewFrame
 from nubo.stores import Stores
 from nubo.stores.entities import Row, normalize_row
 from nubo.stores.events import event_type
-from nubo.stores.postgres import single_statement
+from nubo.stores.postgres import pg_read, single_statement
 from nubo.stores.redis import REDIS_FAILURES
 from nubo.stores.transaction import Transaction
 from nubo.stores.unread import SCRIPT_CHUNK, Delta
@@ -51,6 +55,7 @@ async def send_message(
     content: object,
     client_id: object = None,
     *,
+    media_ids: object = None,
     committed: Callable[[SendResult], None] | None = None,
 ) -> SendResult:
     """Store a message (idempotent per `client_id`), count it unread for the others, then publish it.
@@ -58,11 +63,15 @@ async def send_message(
     `committed` (e.g. the WebSocket ack) is called once the message is committed in PostgreSQL, before it is
     published: the sender learns its id without waiting for the delivery to others, which adds no guarantee
     (a failed publish is logged, never reported to the sender)."""
-    text = clean_content(content)
+    attached = posts.media_id_list(media_ids or [])
+    text = "" if attached and content in (None, "") else clean_content(content)  # a photo needs no caption
     cid = clean_client_id(client_id)
     # Retries count against the limit too: a client stuck retrying is exactly what the limit is for.
     await stores.rate_limits.limit("messages", str(sender_id), stores.settings.rate_messages)
-    row = await _store_send(stores, sender_id, conversation_id, text, cid)
+    if attached:  # the sender's own ready media only
+        async with pg_read(stores) as conn:
+            await check_attachable(conn, sender_id, attached, field="media_ids")
+    row = await _store_send(stores, sender_id, conversation_id, text, cid, attached)
     if row is None:  # this client_id was used before: an idempotent retry
         existing = await _existing_send(stores, sender_id, cid or "")
         assert existing is not None
@@ -71,7 +80,7 @@ async def send_message(
             committed(replayed)
         return replayed
     recipients = [sender_id, *row.pop("recipients")]
-    view = message_view(row)
+    view = (await message_views(stores, [row]))[0]
     result = SendResult(message=view, created=True)
     if committed is not None:
         committed(result)
@@ -109,7 +118,12 @@ async def _publish_with_unread(
 
 
 async def _store_send(
-    stores: Stores, sender_id: uuid.UUID, conversation_id: uuid.UUID, text: str, cid: str | None
+    stores: Stores,
+    sender_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    text: str,
+    cid: str | None,
+    attached: list[uuid.UUID],
 ) -> Row | None:
     """The send in one statement (:data:`_SEND_SQL`: lock, checks, insert, counters, outbox), so one round
     trip, committed when it returns: our caller acks only after the commit. None: a replayed client_id. The
@@ -121,6 +135,7 @@ async def _store_send(
         "content": text,
         "client_id": cid,
         "preview": PREVIEW_CHARS,
+        "attachments": json.dumps({"media_ids": [str(mid) for mid in attached]} if attached else {}),
     }
     async with stores.pg.connection() as conn:
         found = await single_statement(conn, _SEND_SQL, params)
@@ -161,12 +176,12 @@ WITH conv AS (
     WHERE c.id = %(conv)s AND c.state = {ConversationState.ACTIVE:d}
     FOR UPDATE OF c
 ), msg AS (
-    INSERT INTO messaging.message_index (id, conversation_id, sender_id, content, client_id)
+    INSERT INTO messaging.message_index (id, conversation_id, sender_id, content, client_id, attachments)
     SELECT CASE WHEN conv.last_message_id IS NULL OR %(id)s::uuid > conv.last_message_id THEN %(id)s::uuid
                 ELSE (left(replace(conv.last_message_id::text, '-', ''), 16) || lpad(to_hex(
                     ('x' || right(replace(conv.last_message_id::text, '-', ''), 16))::bit(64)::bigint + 1
                 ), 16, '0'))::uuid END,
-           conv.id, %(sender)s, %(content)s, %(client_id)s
+           conv.id, %(sender)s, %(content)s, %(client_id)s, %(attachments)s::jsonb
     FROM conv WHERE NOT conv.closed
     ON CONFLICT (sender_id, client_id) DO NOTHING RETURNING *
 ), meta AS (
@@ -226,7 +241,7 @@ async def list_messages(
         ).fetchall()
     ids = [row["id"] for row in rows]
     found = {row["id"]: row for row in await _messages_by_id(stores, ids)}
-    views = [message_view(found[mid]) for mid in ids if mid in found]
+    views = await message_views(stores, [found[mid] for mid in ids if mid in found])
     return make_page(views, limit, key=lambda view: view.id)
 
 
@@ -285,7 +300,7 @@ async def edit_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UUID
         if conv.get("last_message_id") == message_id:
             await _set_preview(tx, conv["id"], text[:PREVIEW_CHARS])
         members = await fetch_member_ids(tx.conn, conv["id"])
-        view = message_view(row)
+        view = (await message_views(stores, [row]))[0]
         tx.emit(members, MessageEditedFrame(conversation_id=conv["id"], message=view))
     return view
 
@@ -315,6 +330,7 @@ async def delete_message(stores: Stores, user_id: uuid.UUID, message_id: uuid.UU
                 )
             ).fetchone()
             assert updated is not None
+            await release_media(tx, stores, user_id, attachment_ids(message))  # used nowhere else: deleted
             message = normalize_row(updated)
             tx.touch("messages", message_id, message)
             lowered = await (

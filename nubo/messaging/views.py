@@ -9,12 +9,14 @@ every field is always present (``null`` when empty): clients see the same keys w
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import msgspec
 
+from nubo.media import MediaView, media_views
 from nubo.model import ConversationKind, MemberRole, MessageState
+from nubo.stores import Stores
 from nubo.stores.entities import Row
 
 KIND_NAMES = {kind: kind.name.lower() for kind in ConversationKind}
@@ -33,6 +35,7 @@ class MessageView(msgspec.Struct, frozen=True, gc=False):
     client_id: str | None
     created_at: datetime
     edited_at: datetime | None
+    attachments: list[MediaView] = msgspec.field(default_factory=list)  # ready media, in order, with URLs
 
 
 class LastMessage(msgspec.Struct, frozen=True, gc=False):
@@ -99,8 +102,20 @@ class SendResult(msgspec.Struct, frozen=True, gc=False):
     created: bool
 
 
-def message_view(row: Row) -> MessageView:
-    """The public shape of a message (a deleted one keeps its place with no content)."""
+def attachment_ids(row: Row) -> list[uuid.UUID]:
+    """The media ids a message row carries (`attachments` is `{"media_ids": [...]}`)."""
+    raw = (row.get("attachments") or {}).get("media_ids") or []
+    return [uuid.UUID(str(item)) for item in raw]
+
+
+async def message_views(stores: Stores, rows: Sequence[Row]) -> list[MessageView]:
+    """The public shapes of message rows with their attachments (one read for all of them)."""
+    found = await media_views(stores, [mid for row in rows for mid in attachment_ids(row)])
+    return [message_view(row, [found[mid] for mid in attachment_ids(row) if mid in found]) for row in rows]
+
+
+def message_view(row: Row, attachments: list[MediaView] | None = None) -> MessageView:
+    """The public shape of a message (a deleted one keeps its place with no content nor attachments)."""
     deleted = row.get("state") == MessageState.DELETED
     return MessageView(
         id=row["id"],
@@ -112,6 +127,7 @@ def message_view(row: Row) -> MessageView:
         client_id=row.get("client_id"),
         created_at=row["created_at"],
         edited_at=row.get("edited_at"),
+        attachments=[] if deleted else list(attachments or []),
     )
 
 

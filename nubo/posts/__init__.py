@@ -11,12 +11,14 @@ Rules:
 - a comment is deleted by its author or by the post's author;
 - likes are idempotent (one row per target and user, `UNIQUE` in PostgreSQL); counts are count queries on
   PostgreSQL, so they are exact under concurrency (no counter to drift);
-- a post's `media_ids` must all be media owned by its author (422 otherwise);
+- a post's `media_ids` must all be ready media owned by its author (422 otherwise), at most
+  MAX_MEDIA_PER_POST; its view carries them with their URLs (`media`);
 - `meta` holds the mentions (`@username`, resolved to existing users) and hashtags (`#tag`) of the content.
 
 The modules: :mod:`~nubo.posts.parsing` (client input), :mod:`~nubo.posts.visibility`,
 :mod:`~nubo.posts.views` (the API shapes: Structs the routes return as they are; and counts),
-:mod:`~nubo.posts.posts`, :mod:`~nubo.posts.comments`, :mod:`~nubo.posts.likes` and :mod:`~nubo.posts.media`.
+:mod:`~nubo.posts.posts`, :mod:`~nubo.posts.comments`, :mod:`~nubo.posts.likes` and :mod:`~nubo.posts.media`
+(the ids a post may carry; the files are :mod:`nubo.media`'s).
 This package exports what other packages use.
 """
 
@@ -24,21 +26,12 @@ from __future__ import annotations
 
 from nubo.posts.comments import add_comment, delete_comment, earlier_commenters, list_comments, visible_comment
 from nubo.posts.likes import TARGET_COMMENT, TARGET_MESSAGE, TARGET_POST, check_target, like, list_likers, unlike
-from nubo.posts.media import (
-    MAX_MEDIA_BYTES,
-    MAX_MEDIA_PER_POST,
-    MAX_MEDIA_PIXELS_SIDE,
-    MAX_STORAGE_PATH_CHARS,
-    create_media,
-    get_media,
-    validate_media,
-)
+from nubo.posts.media import MAX_MEDIA_PER_POST, media_id_list
 from nubo.posts.parsing import MAX_COMMENT_CHARS, MAX_CONTENT_CHARS, MAX_LOCATION_CHARS, parse_meta, parse_visibility
 from nubo.posts.posts import create_post, delete_post, get_post, list_posts, update_post
 from nubo.posts.views import (
     CommentView,
     LikeState,
-    MediaView,
     Mention,
     PostMeta,
     PostSummary,
@@ -46,7 +39,6 @@ from nubo.posts.views import (
     comment_view,
     decorate_posts,
     like_counts,
-    media_view,
     post_summary,
     post_view,
 )
@@ -56,16 +48,12 @@ __all__ = [
     "MAX_COMMENT_CHARS",
     "MAX_CONTENT_CHARS",
     "MAX_LOCATION_CHARS",
-    "MAX_MEDIA_BYTES",
     "MAX_MEDIA_PER_POST",
-    "MAX_MEDIA_PIXELS_SIDE",
-    "MAX_STORAGE_PATH_CHARS",
     "TARGET_COMMENT",
     "TARGET_MESSAGE",
     "TARGET_POST",
     "CommentView",
     "LikeState",
-    "MediaView",
     "Mention",
     "PostContext",
     "PostMeta",
@@ -74,13 +62,11 @@ __all__ = [
     "add_comment",
     "check_target",
     "comment_view",
-    "create_media",
     "create_post",
     "decorate_posts",
     "delete_comment",
     "delete_post",
     "earlier_commenters",
-    "get_media",
     "get_post",
     "like",
     "like_counts",
@@ -88,14 +74,13 @@ __all__ = [
     "list_likers",
     "list_posts",
     "may_see",
-    "media_view",
+    "media_id_list",
     "parse_meta",
     "parse_visibility",
     "post_summary",
     "post_view",
     "unlike",
     "update_post",
-    "validate_media",
     "visible_comment",
     "visible_post",
 ]

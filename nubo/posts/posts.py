@@ -2,7 +2,7 @@
 
 Every row goes through `stores.tiered` (PostgreSQL, then Mongo `posts_recent`, then Redis). Only the author
 edits or deletes a post (403 for others who can see it, 404 for those who cannot); deleting a post deletes
-its comments and the likes on both.
+its comments, the likes on both, and its media (unless used elsewhere, e.g. as a profile picture).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from typing import Any
 from nubo import social
 from nubo.errors import Forbidden, NotFound, ValidationFailed
 from nubo.ids import new_id
+from nubo.media import release_media
 from nubo.model import FollowState, LikeTarget, Visibility
 from nubo.pagination import Page, make_page
 from nubo.posts.media import check_media_owner, media_id_list
 from nubo.posts.parsing import MAX_CONTENT_CHARS, MAX_LOCATION_CHARS, build_meta, checked_text, parse_visibility
-from nubo.posts.views import PostView, decorate_posts, post_view
+from nubo.posts.views import PostView, decorate_posts, post_view, with_media
 from nubo.posts.visibility import USER_VISIBLE_SQL, visible_post
 from nubo.stores import Stores
 from nubo.stores.entities import Row, normalize_row
@@ -61,12 +62,13 @@ async def create_post(
         tx.on_commit(lambda: stores.feed_fan_out.add(row["id"], row["user_id"]))  # to followers' feeds
         if on_created is not None:
             tx.on_commit(lambda: on_created(row))
-    return post_view(row)
+    return (await with_media(stores, [post_view(row)]))[0]
 
 
 async def get_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) -> PostView:
     post, ctx = await visible_post(stores, viewer, post_id)
-    return post_view(post, like_count=ctx.like_count, liked=ctx.liked, comment_count=ctx.comment_count)
+    view = post_view(post, like_count=ctx.like_count, liked=ctx.liked, comment_count=ctx.comment_count)
+    return (await with_media(stores, [view]))[0]
 
 
 async def _lock_own_post(tx: Transaction, viewer: uuid.UUID, post_id: uuid.UUID) -> Row:
@@ -103,6 +105,9 @@ async def update_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, cha
             values["meta"] = await build_meta(tx, values["content"])
         # Always write (even with no change) so updated_at moves and the copies are refreshed.
         row = await tx.update("posts", post_id, values or {"visibility": current["visibility"]})
+        if "media_ids" in values:  # media taken off the post and used nowhere else is deleted
+            dropped = set(current.get("media_ids") or []) - set(values["media_ids"])
+            await release_media(tx, stores, viewer, list(dropped))
     assert row is not None
     return await get_post(stores, viewer, post_id)
 
@@ -121,7 +126,8 @@ async def delete_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) -> 
             ),
             (post_id, [c["id"] for c in comments]),
         )
-        await tx.delete("posts", post_id)
+        post = await tx.delete("posts", post_id)
+        await release_media(tx, stores, viewer, list((post or {}).get("media_ids") or []))
 
 
 async def list_posts(

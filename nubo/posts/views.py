@@ -1,4 +1,4 @@
-"""The API shapes of content (posts, comments, likes, media), with their like and comment counts.
+"""The API shapes of content (posts, comments, likes), with their like and comment counts and media.
 
 Each shape is a msgspec Struct defined once, here: the domain returns it, the HTTP routes return it as is
 (Litestar encodes and documents Structs natively), and an event that carries content carries the same Struct.
@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from nubo.media import MediaView, media_views
 from nubo.model import LikeTarget, Visibility
 from nubo.stores import Stores
 from nubo.stores.entities import Row
@@ -53,6 +54,7 @@ class PostView(msgspec.Struct, gc=False):
     like_count: int
     liked: bool
     comment_count: int
+    media: list[MediaView] = msgspec.field(default_factory=list)  # the ready media of media_ids, in order
 
 
 class CommentView(msgspec.Struct, gc=False):
@@ -74,20 +76,6 @@ class LikeState(msgspec.Struct, gc=False):
     target_id: uuid.UUID
     liked: bool
     like_count: int
-
-
-class MediaView(msgspec.Struct, gc=False):
-    """A media's metadata (`processing_state` 0 pending, 1 done)."""
-
-    id: uuid.UUID
-    owner_id: uuid.UUID
-    storage_path: str
-    mime: str
-    size: int
-    width: int | None
-    height: int | None
-    processing_state: int
-    created_at: datetime
 
 
 class PostSummary(msgspec.Struct, kw_only=True, gc=False):
@@ -152,12 +140,6 @@ def comment_view(comment: Row, *, like_count: int = 0, liked: bool = False) -> C
     )
 
 
-def media_view(row: Row) -> MediaView:
-    """The API shape of a media (columns absent from the row are null)."""
-    columns: dict[str, Any] = {name: row.get(name) for name in MediaView.__struct_fields__}
-    return MediaView(**columns)
-
-
 async def like_counts(
     stores: Stores, viewer: uuid.UUID, target_type: int, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, tuple[int, bool]]:
@@ -195,7 +177,7 @@ async def decorate_posts(stores: Stores, viewer: uuid.UUID, posts: Sequence[Row]
             )
         ).fetchall()
     counts = {row["id"]: row for row in rows}
-    return [
+    views = [
         post_view(
             p,
             like_count=counts[p["id"]]["like_count"],
@@ -204,3 +186,12 @@ async def decorate_posts(stores: Stores, viewer: uuid.UUID, posts: Sequence[Row]
         )
         for p in posts
     ]
+    return await with_media(stores, views)
+
+
+async def with_media(stores: Stores, views: list[PostView]) -> list[PostView]:
+    """Fill each view's `media` (the ready media of its `media_ids`, in order, with their URLs)."""
+    found = await media_views(stores, [mid for view in views for mid in view.media_ids])
+    for view in views:
+        view.media = [found[mid] for mid in view.media_ids if mid in found]
+    return views

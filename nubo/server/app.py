@@ -17,6 +17,7 @@ from nubo.root import open_root
 from nubo.server import auth as auth_routes
 from nubo.server import feed as feed_routes
 from nubo.server import health
+from nubo.server import media as media_routes
 from nubo.server import messaging as messaging_routes
 from nubo.server import moderation as moderation_routes
 from nubo.server import posts as posts_routes
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *realtime_routes.ROUTES,
             *posts_routes.ROUTES,
             *feed_routes.ROUTES,
+            *media_routes.ROUTES,
         ],
         lifespan=[root_lifespan, frozen_startup_heap],
         state=state,

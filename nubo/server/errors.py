@@ -9,7 +9,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from nubo.errors import NuboError
+from nubo.errors import NuboError, StoreUnavailable
 from nubo.logs import get_logger
 
 log = get_logger(__name__)
@@ -37,10 +37,15 @@ class ErrorBody(msgspec.Struct, omit_defaults=True):
     error: str
     code: str
     fields: dict[str, str] | None = None
+    store: str | None = None  # which store is down, with code store_unavailable
 
     @classmethod
     def of(cls, exc: NuboError) -> ErrorBody:
-        return cls(exc.message, exc.code, exc.fields or None)
+        return cls(exc.message, exc.code, exc.fields or None, _store_of(exc))
+
+
+def _store_of(exc: NuboError) -> str | None:
+    return exc.store if isinstance(exc, StoreUnavailable) else None
 
 
 def error_response(
@@ -51,7 +56,8 @@ def error_response(
 
 
 def handle_nubo_error(_: Request[Any, Any, Any], exc: NuboError) -> Response[ErrorBody]:
-    return error_response(exc.status, exc.message, exc.code, fields=exc.fields, headers=exc.headers)
+    body = ErrorBody.of(exc)
+    return Response(body, status_code=exc.status, headers=exc.headers or None, media_type="application/json")
 
 
 def handle_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:

@@ -47,8 +47,9 @@ class MembersIn:
 class SendMessageIn:
     """`client_id` (optional, unique per sender) makes the send idempotent."""
 
-    content: str
+    content: str = ""
     client_id: str | None = None
+    media_ids: list[uuid.UUID] | None = None  # attachments: the sender's own ready media (content may be empty)
 
 
 @dataclass
@@ -144,7 +145,12 @@ async def send_message(
 ) -> Response[MessageView]:
     """201 when stored; 200 with the stored message when `client_id` was already used (idempotent retry)."""
     result = await messaging.send_message(
-        stores, caller_id(request), parse_id(conversation_id, "conversation_id"), data.content, data.client_id
+        stores,
+        caller_id(request),
+        parse_id(conversation_id, "conversation_id"),
+        data.content,
+        data.client_id,
+        media_ids=data.media_ids,
     )
     return Response(result.message, status_code=201 if result.created else 200)
 

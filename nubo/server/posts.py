@@ -1,4 +1,5 @@
-"""Routes for posts, comments, likes and media. Thin: parse, call :mod:`nubo.posts`, return its shapes.
+"""Routes for posts, comments and likes (media: :mod:`nubo.server.media`). Thin: parse, call
+:mod:`nubo.posts`, return its shapes.
 
 Every route needs an authenticated caller. Content the caller may not see is 404 (never 403); changing
 someone else's post or comment is 403. Likes on messages live with the messaging routes
@@ -19,7 +20,7 @@ from msgspec import UNSET, UnsetType
 from nubo import notifications, posts
 from nubo.ids import parse_id
 from nubo.pagination import Page
-from nubo.posts import CommentView, LikeState, MediaView, PostView
+from nubo.posts import CommentView, LikeState, PostView
 from nubo.server.users import AnyRequest, Before, Limit, PublicUser, StoresDep, caller_id
 
 Visibility = Literal["public", "followers"]
@@ -27,13 +28,11 @@ Content = Annotated[str, msgspec.Meta(max_length=posts.MAX_CONTENT_CHARS)]
 CommentText = Annotated[str, msgspec.Meta(min_length=1, max_length=posts.MAX_COMMENT_CHARS)]
 Location = Annotated[str, msgspec.Meta(max_length=posts.MAX_LOCATION_CHARS)]
 MediaIds = Annotated[list[uuid.UUID], msgspec.Meta(max_length=posts.MAX_MEDIA_PER_POST)]
-Side = Annotated[int, msgspec.Meta(ge=1, le=posts.MAX_MEDIA_PIXELS_SIDE)]
 
 
 # Path ids are parsed by `parse_id` (a 422 naming the field) rather than by the router (a bare 404).
 PostIdPath = FromPath[Annotated[str, Parameter(description="A post id (UUID)", schema_extra={"format": "uuid"})]]
 CommentIdPath = FromPath[Annotated[str, Parameter(description="A comment id (UUID)", schema_extra={"format": "uuid"})]]
-MediaIdPath = FromPath[Annotated[str, Parameter(description="A media id (UUID)", schema_extra={"format": "uuid"})]]
 UserQuery = FromQuery[Annotated[str | None, QueryParameter(description="Only this user's posts (a user id)")]]
 
 
@@ -59,16 +58,6 @@ class NewComment(msgspec.Struct, forbid_unknown_fields=True):
     """A comment on a post the caller can see."""
 
     content: CommentText
-
-
-class NewMedia(msgspec.Struct, forbid_unknown_fields=True):
-    """Metadata of an uploaded file; the caller becomes its owner."""
-
-    storage_path: Annotated[str, msgspec.Meta(min_length=1, max_length=posts.MAX_STORAGE_PATH_CHARS)]
-    mime: Annotated[str, msgspec.Meta(min_length=3, max_length=200)]
-    size: Annotated[int, msgspec.Meta(ge=0, le=posts.MAX_MEDIA_BYTES)]
-    width: Side | None = None
-    height: Side | None = None
 
 
 # ---- posts -------------------------------------------------------------------------------------------------
@@ -206,32 +195,6 @@ async def list_likes(
     return Page(items=[PublicUser.from_row(row) for row in page.items], next=page.next)
 
 
-# ---- media -------------------------------------------------------------------------------------------------
-
-
-@post(
-    "/media",
-    summary="Record an uploaded media's metadata (the caller owns it)",
-    tags=["media"],
-    status_code=201,
-)
-async def create_media(request: AnyRequest, stores: StoresDep, data: JSONBody[NewMedia]) -> MediaView:
-    return await posts.create_media(
-        stores,
-        caller_id(request),
-        storage_path=data.storage_path,
-        mime=data.mime,
-        size=data.size,
-        width=data.width,
-        height=data.height,
-    )
-
-
-@get("/media/{media_id:str}", summary="A media's metadata", tags=["media"])
-async def get_media(request: AnyRequest, stores: StoresDep, media_id: MediaIdPath) -> MediaView:
-    return await posts.get_media(stores, caller_id(request), parse_id(media_id, "media_id"))
-
-
 ROUTES = [
     create_post,
     list_posts,
@@ -246,6 +209,4 @@ ROUTES = [
     like_comment,
     unlike_comment,
     list_likes,
-    create_media,
-    get_media,
 ]

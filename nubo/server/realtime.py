@@ -252,6 +252,7 @@ class Session:
             conversation_id,
             envelope.get("content"),
             envelope.get("client_id"),
+            media_ids=envelope.get("media_ids"),
             committed=ack,
         )
 

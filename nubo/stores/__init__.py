@@ -1,4 +1,5 @@
-"""The three stores and their connections. Domain code reaches them only through `nubo.stores` modules."""
+"""The three stores (and the media bucket) and their connections. Domain code reaches them only through
+`nubo.stores` modules."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from nubo.stores.entities import ENTITIES
 from nubo.stores.events import EventBus
 from nubo.stores.mongo import MongoDoc
 from nubo.stores.near import NearCache
+from nubo.stores.objects import ObjectStore
 from nubo.stores.postgres import PgPool
 from nubo.stores.projection import Projector
 from nubo.stores.ratelimit import RateLimits
@@ -36,6 +38,7 @@ log = get_logger(__name__)
 
 BACKGROUND_PG_SLOTS = 4  # pooled PostgreSQL connections that background work may hold at once (of 20)
 MIRROR_REFRESH_BATCH = 500  # session mirrors re-checked per query
+IMAGE_SLOTS = 2  # images processed at once per process (see Stores.image_slots)
 
 
 @dataclass
@@ -70,6 +73,10 @@ class Stores:
     background_pg: asyncio.Semaphore
     failures: StoreFailures
     scripts: LuaScripts
+    objects: ObjectStore  # the media bucket on S3-compatible storage (nubo.stores.objects)
+    # Held around the processing of one image (decoded, it holds tens of MB): at most IMAGE_SLOTS at once per
+    # process, so a burst of completes queues instead of taking every thread and the memory they would need.
+    image_slots: asyncio.Semaphore
 
     @property
     def mongo(self) -> AsyncDatabase[MongoDoc]:
@@ -113,6 +120,7 @@ class Stores:
         await self.pg.close()
         await self.mongo_client.close()
         await self.redis.aclose()
+        self.objects.close()
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -153,6 +161,8 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
         mirror_refresh=BatchQueue("session-mirror-refresh", max_batch=MIRROR_REFRESH_BATCH),
         background_pg=asyncio.Semaphore(BACKGROUND_PG_SLOTS),
         failures=failures,
+        objects=ObjectStore(settings),
+        image_slots=asyncio.Semaphore(IMAGE_SLOTS),
     )
 
 

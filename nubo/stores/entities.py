@@ -59,7 +59,7 @@ ENTITIES: dict[str, Entity] = {
         Entity("posts", "content.posts", "posts_recent", "posts", frozenset({"meta"}), near=True),
         Entity("comments", "content.comments", "comments_recent", "comments"),
         Entity("likes", "content.likes", "likes_recent", "likes"),
-        Entity("media", "content.media", "media_recent", "media"),
+        Entity("media", "content.media", "media_recent", "media", frozenset({"variants"})),
         Entity("conversations", "messaging.conversations_meta", "conversations_recent", "conversations_meta"),
         Entity(
             "conversation_members",

@@ -213,10 +213,14 @@ class Transaction:
         entity = ENTITIES[entity_name]
         query = sql.SQL("DELETE FROM {} WHERE {} RETURNING *").format(entity.table_sql, where)
         rows = [entity.row(r) for r in await (await self.conn.execute(query, params)).fetchall()]
+        self.mark_deleted(entity_name, rows)
+        return rows
+
+    def mark_deleted(self, entity_name: str, rows: Sequence[Row]) -> None:
+        """Rows deleted by custom SQL (each with its `id`): their copies are deleted after the commit."""
         for row in rows:
             self.touched.setdefault(entity_name, {})[row["id"]] = None
             self.tags.update(tags_of(entity_name, row))
-        return rows
 
     async def record_outbox(self) -> None:
         """Record every touched row in the outbox, in this transaction, before it commits."""

@@ -23,7 +23,14 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE_VARS = ("NUBO_POSTGRES_URL", "NUBO_MONGO_URL", "NUBO_REDIS_URL")
+SERVICE_VARS = (
+    "NUBO_POSTGRES_URL",
+    "NUBO_MONGO_URL",
+    "NUBO_REDIS_URL",
+    "NUBO_S3_ENDPOINT",
+    "NUBO_S3_ACCESS_KEY",
+    "NUBO_S3_SECRET_KEY",
+)
 
 
 @cache

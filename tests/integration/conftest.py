@@ -23,6 +23,7 @@ from nubo.root import open_root
 from nubo.server.app import create_app
 from nubo.settings import Settings, load_settings
 from nubo.stores import Stores
+from tests.helpers.buckets import remove_bucket
 from tests.helpers.harness import ROOT, DedicatedRedis, ServerProcess, new_run_id, service_env, with_database
 
 
@@ -60,8 +61,14 @@ def settings_env(run_id: str) -> Iterator[dict[str, str]]:
         "NUBO_ENV": "test",
         "JWT_SECRET": secrets.token_urlsafe(48),
         "NUBO_LOG_LEVEL": "info",
+        # The S3 server of scripts/services, with a bucket of this run's own.
+        "NUBO_S3_ENDPOINT": base["NUBO_S3_ENDPOINT"],
+        "NUBO_S3_ACCESS_KEY": base["NUBO_S3_ACCESS_KEY"],
+        "NUBO_S3_SECRET_KEY": base["NUBO_S3_SECRET_KEY"],
+        "NUBO_S3_BUCKET": f"nubo-{run_id}",
     }
     yield env
+    remove_bucket(load_settings(env, env_file=None))
     with psycopg.connect(base["NUBO_POSTGRES_URL"], autocommit=True, connect_timeout=5) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     with MongoClient(base["NUBO_MONGO_URL"], serverSelectionTimeoutMS=5000) as client:

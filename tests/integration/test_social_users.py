@@ -46,7 +46,7 @@ async def test_profile_shows_public_fields_only(client: Client, pair: tuple[Memb
     response = await client.get(f"/users/{alice.id}", headers=bob.headers)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == PUBLIC | {"followers_count", "following_count"}
+    assert set(body) == PUBLIC | {"followers_count", "following_count", "profile_picture"}
     assert body["id"] == str(alice.id) and body["username"] == alice.username
     assert body["followers_count"] == 0 and body["following_count"] == 0
     for secret in ("email", "password_hash", "phone", "grade", "state", "birthdate"):

@@ -16,7 +16,7 @@ import yaml
 from nubo.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-STORES = ("postgres", "mongo", "redis")
+STORES = ("postgres", "mongo", "redis", "s3")
 NUBO_IMAGE_SERVICES = ("api", "api2", "db-init")
 SETTING_NAME = re.compile(r"\b(NUBO_[A-Z0-9_]+|JWT_SECRET|PORT)\b")
 ENV_LINE = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")

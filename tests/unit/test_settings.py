@@ -224,3 +224,33 @@ def test_the_development_key_off_loopback_needs_an_explicit_dev_env() -> None:
     assert dev_key_exposure(load(), "127.0.0.1") is None
     assert dev_key_exposure(load(), "::1") is None
     assert dev_key_exposure(load(JWT_SECRET="x" * 32), "0.0.0.0") is None
+def test_media_settings() -> None:
+    settings = load_settings(
+        {
+            "NUBO_S3_ENDPOINT": "https://s3.eu-west-1.amazonaws.com",
+            "NUBO_S3_BUCKET": "my-photos",
+            "NUBO_S3_REGION": "eu-west-1",
+            "NUBO_S3_PUBLIC_BASE_URL": "https://cdn.example.org",
+            "NUBO_S3_UPLOAD_EXPIRY": "2m",
+            "NUBO_S3_URL_EXPIRY": "30d",
+            "NUBO_MEDIA_MAX_IMAGE": "5mb",
+            "NUBO_MEDIA_DAILY_QUOTA": "2gb",
+            "NUBO_MEDIA_MAX_PIXELS": "1000",
+        },
+        env_file=None,
+    )
+    assert (settings.s3_endpoint, settings.s3_bucket, settings.s3_region) == (
+        "https://s3.eu-west-1.amazonaws.com",
+        "my-photos",
+        "eu-west-1",
+    )
+    assert (settings.s3_upload_expiry, settings.s3_url_expiry) == (120, 7 * 86400)  # SigV4's 7-day maximum
+    assert (settings.media_max_image_bytes, settings.media_daily_quota, settings.media_max_pixels) == (
+        5 * 1024**2,
+        2 * 1024**3,
+        1000,
+    )
+    for variable, raw in (("NUBO_S3_BUCKET", "Bad_Bucket"), ("NUBO_S3_ENDPOINT", "s3.amazonaws.com")):
+        with pytest.raises(SettingsError) as caught:
+            load_settings({variable: raw}, env_file=None)
+        assert caught.value.variable == variable

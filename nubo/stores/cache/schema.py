@@ -336,7 +336,7 @@ SCHEMAS: dict[str, Schema] = {
         schema("likes", target_type="int", target_id="uuid", user_id="uuid", created_at="datetime"),
         schema(
             "media",
-            no_index=("storage_path", "size", "width", "height"),
+            no_index=("storage_path", "size", "width", "height", "variants", "placeholder"),
             owner_id="uuid",
             storage_path="str",
             mime="str",
@@ -345,6 +345,9 @@ SCHEMAS: dict[str, Schema] = {
             height="?int",
             processing_state="int",
             created_at="datetime",
+            kind="int",
+            variants="json",
+            placeholder="?str",
         ),
         schema(
             "conversations_meta",

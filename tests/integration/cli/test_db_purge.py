@@ -100,6 +100,7 @@ def test_purge_deletes_exactly_the_old_documents(seeded: Any, mongo_server: str)
     assert report["dry_run"] is False
     assert {name: report["counts"][name] for name in SEEDED} == dict.fromkeys(SEEDED, OLD_PER_COLLECTION)
     assert report["total"] == OLD_PER_COLLECTION * len(SEEDED), mongo_server
+    assert report["media"] == {"pending": 0, "unattached": 0, "objects": 0}  # the media part ran too
     # What is left: the 29-day-old documents and the one without last_use, in every seeded collection.
     assert ages(db) == {name: [-1] + [29] * RECENT_PER_COLLECTION for name in SEEDED}, mongo_server
     # A second purge finds nothing; the human output (what cron mails) is one short summary.

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from nubo.stores import Stores
+from tests.helpers.media import jpeg_with_exif, upload_media
 from tests.helpers.social import Client, Member, assert_error, new_member, pg_one
 
 
@@ -23,20 +24,8 @@ async def new_post(client: Client, author: Member, **body: object) -> dict[str, 
 
 
 async def new_media(client: Client, owner: Member) -> dict[str, Any]:
-    response = await client.post(
-        "/media",
-        headers=owner.headers,
-        json={
-            "storage_path": f"u/{owner.id}/{uuid.uuid4().hex}.jpg",
-            "mime": "image/jpeg",
-            "size": 1234,
-            "width": 640,
-            "height": 480,
-        },
-    )
-    assert response.status_code == 201, response.text
-    data: dict[str, Any] = response.json()
-    return data
+    """A ready image of `owner` (uploaded to the S3 server of scripts/services)."""
+    return await upload_media(client, owner, jpeg_with_exif(64, 48))
 
 
 # ---- posts -------------------------------------------------------------------------------------------------
@@ -221,11 +210,12 @@ async def test_concurrent_likes_count_exactly(client: Client) -> None:
 async def test_media_and_post_media_ownership(client: Client) -> None:
     alice, bob = await new_member(client), await new_member(client)
     mine, theirs = await new_media(client, alice), await new_media(client, bob)
-    assert mine["owner_id"] == str(alice.id) and mine["processing_state"] == 0
-    got = await client.get(f"/media/{mine['id']}", headers=bob.headers)
-    assert got.status_code == 200 and got.json() == mine
+    assert mine["owner_id"] == str(alice.id) and mine["state"] == "ready"
+    assert_error(await client.get(f"/media/{mine['id']}", headers=bob.headers), 404)  # not in use yet
     post = await new_post(client, alice, content="", media_ids=[mine["id"]])
-    assert post["media_ids"] == [mine["id"]]
+    assert post["media_ids"] == [mine["id"]] and post["media"][0]["id"] == mine["id"]
+    got = await client.get(f"/media/{mine['id']}", headers=bob.headers)  # now in a post bob may see
+    assert got.status_code == 200 and got.json()["id"] == mine["id"]
     assert_error(
         await client.post("/posts", json={"content": "x", "media_ids": [theirs["id"]]}, headers=alice.headers),
         422,

@@ -10,7 +10,7 @@ from typing import Any
 from litestar.serialization import encode_json
 
 from nubo.model import Visibility
-from nubo.posts import media_view, post_summary, post_view
+from nubo.posts import post_summary, post_view
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
 
@@ -35,6 +35,7 @@ def test_post_view_keys_and_defaults() -> None:
         "like_count",
         "liked",
         "comment_count",
+        "media",
     ]
     assert body["meta"] == {"mentions": [], "hashtags": []}
     assert (body["content"], body["media_ids"], body["visibility"], body["location"]) == (None, [], 0, None)
@@ -60,8 +61,3 @@ def test_post_summary_leaves_absent_fields_out() -> None:
     author = uuid.uuid4()
     body = as_json(post_summary({"user_id": author, "content": "hi", "visibility": 0, "like_count": 3}))
     assert body == {"user_id": str(author), "content": "hi", "visibility": 0}
-
-
-def test_media_view_nulls_absent_columns() -> None:
-    body = as_json(media_view({"id": uuid.uuid4(), "size": 3}))
-    assert body["size"] == 3 and body["width"] is None and body["owner_id"] is None

@@ -34,7 +34,7 @@ def _message(**changes: Any) -> MessageView:
 MESSAGE_JSON = (
     '{"id":"0190a0b0-0000-7000-8000-00000000000a","conversation_id":"0190a0b0-0000-7000-8000-00000000000b",'
     '"sender_id":"0190a0b0-0000-7000-8000-00000000000c","content":"héllo \\"you\\"","state":0,"message_type":0,'
-    '"client_id":"c-1","created_at":"2024-05-01T12:00:00.123000+00:00","edited_at":null}'
+    '"client_id":"c-1","created_at":"2024-05-01T12:00:00.123000+00:00","edited_at":null,"attachments":[]}'
 )
 
 CASES: list[tuple[frames.Frame, str]] = [
