@@ -321,6 +321,8 @@ def dev_key_exposure(settings: Settings, host: str) -> str | None:
             "or set NUBO_ENV=dev explicitly",
         )
     return f"the built-in development JWT key serves on {host}: anyone can mint tokens (set JWT_SECRET)"
+
+
 def _media_settings(get: Callable[[str], str | None]) -> dict[str, object]:
     """The object storage and media settings (docs/media.md)."""
     kwargs: dict[str, object] = {}

@@ -224,6 +224,8 @@ def test_the_development_key_off_loopback_needs_an_explicit_dev_env() -> None:
     assert dev_key_exposure(load(), "127.0.0.1") is None
     assert dev_key_exposure(load(), "::1") is None
     assert dev_key_exposure(load(JWT_SECRET="x" * 32), "0.0.0.0") is None
+
+
 def test_media_settings() -> None:
     settings = load_settings(
         {
