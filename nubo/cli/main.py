@@ -7,6 +7,7 @@ import typer
 from nubo.cli.cache import cache_app
 from nubo.cli.chat import chat
 from nubo.cli.db import db_app
+from nubo.cli.db_import import import_command
 from nubo.cli.serve import serve
 from nubo.cli.token import token
 
@@ -29,6 +30,7 @@ app.command("token")(token)
 app.command("chat")(chat)
 app.add_typer(db_app, name="db")
 app.add_typer(cache_app, name="cache")
+db_app.command("import")(import_command)
 
 
 def run() -> None:
