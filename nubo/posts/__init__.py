@@ -14,7 +14,8 @@ Rules:
 - a post's `media_ids` must all be media owned by its author (422 otherwise);
 - `meta` holds the mentions (`@username`, resolved to existing users) and hashtags (`#tag`) of the content.
 
-The modules: :mod:`~nubo.posts.parsing` (client input), :mod:`~nubo.posts.visibility`,
+The modules: :mod:`~nubo.posts.parsing` (client input), :mod:`~nubo.posts.visibility`, the view counting of
+:mod:`~nubo.posts.view_counts`,
 :mod:`~nubo.posts.views` (the API shapes: Structs the routes return as they are; and counts),
 :mod:`~nubo.posts.posts`, :mod:`~nubo.posts.comments`, :mod:`~nubo.posts.likes` and :mod:`~nubo.posts.media`.
 This package exports what other packages use.
@@ -35,6 +36,7 @@ from nubo.posts.media import (
 )
 from nubo.posts.parsing import MAX_COMMENT_CHARS, MAX_CONTENT_CHARS, MAX_LOCATION_CHARS, parse_meta, parse_visibility
 from nubo.posts.posts import create_post, delete_post, get_post, list_posts, update_post
+from nubo.posts.view_counts import MAX_VIEW_BATCH, ViewFlusher, ViewsRecorded, flush_views, record_views, view_totals
 from nubo.posts.views import (
     CommentView,
     LikeState,
@@ -60,6 +62,7 @@ __all__ = [
     "MAX_MEDIA_PER_POST",
     "MAX_MEDIA_PIXELS_SIDE",
     "MAX_STORAGE_PATH_CHARS",
+    "MAX_VIEW_BATCH",
     "TARGET_COMMENT",
     "TARGET_MESSAGE",
     "TARGET_POST",
@@ -71,6 +74,8 @@ __all__ = [
     "PostMeta",
     "PostSummary",
     "PostView",
+    "ViewFlusher",
+    "ViewsRecorded",
     "add_comment",
     "check_target",
     "comment_view",
@@ -79,6 +84,7 @@ __all__ = [
     "decorate_posts",
     "delete_comment",
     "delete_post",
+    "flush_views",
     "get_media",
     "get_post",
     "like",
@@ -92,9 +98,11 @@ __all__ = [
     "parse_visibility",
     "post_summary",
     "post_view",
+    "record_views",
     "unlike",
     "update_post",
     "validate_media",
+    "view_totals",
     "visible_comment",
     "visible_post",
 ]

@@ -62,7 +62,13 @@ async def create_post(
 
 async def get_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) -> PostView:
     post, ctx = await visible_post(stores, viewer, post_id)
-    return post_view(post, like_count=ctx.like_count, liked=ctx.liked, comment_count=ctx.comment_count)
+    return post_view(
+        post,
+        like_count=ctx.like_count,
+        liked=ctx.liked,
+        comment_count=ctx.comment_count,
+        view_count=ctx.view_count,
+    )
 
 
 async def _lock_own_post(tx: Transaction, viewer: uuid.UUID, post_id: uuid.UUID) -> Row:

@@ -19,7 +19,7 @@ from msgspec import UNSET, UnsetType
 from nubo import posts
 from nubo.ids import parse_id
 from nubo.pagination import Page
-from nubo.posts import CommentView, LikeState, MediaView, PostView
+from nubo.posts import CommentView, LikeState, MediaView, PostView, ViewsRecorded
 from nubo.server.users import AnyRequest, Before, Limit, PublicUser, StoresDep, caller_id
 
 Visibility = Literal["public", "followers"]
@@ -187,6 +187,27 @@ async def list_likes(
     return Page(items=[PublicUser.from_row(row) for row in page.items], next=page.next)
 
 
+# ---- views -------------------------------------------------------------------------------------------------
+
+
+class ViewReport(msgspec.Struct, forbid_unknown_fields=True):
+    """The posts a client showed to the caller (at most MAX_VIEW_BATCH ids; repeats count once)."""
+
+    post_ids: Annotated[list[uuid.UUID], msgspec.Meta(max_length=posts.MAX_VIEW_BATCH)]
+
+
+@post(
+    "/views/batch",
+    summary="Report the posts shown to the caller (counted once per user, post and day)",
+    tags=["posts"],
+    status_code=200,
+)
+async def report_views(request: AnyRequest, stores: StoresDep, data: JSONBody[ViewReport]) -> ViewsRecorded:
+    """Unknown posts, posts the caller may not see and the caller's own are not counted: they are listed in
+    `ignored`. Counts reach `view_count` within NUBO_VIEW_FLUSH seconds."""
+    return await posts.record_views(stores, caller_id(request), data.post_ids)
+
+
 # ---- media -------------------------------------------------------------------------------------------------
 
 
@@ -229,4 +250,5 @@ ROUTES = [
     list_likes,
     create_media,
     get_media,
+    report_views,
 ]

@@ -31,6 +31,7 @@ from nubo.stores.redis import Keys
 from nubo.stores.tiered import TieredStore
 from nubo.stores.transaction import Transaction, transaction
 from nubo.stores.unread import UnreadCounters
+from nubo.stores.view_counts import ViewCounts
 
 log = get_logger(__name__)
 
@@ -70,6 +71,7 @@ class Stores:
     background_pg: asyncio.Semaphore
     failures: StoreFailures
     scripts: LuaScripts
+    view_counts: ViewCounts  # who saw which post each day, and the counts not yet in PostgreSQL
 
     @property
     def mongo(self) -> AsyncDatabase[MongoDoc]:
@@ -145,6 +147,7 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
         mirror_refresh=BatchQueue("session-mirror-refresh", max_batch=MIRROR_REFRESH_BATCH),
         background_pg=asyncio.Semaphore(BACKGROUND_PG_SLOTS),
         failures=failures,
+        view_counts=ViewCounts(redis_client, keys),
     )
 
 

@@ -35,6 +35,7 @@ def test_post_view_keys_and_defaults() -> None:
         "like_count",
         "liked",
         "comment_count",
+        "view_count",
     ]
     assert body["meta"] == {"mentions": [], "hashtags": []}
     assert (body["content"], body["media_ids"], body["visibility"], body["location"]) == (None, [], 0, None)
