@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -79,6 +79,12 @@ class Settings:
     ws_queue_size: int = 256
     moderator_grade: int = 5
     log_level: str = "info"
+    # Write pipeline (docs/write-pipeline.md): view counts and the feed precompute.
+    view_flush_seconds: int = 5
+    precompute: bool = True
+    precompute_max_lag_ms: int = 20
+    precompute_max_cpu_percent: int = 50
+    precompute_active_seconds: int = 86400
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -280,4 +286,19 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         if raw.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError("NUBO_LOG_LEVEL", f"expected debug, info, warning or error, got {raw!r}")
         kwargs["log_level"] = raw.lower()
+    _write_pipeline_settings(get, kwargs)
     return Settings(**kwargs)  # type: ignore[arg-type]
+
+
+def _write_pipeline_settings(get: Callable[[str], str | None], kwargs: dict[str, object]) -> None:
+    """The settings of the view flusher and the feed precompute (docs/write-pipeline.md)."""
+    if (raw := get("NUBO_VIEW_FLUSH")) is not None:
+        kwargs["view_flush_seconds"] = parse_duration("NUBO_VIEW_FLUSH", raw)
+    if (raw := get("NUBO_PRECOMPUTE")) is not None:
+        kwargs["precompute"] = parse_switch("NUBO_PRECOMPUTE", raw)
+    if (raw := get("NUBO_PRECOMPUTE_MAX_LAG_MS")) is not None:
+        kwargs["precompute_max_lag_ms"] = _int("NUBO_PRECOMPUTE_MAX_LAG_MS", raw, 1, 10_000)
+    if (raw := get("NUBO_PRECOMPUTE_MAX_CPU")) is not None:
+        kwargs["precompute_max_cpu_percent"] = _int("NUBO_PRECOMPUTE_MAX_CPU", raw, 1, 100)
+    if (raw := get("NUBO_PRECOMPUTE_ACTIVE")) is not None:
+        kwargs["precompute_active_seconds"] = parse_duration("NUBO_PRECOMPUTE_ACTIVE", raw)

@@ -60,6 +60,9 @@ def settings_env(run_id: str) -> Iterator[dict[str, str]]:
         "NUBO_ENV": "test",
         "JWT_SECRET": secrets.token_urlsafe(48),
         "NUBO_LOG_LEVEL": "info",
+        # The feed precompute would build documents of test users at moments no test chooses; its own tests
+        # run it explicitly (tests/integration/test_precompute.py).
+        "NUBO_PRECOMPUTE": "off",
     }
     yield env
     with psycopg.connect(base["NUBO_POSTGRES_URL"], autocommit=True, connect_timeout=5) as conn:
