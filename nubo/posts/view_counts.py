@@ -124,8 +124,10 @@ class ViewFlusher:
         self.stores = stores
         self.interval = interval
         self.flushed = 0
+        self.running = False
 
     async def run(self) -> None:
+        self.running = True
         while True:
             await asyncio.sleep(self.interval)
             await self.flush_safely()
@@ -137,5 +139,7 @@ class ViewFlusher:
             log.warning("view_flush_failed", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
 
     async def drain(self) -> None:
-        """Write what is pending now (shutdown)."""
-        await self.flush_safely()
+        """Write what is pending now (shutdown of a process that ran the flusher; a CLI command, which records
+        no views, does not touch Redis or PostgreSQL for it)."""
+        if self.running:
+            await self.flush_safely()
