@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import BenchOptions, BenchOutput, Metric, bench_main, init_db, isolated_env, median
-from nubo.importing import find_sources
-from nubo.importing.loader import ImportReport, _Import
+from nubo.importing import checked_rows, find_sources
 from nubo.root import open_root
 from nubo.settings import load_settings
 from nubo.stores.bulk import COPY_TABLES, bulk_session
@@ -49,12 +48,8 @@ def run_import(directory: Path) -> dict[str, Any]:
 async def _raw_copy(env: dict[str, str], directory: Path) -> float:
     root = await open_root(load_settings(env, env_file=None), wait_for_postgres=True, pg_max_size=3)
     try:
-        sources = find_sources([directory])
-        # The tuples COPY writes, prepared by the import's own reader (untimed: raw COPY is the database's cost).
-        async with bulk_session(root.stores) as session:
-            job = _Import(session, sources, ImportReport(dry_run=True), lambda *_: None)
-            await job.run(copy=False)
-            rows = {kind: job.accepted[kind].rows for kind in sources}
+        # The tuples COPY writes, prepared by the import's own checks (untimed: raw COPY is the database's cost).
+        rows = await checked_rows(root.stores, find_sources([directory]))
         started = time.perf_counter()
         async with bulk_session(root.stores) as session:
             for kind, tuples in rows.items():

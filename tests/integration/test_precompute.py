@@ -9,13 +9,17 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+import httpx
+import pytest
 
 from nubo import feed
 from nubo.precompute import ConnectedFeeds, FeedPrecompute, LoadMonitor
 from nubo.stores import Stores, feed_cache
 from nubo.stores.feed_backlog import FeedBacklog
-from tests.helpers.harness import run_nubo
+from tests.helpers.harness import ServerProcess, run_nubo
+from tests.helpers.messaging import WsClient, make_users
 from tests.helpers.social import Client, Member, new_member
 
 
@@ -104,3 +108,39 @@ async def test_a_connected_users_feed_is_built_and_kept_current(client: Client, 
 async def _drain(backlog: FeedBacklog) -> AsyncIterator[uuid.UUID]:
     while (user := await backlog.pop()) is not None:
         yield user
+
+
+@pytest.mark.e2e
+async def test_a_socket_on_a_real_server_keeps_the_feed_ready(
+    db: Stores, start_server: Callable[..., ServerProcess]
+) -> None:
+    server = start_server()
+    reader, author = await make_users(db, "reader", "author")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        (await http.post(f"/users/{author.id}/follow", headers=reader.headers)).raise_for_status()
+        socket = await WsClient.connect(server.ws_url, reader.token)
+        try:
+            await wait_until_async(lambda: feed_cache.FeedCache(db).load(reader.id), within=10)  # built on connect
+            posted = await http.post("/posts", json={"content": "live"}, headers=author.headers)
+            item = feed.pack(uuid.UUID(posted.json()["id"]), author.id)
+
+            async def has_item() -> bool:
+                doc = await feed_cache.FeedCache(db).load(reader.id)
+                return doc is not None and item in doc.items
+
+            await wait_until_async(has_item, within=10)  # fan-out reached the connected reader
+        finally:
+            await socket.close()
+    backlog = FeedBacklog(db.redis, db.keys)
+
+    async def queued() -> bool:
+        return await db.redis.zscore(backlog.key, str(reader.id)) is not None
+
+    await wait_until_async(queued, within=10)  # left: queued for the precompute
+
+
+async def wait_until_async(condition: Callable[[], Awaitable[object]], within: float) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
