@@ -25,8 +25,9 @@ from tests.helpers.community import CommunitySize, write_community
 from tests.helpers.databases import fresh_databases
 from tests.helpers.harness import run_nubo
 
-# The size (10k users, 200k follows, 100k posts) took 25 s here with the checks and COPY (see
-# docs/write-pipeline.md); the test runs it once. Rows are spread over 3 years so few get Mongo copies.
+# The size (10k users, 200k follows, 100k posts) imports in 20-36 s on the shared 2-core machine (see
+# docs/write-pipeline.md), under a minute: the test runs the full size, once. Rows are spread over 3 years,
+# so few get Mongo copies.
 LARGE = CommunitySize(users=10_000, follows=200_000, posts=100_000, comments=5_000, likes=10_000)
 SMALL = CommunitySize(users=40, follows=120, posts=60, comments=30, likes=40)
 
