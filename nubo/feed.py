@@ -25,6 +25,9 @@ Design (fan-out on write for small authors, pull on read for big ones, PostgreSQ
 - **Else PostgreSQL.** Without a document (first read, or Mongo down) the page comes from PostgreSQL; the
   document is then built for next time (when Mongo answers). Pages older than the document's `floor` (items
   are trimmed to `FEED_CAP`) also come from PostgreSQL.
+- **Kept ready.** The documents of users connected to `/ws` are kept current continuously, those of other
+  recently active users when the instance has CPU to spare (:mod:`nubo.precompute`, through :func:`refresh`):
+  a document that exists is what fan-out writes to, and a fresh one spares the read its catch-up.
 - **Visibility.** Every read takes the reader's current follow set from PostgreSQL (followed, active, not
   blocked either way) and keeps only posts whose row — read through the tiers — is by the reader or by one of
   those authors; followers-only posts are then visible by definition. A cached feed never decides visibility.
@@ -214,6 +217,24 @@ async def _trim(cache: FeedCache, doc: FeedDocument) -> None:
     kept, dropped = items[:FEED_CAP], items[FEED_CAP:]
     doc.items, doc.floor = kept, unpack(kept[-1])[0]
     await cache.record_trim(doc, dropped)
+
+
+async def refresh(stores: Stores, viewer: uuid.UUID) -> bool:
+    """Make the viewer's document current ahead of a read (the precompute of :mod:`nubo.precompute`): built
+    when missing or when the follow set changed, caught up when its last check is `NUBO_FEED_CATCHUP` old.
+    True when it was written. Does nothing while Mongo is failing (reads then use PostgreSQL)."""
+    cache = FeedCache(stores)
+    if not cache.mongo_available:
+        return False
+    authors = await followed_authors(stores, viewer) | {viewer}
+    doc = await cache.load(viewer)
+    if doc is None or doc.authors != _authors_hash(authors):
+        await _rebuild(stores, cache, viewer, authors)
+        return True
+    if time.time() - doc.checked_at >= stores.settings.feed_catchup_seconds:
+        await _catch_up(stores, cache, doc, authors)
+        return True
+    return False
 
 
 # ---- reading -----------------------------------------------------------------------------------------------

@@ -7,12 +7,13 @@ is a field of :class:`Root`. Nothing is created later or hung on a shared object
 
 Order in :meth:`Root.running`:
 
-- start: the near cache's invalidation listener, the outbox worker, the cache governor, then the realtime hub
+- start: the near cache's invalidation listener, the outbox worker, the cache governor, the write pipeline's
+  tasks (view flusher, load monitor, connected users' feeds, feed precompute), then the realtime hub
   (subscribed before the server takes connections) and the typing listener;
 - stop, in reverse: the typing listener and the hub (sockets closed), then the queues are drained (feed
   fan-out, session-mirror refresh, messaging's and the tiered store's projections: what is left is repaired
-  by the outbox worker of another process or of the next start), the background tasks cancelled, and the
-  connections closed.
+  by the outbox worker of another process or of the next start; then the view counts are flushed), the
+  background tasks cancelled, and the connections closed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 
 from nubo import accounts, feed, messaging
 from nubo.logs import get_logger
+from nubo.posts import ViewFlusher
+from nubo.precompute import ConnectedFeeds, FeedPrecompute, LoadMonitor
 from nubo.realtime import typing_events
 from nubo.realtime.frames import PresenceFrame
 from nubo.realtime.hub import Hub
@@ -46,6 +49,11 @@ class Root:
     settings: Settings
     stores: Stores
     hub: Hub
+    # The write pipeline's background work (docs/write-pipeline.md).
+    view_flusher: ViewFlusher
+    load: LoadMonitor
+    connected_feeds: ConnectedFeeds
+    feed_precompute: FeedPrecompute
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Root]:
@@ -60,6 +68,7 @@ class Root:
                 ),
                 name="cache-governor",
             ),
+            *self._write_pipeline_tasks(),
         ]
         stop_typing: Callable[[], Awaitable[None]] | None = None
         try:
@@ -83,6 +92,19 @@ class Root:
         for queue in (stores.feed_fan_out, stores.mirror_refresh, stores.messaging_projector, stores.projector):
             with contextlib.suppress(Exception):  # what is left is repaired by the outbox worker
                 await queue.drain(DRAIN_SECONDS)
+        with contextlib.suppress(Exception):  # what is left stays in Redis for another instance's flusher
+            await asyncio.wait_for(self.view_flusher.drain(), DRAIN_SECONDS)
+
+    def _write_pipeline_tasks(self) -> list[asyncio.Task[None]]:
+        """The view flusher, the load monitor and the feeds kept ready (connected users, then the others)."""
+        tasks = [
+            asyncio.create_task(self.view_flusher.run(), name="view-flusher"),
+            asyncio.create_task(self.load.run(), name="load-monitor"),
+            asyncio.create_task(self.connected_feeds.run(), name="connected-feeds"),
+        ]
+        if self.settings.precompute:
+            tasks.append(asyncio.create_task(self.feed_precompute.run(), name="feed-precompute"))
+        return tasks
 
     async def close(self) -> None:
         """Close a root that was never run (CLI commands, tests): drain the queues, close the connections."""
@@ -104,4 +126,14 @@ async def open_root(settings: Settings, *, wait_for_postgres: bool = False, pg_m
         return await accounts.revoked_among(stores, session_keys)
 
     hub = Hub(stores, on_presence=announce, revoked_among=revoked_among)
-    return Root(settings=settings, stores=stores, hub=hub)
+    load = LoadMonitor(settings.precompute_max_lag_ms, settings.precompute_max_cpu_percent)
+    connected_feeds = ConnectedFeeds(stores, hub.local_users)
+    return Root(
+        settings=settings,
+        stores=stores,
+        hub=hub,
+        view_flusher=ViewFlusher(stores, settings.view_flush_seconds),
+        load=load,
+        connected_feeds=connected_feeds,
+        feed_precompute=FeedPrecompute(stores, load, connected_feeds.users),
+    )

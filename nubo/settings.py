@@ -79,6 +79,12 @@ class Settings:
     ws_queue_size: int = 256
     moderator_grade: int = 5
     log_level: str = "info"
+    # Write pipeline (docs/write-pipeline.md): view counts and the feed precompute.
+    view_flush_seconds: int = 5
+    precompute: bool = True
+    precompute_max_lag_ms: int = 20
+    precompute_max_cpu_percent: int = 50
+    precompute_active_seconds: int = 86400
     extra: Mapping[str, str] = field(default_factory=dict)
     # Whether NUBO_ENV was given (not defaulted): the dev JWT key may then serve off loopback. Not a value:
     # left out of comparisons.
@@ -302,6 +308,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
             raise SettingsError("NUBO_LOG_LEVEL", f"expected debug, info, warning or error, got {raw!r}")
         kwargs["log_level"] = raw.lower()
     kwargs.update(_media_settings(get))
+    _write_pipeline_settings(get, kwargs)
     return Settings(**kwargs)  # type: ignore[arg-type]
 
 
@@ -354,3 +361,17 @@ def _media_settings(get: Callable[[str], str | None]) -> dict[str, object]:
     if (raw := get("NUBO_MEDIA_MAX_PIXELS")) is not None:
         kwargs["media_max_pixels"] = _int("NUBO_MEDIA_MAX_PIXELS", raw, 1)
     return kwargs
+
+
+def _write_pipeline_settings(get: Callable[[str], str | None], kwargs: dict[str, object]) -> None:
+    """The settings of the view flusher and the feed precompute (docs/write-pipeline.md)."""
+    if (raw := get("NUBO_VIEW_FLUSH")) is not None:
+        kwargs["view_flush_seconds"] = parse_duration("NUBO_VIEW_FLUSH", raw)
+    if (raw := get("NUBO_PRECOMPUTE")) is not None:
+        kwargs["precompute"] = parse_switch("NUBO_PRECOMPUTE", raw)
+    if (raw := get("NUBO_PRECOMPUTE_MAX_LAG_MS")) is not None:
+        kwargs["precompute_max_lag_ms"] = _int("NUBO_PRECOMPUTE_MAX_LAG_MS", raw, 1, 10_000)
+    if (raw := get("NUBO_PRECOMPUTE_MAX_CPU")) is not None:
+        kwargs["precompute_max_cpu_percent"] = _int("NUBO_PRECOMPUTE_MAX_CPU", raw, 1, 100)
+    if (raw := get("NUBO_PRECOMPUTE_ACTIVE")) is not None:
+        kwargs["precompute_active_seconds"] = parse_duration("NUBO_PRECOMPUTE_ACTIVE", raw)

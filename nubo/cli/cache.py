@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import typer
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rich.table import Table
 
@@ -14,7 +15,9 @@ from nubo.settings import Settings
 from nubo.stores.cache.admin import cache_stats, resolve_budget, used_memory
 from nubo.stores.cache.collection import RedisCache
 from nubo.stores.cache.schema import SCHEMAS
+from nubo.stores.feed_backlog import FeedBacklog
 from nubo.stores.redis import Keys, delete_prefix, key_families, open_redis
+from nubo.stores.view_counts import ViewCounts
 
 cache_app = typer.Typer(
     help="Inspect or flush nubo's Redis cache (only keys under NUBO_REDIS_PREFIX).", no_args_is_help=True
@@ -35,9 +38,20 @@ async def _inspect(settings: Settings, collection: str | None) -> dict[str, Any]
         }
         if collection is None:
             report["key_families"] = await key_families(redis, Keys(settings.redis_prefix))
+            report["write_pipeline"] = await _write_pipeline(redis, Keys(settings.redis_prefix))
         return report
     finally:
         await redis.aclose()
+
+
+async def _write_pipeline(redis: Redis, keys: Keys) -> dict[str, Any]:
+    """The feed precompute's backlog and the view counts waiting for the flusher."""
+    backlog = await FeedBacklog(redis, keys).stats()
+    return {
+        "feed_backlog_users": backlog.users,
+        "feed_backlog_oldest_seconds": None if backlog.oldest_seconds is None else round(backlog.oldest_seconds, 1),
+        "view_counts_pending": await ViewCounts(redis, keys).pending(),
+    }
 
 
 def _mib(size: float) -> str:
@@ -63,6 +77,15 @@ def _print_report(report: dict[str, Any]) -> None:
         f"usage order holds {report['lru_entries']} elements",
         highlight=False,
     )
+    pipeline = report.get("write_pipeline")
+    if pipeline is not None:
+        oldest = pipeline["feed_backlog_oldest_seconds"]
+        waited = f", the oldest queued {oldest:.0f} s ago" if oldest is not None else ""
+        console.print(
+            f"Feed precompute backlog: {pipeline['feed_backlog_users']} users{waited}; "
+            f"view counts not yet in PostgreSQL: {pipeline['view_counts_pending']}",
+            highlight=False,
+        )
     families = report.get("key_families")
     if families:
         kinds = Table(title="All nubo keys, by family")
@@ -78,7 +101,8 @@ def inspect(
     collection: str | None = typer.Option(None, "--collection", "-c", help="Only this collection."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Per collection: elements, index sets, largest indexes, approximate memory; Redis memory vs budget."""
+    """Per collection: elements, index sets, largest indexes, approximate memory; Redis memory vs budget; the
+    feed precompute's backlog and the view counts waiting to be written."""
     settings = settings_or_exit()
     if collection is not None and collection not in SCHEMAS:
         fail(f"unknown collection {collection!r} (one of: {', '.join(sorted(SCHEMAS))})", 2)

@@ -10,6 +10,7 @@ from nubo.cli.cache import cache_app
 from nubo.cli.chat import chat
 from nubo.cli.common import plain_metavars
 from nubo.cli.db import db_app
+from nubo.cli.db_import import import_command
 from nubo.cli.serve import serve
 from nubo.cli.token import token
 from nubo.cli.users import users_app
@@ -31,6 +32,7 @@ def main() -> None:
 app.command("serve")(serve)
 app.command("token")(token)
 app.command("chat")(chat)
+db_app.command("import")(import_command)
 app.add_typer(db_app, name="db")
 app.add_typer(cache_app, name="cache")
 app.add_typer(users_app, name="users")

@@ -15,7 +15,8 @@ Rules:
   MAX_MEDIA_PER_POST; its view carries them with their URLs (`media`);
 - `meta` holds the mentions (`@username`, resolved to existing users) and hashtags (`#tag`) of the content.
 
-The modules: :mod:`~nubo.posts.parsing` (client input), :mod:`~nubo.posts.visibility`,
+The modules: :mod:`~nubo.posts.parsing` (client input), :mod:`~nubo.posts.visibility`, the view counting of
+:mod:`~nubo.posts.view_counts`,
 :mod:`~nubo.posts.views` (the API shapes: Structs the routes return as they are; and counts),
 :mod:`~nubo.posts.posts`, :mod:`~nubo.posts.comments`, :mod:`~nubo.posts.likes` and :mod:`~nubo.posts.media`
 (the ids a post may carry; the files are :mod:`nubo.media`'s).
@@ -29,6 +30,7 @@ from nubo.posts.likes import TARGET_COMMENT, TARGET_MESSAGE, TARGET_POST, check_
 from nubo.posts.media import MAX_MEDIA_PER_POST, media_id_list
 from nubo.posts.parsing import MAX_COMMENT_CHARS, MAX_CONTENT_CHARS, MAX_LOCATION_CHARS, parse_meta, parse_visibility
 from nubo.posts.posts import create_post, delete_post, get_post, list_posts, update_post
+from nubo.posts.view_counts import MAX_VIEW_BATCH, ViewFlusher, ViewsRecorded, flush_views, record_views, view_totals
 from nubo.posts.views import (
     CommentView,
     LikeState,
@@ -49,6 +51,7 @@ __all__ = [
     "MAX_CONTENT_CHARS",
     "MAX_LOCATION_CHARS",
     "MAX_MEDIA_PER_POST",
+    "MAX_VIEW_BATCH",
     "TARGET_COMMENT",
     "TARGET_MESSAGE",
     "TARGET_POST",
@@ -59,6 +62,8 @@ __all__ = [
     "PostMeta",
     "PostSummary",
     "PostView",
+    "ViewFlusher",
+    "ViewsRecorded",
     "add_comment",
     "check_target",
     "comment_view",
@@ -67,6 +72,7 @@ __all__ = [
     "delete_comment",
     "delete_post",
     "earlier_commenters",
+    "flush_views",
     "get_post",
     "like",
     "like_counts",
@@ -79,8 +85,10 @@ __all__ = [
     "parse_visibility",
     "post_summary",
     "post_view",
+    "record_views",
     "unlike",
     "update_post",
+    "view_totals",
     "visible_comment",
     "visible_post",
 ]

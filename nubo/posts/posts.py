@@ -67,7 +67,13 @@ async def create_post(
 
 async def get_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID) -> PostView:
     post, ctx = await visible_post(stores, viewer, post_id)
-    view = post_view(post, like_count=ctx.like_count, liked=ctx.liked, comment_count=ctx.comment_count)
+    view = post_view(
+        post,
+        like_count=ctx.like_count,
+        liked=ctx.liked,
+        comment_count=ctx.comment_count,
+        view_count=ctx.view_count,
+    )
     return (await with_media(stores, [view]))[0]
 
 

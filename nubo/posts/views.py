@@ -5,7 +5,8 @@ Each shape is a msgspec Struct defined once, here: the domain returns it, the HT
 Field order is the order of the JSON keys clients receive; fields are never omitted, except in
 :class:`PostSummary`, which keeps only what the post it was made from holds.
 
-Counts are count queries on PostgreSQL, so they are exact under concurrency (no counter to drift).
+Counts are count queries on PostgreSQL, so they are exact under concurrency (no counter to drift); view
+counts are PostgreSQL's too, written in bulk from Redis (:mod:`nubo.posts.view_counts`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class PostView(msgspec.Struct, gc=False):
     like_count: int
     liked: bool
     comment_count: int
+    view_count: int  # distinct viewers per day, summed (written in bulk: lags by up to NUBO_VIEW_FLUSH)
     media: list[MediaView] = msgspec.field(default_factory=list)  # the ready media of media_ids, in order
 
 
@@ -108,7 +110,9 @@ def _updated_at(row: Row) -> datetime:
     return updated
 
 
-def post_view(post: Row, *, like_count: int = 0, liked: bool = False, comment_count: int = 0) -> PostView:
+def post_view(
+    post: Row, *, like_count: int = 0, liked: bool = False, comment_count: int = 0, view_count: int = 0
+) -> PostView:
     """The API shape of a post."""
     return PostView(
         id=post["id"],
@@ -123,6 +127,7 @@ def post_view(post: Row, *, like_count: int = 0, liked: bool = False, comment_co
         like_count=like_count,
         liked=liked,
         comment_count=comment_count,
+        view_count=view_count,
     )
 
 
@@ -171,7 +176,9 @@ async def decorate_posts(stores: Stores, viewer: uuid.UUID, posts: Sequence[Row]
                 f"WHERE l.target_type = {LikeTarget.POST:d} AND l.target_id = t.id) AS like_count, "
                 "EXISTS (SELECT 1 FROM content.likes l "
                 f"WHERE l.target_type = {LikeTarget.POST:d} AND l.target_id = t.id AND l.user_id = %(v)s) AS liked, "
-                "(SELECT count(*) FROM content.comments c WHERE c.post_id = t.id) AS comment_count "
+                "(SELECT count(*) FROM content.comments c WHERE c.post_id = t.id) AS comment_count, "
+                "(SELECT coalesce(sum(v.views), 0)::bigint FROM content.post_view_days v WHERE v.post_id = t.id) "
+                "AS view_count "
                 "FROM unnest(%(ids)s::uuid[]) AS t(id)",
                 {"v": viewer, "ids": list(dict.fromkeys(ids))},
             )
@@ -183,6 +190,7 @@ async def decorate_posts(stores: Stores, viewer: uuid.UUID, posts: Sequence[Row]
             like_count=counts[p["id"]]["like_count"],
             liked=counts[p["id"]]["liked"],
             comment_count=counts[p["id"]]["comment_count"],
+            view_count=counts[p["id"]]["view_count"],
         )
         for p in posts
     ]

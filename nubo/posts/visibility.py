@@ -37,11 +37,12 @@ class PostContext(msgspec.Struct, frozen=True, gc=False):
     like_count: int
     liked: bool
     comment_count: int
+    view_count: int = 0  # a default: contexts cached before the field existed still decode
 
     @classmethod
     def of(cls, values: Mapping[str, Any]) -> PostContext:
         """The context from its stored form (a JSON object in the derived cache, or a PostgreSQL row)."""
-        return cls(**{name: values[name] for name in cls.__struct_fields__})
+        return cls(**{name: values[name] for name in cls.__struct_fields__ if name in values})
 
 
 async def _post_context(stores: Stores, viewer: uuid.UUID, post: Row) -> dict[str, Any]:
@@ -57,7 +58,9 @@ async def _post_context(stores: Stores, viewer: uuid.UUID, post: Row) -> dict[st
                 "AS like_count, "
                 f"EXISTS (SELECT 1 FROM content.likes WHERE target_type = {LikeTarget.POST:d} AND target_id = %(p)s "
                 "        AND user_id = %(v)s) AS liked, "
-                "(SELECT count(*) FROM content.comments WHERE post_id = %(p)s) AS comment_count",
+                "(SELECT count(*) FROM content.comments WHERE post_id = %(p)s) AS comment_count, "
+                "(SELECT coalesce(sum(views), 0)::bigint FROM content.post_view_days WHERE post_id = %(p)s) "
+                "AS view_count",
                 {"a": post["user_id"], "v": viewer, "p": post["id"]},
             )
         ).fetchone()

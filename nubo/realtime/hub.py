@@ -452,3 +452,7 @@ class Hub:
 
     def _local_users(self) -> list[uuid.UUID]:
         return [next(iter(conns)).user_id for conns in self.local.values() if conns]
+
+    def local_users(self) -> list[uuid.UUID]:
+        """The users with a socket on this instance now."""
+        return self._local_users()

@@ -20,7 +20,7 @@ from msgspec import UNSET, UnsetType
 from nubo import notifications, posts
 from nubo.ids import parse_id
 from nubo.pagination import Page
-from nubo.posts import CommentView, LikeState, PostView
+from nubo.posts import CommentView, LikeState, PostView, ViewsRecorded
 from nubo.server.users import AnyRequest, Before, Limit, PublicUser, StoresDep, caller_id
 
 Visibility = Literal["public", "followers"]
@@ -195,6 +195,27 @@ async def list_likes(
     return Page(items=[PublicUser.from_row(row) for row in page.items], next=page.next)
 
 
+# ---- views -------------------------------------------------------------------------------------------------
+
+
+class ViewReport(msgspec.Struct, forbid_unknown_fields=True):
+    """The posts a client showed to the caller (at most MAX_VIEW_BATCH ids; repeats count once)."""
+
+    post_ids: Annotated[list[uuid.UUID], msgspec.Meta(max_length=posts.MAX_VIEW_BATCH)]
+
+
+@post(
+    "/views/batch",
+    summary="Report the posts shown to the caller (counted once per user, post and day)",
+    tags=["posts"],
+    status_code=200,
+)
+async def report_views(request: AnyRequest, stores: StoresDep, data: JSONBody[ViewReport]) -> ViewsRecorded:
+    """Unknown posts, posts the caller may not see and the caller's own are not counted: they are listed in
+    `ignored`. Counts reach `view_count` within NUBO_VIEW_FLUSH seconds."""
+    return await posts.record_views(stores, caller_id(request), data.post_ids)
+
+
 ROUTES = [
     create_post,
     list_posts,
@@ -209,4 +230,5 @@ ROUTES = [
     like_comment,
     unlike_comment,
     list_likes,
+    report_views,
 ]

@@ -33,6 +33,7 @@ from nubo.stores.redis import Keys
 from nubo.stores.tiered import TieredStore
 from nubo.stores.transaction import Transaction, transaction
 from nubo.stores.unread import UnreadCounters
+from nubo.stores.view_counts import ViewCounts
 
 log = get_logger(__name__)
 
@@ -77,6 +78,7 @@ class Stores:
     # Held around the processing of one image (decoded, it holds tens of MB): at most IMAGE_SLOTS at once per
     # process, so a burst of completes queues instead of taking every thread and the memory they would need.
     image_slots: asyncio.Semaphore
+    view_counts: ViewCounts  # who saw which post each day, and the counts not yet in PostgreSQL
 
     @property
     def mongo(self) -> AsyncDatabase[MongoDoc]:
@@ -163,6 +165,7 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
         failures=failures,
         objects=ObjectStore(settings),
         image_slots=asyncio.Semaphore(IMAGE_SLOTS),
+        view_counts=ViewCounts(redis_client, keys),
     )
 
 

@@ -337,6 +337,11 @@ class TieredStore:
             ok = await self._remove_from_copies(entity, gone) and ok
         return ok
 
+    async def copy_to_mongo(self, entity_name: str, rows: Sequence[Row]) -> bool:
+        """Write the Mongo copies of committed `rows` only (bulk loads: the Redis copies are filled by reads).
+        False when Mongo failed (recorded like any tier failure)."""
+        return await self._to_mongo(ENTITIES[entity_name], rows)
+
     def _tier_failed(self, tier: str, action: str, entity: Entity, exc: BaseException) -> None:
         self.tier_failed(tier, action, entity.name, exc)
 

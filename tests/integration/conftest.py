@@ -66,6 +66,9 @@ def settings_env(run_id: str) -> Iterator[dict[str, str]]:
         "NUBO_S3_ACCESS_KEY": base["NUBO_S3_ACCESS_KEY"],
         "NUBO_S3_SECRET_KEY": base["NUBO_S3_SECRET_KEY"],
         "NUBO_S3_BUCKET": f"nubo-{run_id}",
+        # The feed precompute would build documents of test users at moments no test chooses; its own tests
+        # run it explicitly (tests/integration/test_precompute.py).
+        "NUBO_PRECOMPUTE": "off",
     }
     yield env
     remove_bucket(load_settings(env, env_file=None))

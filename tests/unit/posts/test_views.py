@@ -36,6 +36,7 @@ def test_post_view_keys_and_defaults() -> None:
         "liked",
         "comment_count",
         "media",
+        "view_count",
     ]
     assert body["meta"] == {"mentions": [], "hashtags": []}
     assert (body["content"], body["media_ids"], body["visibility"], body["location"]) == (None, [], 0, None)
