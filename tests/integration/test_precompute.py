@@ -40,10 +40,11 @@ async def running(*coroutines: object) -> AsyncIterator[None]:
 
 
 async def synthetic_load(stop: asyncio.Event) -> None:
-    """Block the event loop 60 ms out of every 70 (a CPU-bound handler would do the same)."""
+    """Block the event loop 150 ms out of every 155 (a CPU-bound handler would do the same): every load sample
+    then sees a lag far above the bound, even on a machine whose other work delays timers too."""
     while not stop.is_set():
-        time.sleep(0.06)  # noqa: ASYNC251 - blocking on purpose: this is the load
-        await asyncio.sleep(0.01)
+        time.sleep(0.15)  # noqa: ASYNC251 - blocking on purpose: this is the load
+        await asyncio.sleep(0.005)
 
 
 async def wait_for(condition: object, seconds: float) -> None:

@@ -35,8 +35,8 @@ def test_post_view_keys_and_defaults() -> None:
         "like_count",
         "liked",
         "comment_count",
-        "media",
         "view_count",
+        "media",
     ]
     assert body["meta"] == {"mentions": [], "hashtags": []}
     assert (body["content"], body["media_ids"], body["visibility"], body["location"]) == (None, [], 0, None)
