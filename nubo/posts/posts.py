@@ -78,6 +78,10 @@ async def _lock_own_post(tx: Transaction, viewer: uuid.UUID, post_id: uuid.UUID)
 async def update_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, changes: Mapping[str, object]) -> PostView:
     """Change content / visibility / location / media_ids of one's own post (404 if invisible, 403 if not
     the author). Unknown fields are rejected by the caller's schema; absent fields are left as they are."""
+    if not changes:
+        raise ValidationFailed(
+            "Nothing to change", fields={"body": "at least one of content, media_ids, visibility, location"}
+        )
     await visible_post(stores, viewer, post_id)
     values: dict[str, Any] = {}
     if "visibility" in changes:
@@ -97,8 +101,7 @@ async def update_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, cha
             await check_media_owner(tx, viewer, values["media_ids"])
         if "content" in values:
             values["meta"] = await build_meta(tx, values["content"])
-        # Always write (even with no change) so updated_at moves and the copies are refreshed.
-        row = await tx.update("posts", post_id, values or {"visibility": current["visibility"]})
+        row = await tx.update("posts", post_id, values)
     assert row is not None
     return await get_post(stores, viewer, post_id)
 

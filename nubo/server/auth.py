@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from litestar import Request, Response, delete, get, patch, post, put
@@ -39,6 +39,7 @@ from nubo.accounts import AuthUser, ClientInfo, MeView, SessionView, SettingsVie
 from nubo.errors import NuboError, Unauthorized, ValidationFailed
 from nubo.ids import parse_id
 from nubo.pagination import Page
+from nubo.server.contract import errors
 from nubo.server.errors import ErrorBody
 from nubo.server.ratelimit import client_ip, with_raw_headers
 from nubo.server.users import Before, Limit
@@ -304,6 +305,8 @@ class SignupBody(msgspec.Struct, forbid_unknown_fields=True):
 class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
     """Credentials: `username` (a username or an email) or `email`, and the password."""
 
+    json_schema_extra: ClassVar[dict[str, object]] = {"anyOf": [{"required": ["username"]}, {"required": ["email"]}]}
+
     password: Annotated[str, Meta(min_length=1, max_length=accounts.PASSWORD_MAX)]
     username: Login | None = None
     email: Login | None = None
@@ -316,7 +319,9 @@ class RefreshBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ProfilePatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """Profile fields to change; absent fields are kept, `null` clears an optional one."""
+    """Profile fields to change (at least one); absent fields are kept, `null` clears an optional one."""
+
+    json_schema_extra: ClassVar[dict[str, object]] = {"minProperties": 1}
 
     first_name: Name | UnsetType = UNSET
     last_name: Name | UnsetType = UNSET
@@ -348,14 +353,23 @@ def token_response(tokens: accounts.IssuedTokens, status: int = 200) -> Response
 # ---------------------------------------------------------------- routes
 
 
-@post("/signup", summary="Create an account", tags=["auth"], status_code=201, security=NO_AUTH)
+@post(
+    "/signup", summary="Create an account", tags=["auth"], status_code=201, security=NO_AUTH, responses=errors(409, 429)
+)
 async def signup(data: JSONBody[SignupBody], request: Request[Any, Any, Any], stores: StoresDep) -> MeView:
     new = accounts.NewUser(**msgspec.structs.asdict(data))
     row = await accounts.signup(stores, new, ip=client_info(request, stores.settings).ip)
     return MeView.from_row(row)
 
 
-@post("/login", summary="Log in: access token + refresh token", tags=["auth"], status_code=200, security=NO_AUTH)
+@post(
+    "/login",
+    summary="Log in: access token + refresh token",
+    tags=["auth"],
+    status_code=200,
+    security=NO_AUTH,
+    responses=errors(401, 409, 429),
+)
 async def login(data: JSONBody[LoginBody], request: Request[Any, Any, Any], stores: StoresDep) -> Response[TokenView]:
     identifier = data.username if data.username is not None else data.email
     if identifier is None:
@@ -370,6 +384,7 @@ async def login(data: JSONBody[LoginBody], request: Request[Any, Any, Any], stor
     tags=["auth"],
     status_code=200,
     security=NO_AUTH,
+    responses=errors(401, 409),
 )
 async def refresh_token(
     data: JSONBody[RefreshBody], request: Request[Any, Any, Any], stores: StoresDep

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import re
+import typing
 from typing import Any
 
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.utils.scope.state import ScopeState
 
 from nubo.errors import NuboError
 from nubo.logs import get_logger
@@ -54,16 +57,97 @@ def handle_nubo_error(_: Request[Any, Any, Any], exc: NuboError) -> Response[Err
     return error_response(exc.status, exc.message, exc.code, fields=exc.fields, headers=exc.headers)
 
 
-def handle_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+def handle_validation_error(request: Request[Any, Any, Any] | None, exc: ValidationException) -> Response[ErrorBody]:
     detail = str(exc.detail or "")
     if any(marker in detail for marker in _JSON_ERRORS):
         return error_response(400, "The request body is not valid JSON", "invalid_json")
+    items = [item for item in (exc.extra if isinstance(exc.extra, list) else []) if isinstance(item, dict)]
+    body_failed = any(item.get("source") == "body" or item.get("key") == "data" for item in items)
+    if body_failed and (response := _body_error(request)) is not None:
+        return response
+    aliases = _parameter_aliases(request) if request is not None else {}
     fields: dict[str, str] = {}
-    for item in exc.extra if isinstance(exc.extra, list) else []:
-        if isinstance(item, dict):
-            message = str(item.get("message", "invalid"))
-            fields[_field_key(str(item.get("key") or "body"), message)] = message
+    for item in items:
+        message = str(item.get("message", "invalid"))
+        key = str(item.get("key") or "body")
+        fields[aliases.get(key, _field_key(key, message))] = message
     return error_response(422, detail or "Validation failed", "validation_error", fields=fields or None)
+
+
+def _body_error(request: Request[Any, Any, Any] | None) -> Response[ErrorBody] | None:
+    """A body that did not decode into the route's Struct: a 422 naming every bad field (msgspec stops at the
+    first), or the body itself when it is missing or not an object; None when the request tells nothing."""
+    if request is None:
+        return None
+    raw = ScopeState.from_scope(request.scope).body
+    if not isinstance(raw, bytes) or not raw.strip():
+        return error_response(422, "A JSON object body is required", "validation_error", fields=_MISSING_BODY)
+    struct = request_struct(request.route_handler)
+    fields = every_bad_field(struct, raw) if struct is not None else {}
+    if not fields:
+        return None
+    return error_response(422, f"Invalid body: {', '.join(fields)}", "validation_error", fields=fields)
+
+
+_MISSING_BODY = {"body": "required: a JSON object"}
+
+
+def every_bad_field(struct: type[msgspec.Struct], raw: bytes) -> dict[str, str]:
+    """Each field of `raw` (a JSON body) that does not fit `struct`, with its problem: missing, unknown or of
+    the wrong type or size. ``{"body": ...}`` when the body is not a JSON object."""
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return {"body": "not valid JSON"}
+    if not isinstance(value, dict):
+        return {"body": "expected a JSON object"}
+    hints = typing.get_type_hints(struct, include_extras=True)
+    info: Any = msgspec.inspect.type_info(struct)
+    fields: dict[str, str] = {}
+    for field in info.fields:
+        if field.encode_name not in value:
+            if field.required:
+                fields[field.encode_name] = f"Object missing required field `{field.encode_name}`"
+            continue
+        try:
+            msgspec.convert(value[field.encode_name], type=hints[field.name])
+        except msgspec.ValidationError as exc:
+            fields[field.encode_name] = str(exc)
+    if info.forbid_unknown_fields:
+        known = {field.encode_name for field in info.fields}
+        unknown = [str(key)[:64] for key in value if key not in known]
+        fields.update({key: f"Object contains unknown field `{key}`" for key in unknown})
+    return fields
+
+
+def request_struct(handler: Any) -> type[msgspec.Struct] | None:
+    """The Struct a route handler's `data` is decoded into (through `Annotated`, `JSONBody` and `| None`)."""
+    fn = getattr(handler, "fn", None)
+    if fn is None or "data" not in inspect.signature(fn).parameters:
+        return None
+    hint: Any = typing.get_type_hints(fn, include_extras=True).get("data")
+    while True:
+        if typing.get_origin(hint) is typing.Annotated:
+            hint = typing.get_args(hint)[0]
+            continue
+        arguments = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(arguments) == 1 and typing.get_origin(hint) is not list:
+            hint = arguments[0]
+            continue
+        break
+    return hint if isinstance(hint, type) and issubclass(hint, msgspec.Struct) else None
+
+
+def _parameter_aliases(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """Parameter names as clients write them (`?state=`), by the handler's argument name (`report_state`)."""
+    aliases: dict[str, str] = {}
+    signature = getattr(request.route_handler, "parsed_fn_signature", None)
+    for name, parameter in (signature.parameters if signature else {}).items():
+        definition = getattr(parameter, "kwarg_definition", None)
+        alias = getattr(definition, "query", None) or getattr(definition, "name", None)
+        if isinstance(alias, str) and alias != name:
+            aliases[name] = alias
+    return aliases
 
 
 # msgspec names the offending field in the message for these; Litestar then reports the key as "data".

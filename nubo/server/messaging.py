@@ -8,14 +8,16 @@ caller is not a member of are 404 (their existence is not revealed). Lists use t
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
+import msgspec
 from litestar import Response, delete, get, patch, post
 from litestar.params import FromPath, JSONBody, Parameter
+from msgspec import Meta
 
 from nubo import messaging, notifications
 from nubo.ids import parse_id
+from nubo.messaging.shared import MAX_CLIENT_ID, MAX_CONTENT, MAX_MEMBERS, MAX_TITLE
 from nubo.messaging.views import ConversationView, MessageLikes, MessageView, ReadMarker, UnreadCounts
 from nubo.pagination import Page
 from nubo.server.users import AnyRequest, Before, Limit, StoresDep, caller_id
@@ -26,43 +28,52 @@ IdPath = FromPath[Annotated[str, Parameter(description="An id (UUID)", schema_ex
 # ---- request bodies --------------------------------------------------------------------------------------
 
 
-@dataclass
-class CreateConversationIn:
+# Text that is not blank and holds no NUL character (what `nubo.messaging.shared.clean_content` accepts).
+TEXT_PATTERN = r"^[^\x00]*[^\x00\s][^\x00]*$"
+NO_NUL = r"^[^\x00]*$"
+UserIds = Annotated[list[uuid.UUID], Meta(min_length=1, max_length=MAX_MEMBERS, description="User ids (at least one)")]
+MessageText = Annotated[
+    str, Meta(min_length=1, max_length=MAX_CONTENT, pattern=TEXT_PATTERN, examples=["See you at 8?"])
+]
+ClientId = Annotated[str, Meta(max_length=MAX_CLIENT_ID, pattern=NO_NUL, examples=["c-7f3a"])]
+Title = Annotated[str, Meta(min_length=1, max_length=MAX_TITLE, pattern=TEXT_PATTERN, examples=["Climbing"])]
+
+
+class CreateConversationIn(msgspec.Struct, forbid_unknown_fields=True):
     """`direct`: exactly one other user (the existing conversation is returned); `group`: a title."""
 
-    type: str
-    user_ids: list[uuid.UUID]
-    title: str | None = None
+    type: Literal["direct", "group"]
+    user_ids: UserIds
+    title: Title | None = None
 
 
-@dataclass
-class MembersIn:
-    user_ids: list[uuid.UUID]
+class MembersIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Users to add to a group."""
+
+    user_ids: UserIds
 
 
-@dataclass
-class SendMessageIn:
+class SendMessageIn(msgspec.Struct, forbid_unknown_fields=True):
     """`client_id` (optional, unique per sender) makes the send idempotent."""
 
-    content: str
-    client_id: str | None = None
+    content: MessageText
+    client_id: ClientId | None = None
 
 
-@dataclass
-class EditMessageIn:
-    content: str
+class EditMessageIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The new text of one's own message."""
+
+    content: MessageText
 
 
-@dataclass
-class ReadIn:
+class ReadIn(msgspec.Struct, forbid_unknown_fields=True):
     """The last message read (default: the latest message of the conversation)."""
 
     message_id: uuid.UUID | None = None
 
 
-@dataclass
-class NotificationsReadIn:
-    """Mark read the notifications up to this id (default: all)."""
+class NotificationsReadIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Mark read the notifications up to this id (`{}`: all of them). The body is required."""
 
     up_to: uuid.UUID | None = None
 
@@ -70,8 +81,9 @@ class NotificationsReadIn:
 # ---- responses (messaging's are its views, nubo.messaging.views) -----------------------------------------
 
 
-@dataclass
-class UpdatedOut:
+class UpdatedOut(msgspec.Struct):
+    """How many notifications changed."""
+
     updated: int
 
 
@@ -215,10 +227,8 @@ async def list_notifications(
 
 
 @post("/notifications/read", summary="Mark notifications read", tags=["notifications"], status_code=200)
-async def read_notifications(
-    request: AnyRequest, stores: StoresDep, data: JSONBody[NotificationsReadIn | None] = None
-) -> UpdatedOut:
-    return UpdatedOut(updated=await notifications.mark_read(stores, caller_id(request), data.up_to if data else None))
+async def read_notifications(request: AnyRequest, stores: StoresDep, data: JSONBody[NotificationsReadIn]) -> UpdatedOut:
+    return UpdatedOut(updated=await notifications.mark_read(stores, caller_id(request), data.up_to))
 
 
 ROUTES = [

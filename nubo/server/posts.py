@@ -9,7 +9,7 @@ Structs (:mod:`nubo.posts.views`); only the request bodies are defined here.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 from litestar import delete, get, patch, post
@@ -27,6 +27,8 @@ Content = Annotated[str, msgspec.Meta(max_length=posts.MAX_CONTENT_CHARS)]
 CommentText = Annotated[str, msgspec.Meta(min_length=1, max_length=posts.MAX_COMMENT_CHARS)]
 Location = Annotated[str, msgspec.Meta(max_length=posts.MAX_LOCATION_CHARS)]
 MediaIds = Annotated[list[uuid.UUID], msgspec.Meta(max_length=posts.MAX_MEDIA_PER_POST)]
+# nubo.posts.media.MIME_RE, either case (the server compares in lower case).
+MIME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$"
 Side = Annotated[int, msgspec.Meta(ge=1, le=posts.MAX_MEDIA_PIXELS_SIDE)]
 
 
@@ -47,7 +49,9 @@ class NewPost(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PostChanges(msgspec.Struct, forbid_unknown_fields=True):
-    """The fields to change on one's own post; absent fields are kept."""
+    """The fields to change on one's own post (at least one); absent fields are kept."""
+
+    json_schema_extra: ClassVar[dict[str, object]] = {"minProperties": 1}
 
     content: Content | UnsetType | None = UNSET
     media_ids: MediaIds | UnsetType = UNSET
@@ -65,7 +69,16 @@ class NewMedia(msgspec.Struct, forbid_unknown_fields=True):
     """Metadata of an uploaded file; the caller becomes its owner."""
 
     storage_path: Annotated[str, msgspec.Meta(min_length=1, max_length=posts.MAX_STORAGE_PATH_CHARS)]
-    mime: Annotated[str, msgspec.Meta(min_length=3, max_length=200)]
+    mime: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=3,
+            max_length=200,
+            pattern=MIME_PATTERN,
+            description="A media type such as image/jpeg (any case)",
+            examples=["image/jpeg"],
+        ),
+    ]
     size: Annotated[int, msgspec.Meta(ge=0, le=posts.MAX_MEDIA_BYTES)]
     width: Side | None = None
     height: Side | None = None

@@ -126,13 +126,20 @@ async def get_relationships(
     stores: StoresDep,
     ids: FromQuery[
         Annotated[
-            str,
-            Parameter(description=f"Comma-separated user ids, at most {social.MAX_RELATIONSHIP_IDS}", max_length=2000),
+            list[str],
+            Parameter(
+                description=(
+                    f"User ids, at most {social.MAX_RELATIONSHIP_IDS} in all: repeated (`?ids=A&ids=B`), "
+                    "comma-separated (`?ids=A,B`) or both"
+                ),
+                min_items=1,
+                max_items=social.MAX_RELATIONSHIP_IDS,
+            ),
         ]
     ],
 ) -> Page[social.Relationship]:
     """Unknown or hidden-by-state users are left out; a blocked user shows `blocking`/`blocked_by`."""
-    found = await social.relationships(stores, caller_id(request), social.parse_id_list(ids))
+    found = await social.relationships(stores, caller_id(request), social.parse_id_list(",".join(ids)))
     return Page(items=found, next=None)
 
 
