@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nubo import social
-from nubo.errors import Forbidden, NotFound, ValidationFailed
+from nubo.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from nubo.ids import new_id
 from nubo.model import FollowState, LikeTarget, Visibility
 from nubo.pagination import Page, make_page
@@ -96,7 +96,8 @@ async def update_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, cha
         current = await _lock_own_post(tx, viewer, post_id)
         merged = {**current, **values}
         if not ((merged.get("content") or "").strip() or merged.get("media_ids")):
-            raise ValidationFailed("a post needs content or media", code="empty_post", fields={"content": "empty"})
+            # 409: whether the change empties the post depends on the stored post, not on the request alone
+            raise Conflict("a post needs content or media", code="empty_post", fields={"content": "empty"})
         if "media_ids" in values:
             await check_media_owner(tx, viewer, values["media_ids"])
         if "content" in values:

@@ -305,7 +305,12 @@ class SignupBody(msgspec.Struct, forbid_unknown_fields=True):
 class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
     """Credentials: `username` (a username or an email) or `email`, and the password."""
 
-    json_schema_extra: ClassVar[dict[str, object]] = {"anyOf": [{"required": ["username"]}, {"required": ["email"]}]}
+    json_schema_extra: ClassVar[dict[str, object]] = {
+        "anyOf": [
+            {"required": ["username"], "properties": {"username": {"type": "string"}}},
+            {"required": ["email"], "properties": {"email": {"type": "string"}}},
+        ]
+    }
 
     password: Annotated[str, Meta(min_length=1, max_length=accounts.PASSWORD_MAX)]
     username: Login | None = None

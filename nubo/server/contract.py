@@ -45,6 +45,11 @@ DESCRIPTIONS = {
     429: ("Rate limited: retry after `Retry-After` seconds", "rate_limited", None),
     503: ("A store is down (`store` names it)", "store_unavailable", None),
 }
+NO_NUL = r"^[^\x00]*$"
+"""Text without NUL characters (PostgreSQL cannot store them)."""
+NOT_BLANK = r"^[^\x00]*[^\x00\s\x1c-\x1f\x85][^\x00]*$"
+"""Text without NUL holding one non-blank character; blank is spelled out so that Python's `str.strip` (the
+server) and ECMA-262's `\\s` (JSON Schema) agree on it."""
 ROUTE_PARAMETERS = frozenset({"request", "stores", "settings", "hub", "socket", "data", "state"})
 REQUEST_BODY_REF = re.compile(r"^#/components/schemas/(.+)$")
 

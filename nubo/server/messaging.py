@@ -8,7 +8,7 @@ caller is not a member of are 404 (their existence is not revealed). Lists use t
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 from litestar import Response, delete, get, patch, post
@@ -20,6 +20,7 @@ from nubo.ids import parse_id
 from nubo.messaging.shared import MAX_CLIENT_ID, MAX_CONTENT, MAX_MEMBERS, MAX_TITLE
 from nubo.messaging.views import ConversationView, MessageLikes, MessageView, ReadMarker, UnreadCounts
 from nubo.pagination import Page
+from nubo.server.contract import NO_NUL, NOT_BLANK, errors
 from nubo.server.users import AnyRequest, Before, Limit, StoresDep, caller_id
 
 IdPath = FromPath[Annotated[str, Parameter(description="An id (UUID)", schema_extra={"format": "uuid"})]]
@@ -28,19 +29,21 @@ IdPath = FromPath[Annotated[str, Parameter(description="An id (UUID)", schema_ex
 # ---- request bodies --------------------------------------------------------------------------------------
 
 
-# Text that is not blank and holds no NUL character (what `nubo.messaging.shared.clean_content` accepts).
-TEXT_PATTERN = r"^[^\x00]*[^\x00\s][^\x00]*$"
-NO_NUL = r"^[^\x00]*$"
 UserIds = Annotated[list[uuid.UUID], Meta(min_length=1, max_length=MAX_MEMBERS, description="User ids (at least one)")]
-MessageText = Annotated[
-    str, Meta(min_length=1, max_length=MAX_CONTENT, pattern=TEXT_PATTERN, examples=["See you at 8?"])
-]
+MessageText = Annotated[str, Meta(min_length=1, max_length=MAX_CONTENT, pattern=NOT_BLANK, examples=["See you at 8?"])]
 ClientId = Annotated[str, Meta(max_length=MAX_CLIENT_ID, pattern=NO_NUL, examples=["c-7f3a"])]
-Title = Annotated[str, Meta(min_length=1, max_length=MAX_TITLE, pattern=TEXT_PATTERN, examples=["Climbing"])]
+Title = Annotated[str, Meta(min_length=1, max_length=MAX_TITLE, pattern=NOT_BLANK, examples=["Climbing"])]
 
 
 class CreateConversationIn(msgspec.Struct, forbid_unknown_fields=True):
     """`direct`: exactly one other user (the existing conversation is returned); `group`: a title."""
+
+    json_schema_extra: ClassVar[dict[str, object]] = {
+        "anyOf": [
+            {"properties": {"type": {"const": "direct"}, "user_ids": {"maxItems": 1}}},
+            {"required": ["title"], "properties": {"type": {"const": "group"}, "title": {"type": "string"}}},
+        ]
+    }
 
     type: Literal["direct", "group"]
     user_ids: UserIds
@@ -90,7 +93,12 @@ class UpdatedOut(msgspec.Struct):
 # ---- conversations ---------------------------------------------------------------------------------------
 
 
-@post("/conversations", summary="Start a direct conversation or create a group", tags=["messaging"])
+@post(
+    "/conversations",
+    summary="Start a direct conversation or create a group",
+    tags=["messaging"],
+    responses=errors(403, 404),
+)
 async def create_conversation(
     request: AnyRequest, stores: StoresDep, data: JSONBody[CreateConversationIn]
 ) -> Response[ConversationView]:
@@ -118,6 +126,7 @@ async def get_conversation(request: AnyRequest, stores: StoresDep, conversation_
     summary="Add members (admins)",
     tags=["messaging"],
     status_code=200,
+    responses=errors(403),
 )
 async def add_members(
     request: AnyRequest, stores: StoresDep, conversation_id: IdPath, data: JSONBody[MembersIn]
@@ -132,6 +141,7 @@ async def add_members(
     summary="Remove a member (admins)",
     tags=["messaging"],
     status_code=204,
+    responses=errors(403),
 )
 async def remove_member(request: AnyRequest, stores: StoresDep, conversation_id: IdPath, user_id: IdPath) -> None:
     await messaging.remove_member(
@@ -147,7 +157,9 @@ async def leave_conversation(request: AnyRequest, stores: StoresDep, conversatio
 # ---- messages --------------------------------------------------------------------------------------------
 
 
-@post("/conversations/{conversation_id:str}/messages", summary="Send a message", tags=["messaging"])
+@post(
+    "/conversations/{conversation_id:str}/messages", summary="Send a message", tags=["messaging"], responses=errors(403)
+)
 async def send_message(
     request: AnyRequest, stores: StoresDep, conversation_id: IdPath, data: JSONBody[SendMessageIn]
 ) -> Response[MessageView]:
@@ -167,7 +179,7 @@ async def list_messages(
     )
 
 
-@patch("/messages/{message_id:str}", summary="Edit a message (sender only)", tags=["messaging"])
+@patch("/messages/{message_id:str}", summary="Edit a message (sender only)", tags=["messaging"], responses=errors(403))
 async def edit_message(
     request: AnyRequest, stores: StoresDep, message_id: IdPath, data: JSONBody[EditMessageIn]
 ) -> MessageView:
@@ -179,6 +191,7 @@ async def edit_message(
     summary="Delete a message (sender only)",
     tags=["messaging"],
     status_code=200,
+    responses=errors(403),
 )
 async def delete_message(request: AnyRequest, stores: StoresDep, message_id: IdPath) -> MessageView:
     return await messaging.delete_message(stores, caller_id(request), parse_id(message_id, "message_id"))

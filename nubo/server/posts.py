@@ -20,12 +20,16 @@ from nubo import posts
 from nubo.ids import parse_id
 from nubo.pagination import Page
 from nubo.posts import CommentView, LikeState, MediaView, PostView
+from nubo.server.contract import NO_NUL, NOT_BLANK, errors
 from nubo.server.users import AnyRequest, Before, Limit, PublicUser, StoresDep, caller_id
 
 Visibility = Literal["public", "followers"]
-Content = Annotated[str, msgspec.Meta(max_length=posts.MAX_CONTENT_CHARS)]
-CommentText = Annotated[str, msgspec.Meta(min_length=1, max_length=posts.MAX_COMMENT_CHARS)]
-Location = Annotated[str, msgspec.Meta(max_length=posts.MAX_LOCATION_CHARS)]
+Content = Annotated[str, msgspec.Meta(max_length=posts.MAX_CONTENT_CHARS, pattern=NO_NUL, examples=["Hello #nubo"])]
+CommentText = Annotated[str, msgspec.Meta(min_length=1, max_length=posts.MAX_COMMENT_CHARS, pattern=NOT_BLANK)]
+Location = Annotated[str, msgspec.Meta(max_length=posts.MAX_LOCATION_CHARS, pattern=NO_NUL)]
+# A relative path whose segments are never `..`, without control characters (nubo.posts.media.validate_media).
+_SEGMENT = r"(|\.|[^/.\x00-\x1f][^/\x00-\x1f]*|\.[^/.\x00-\x1f][^/\x00-\x1f]*|\.\.[^/\x00-\x1f]+)"
+STORAGE_PATH = f"^{_SEGMENT}(/{_SEGMENT})*$"
 MediaIds = Annotated[list[uuid.UUID], msgspec.Meta(max_length=posts.MAX_MEDIA_PER_POST)]
 # nubo.posts.media.MIME_RE, either case (the server compares in lower case).
 MIME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$"
@@ -36,11 +40,18 @@ Side = Annotated[int, msgspec.Meta(ge=1, le=posts.MAX_MEDIA_PIXELS_SIDE)]
 PostIdPath = FromPath[Annotated[str, Parameter(description="A post id (UUID)", schema_extra={"format": "uuid"})]]
 CommentIdPath = FromPath[Annotated[str, Parameter(description="A comment id (UUID)", schema_extra={"format": "uuid"})]]
 MediaIdPath = FromPath[Annotated[str, Parameter(description="A media id (UUID)", schema_extra={"format": "uuid"})]]
-UserQuery = FromQuery[Annotated[str | None, QueryParameter(description="Only this user's posts (a user id)")]]
+UserQuery = FromQuery[Annotated[uuid.UUID | None, QueryParameter(description="Only this user's posts (a user id)")]]
 
 
 class NewPost(msgspec.Struct, forbid_unknown_fields=True):
     """A post: content and/or media (media the caller uploaded), public or for followers only."""
+
+    json_schema_extra: ClassVar[dict[str, object]] = {
+        "anyOf": [
+            {"required": ["content"], "properties": {"content": {"type": "string", "pattern": NOT_BLANK}}},
+            {"required": ["media_ids"], "properties": {"media_ids": {"minItems": 1}}},
+        ]
+    }
 
     content: Content | None = None
     media_ids: MediaIds = msgspec.field(default_factory=list)
@@ -68,7 +79,12 @@ class NewComment(msgspec.Struct, forbid_unknown_fields=True):
 class NewMedia(msgspec.Struct, forbid_unknown_fields=True):
     """Metadata of an uploaded file; the caller becomes its owner."""
 
-    storage_path: Annotated[str, msgspec.Meta(min_length=1, max_length=posts.MAX_STORAGE_PATH_CHARS)]
+    storage_path: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1, max_length=posts.MAX_STORAGE_PATH_CHARS, pattern=STORAGE_PATH, examples=["u/1/cat.jpg"]
+        ),
+    ]
     mime: Annotated[
         str,
         msgspec.Meta(
@@ -99,7 +115,12 @@ async def create_post(request: AnyRequest, stores: StoresDep, data: JSONBody[New
     )
 
 
-@get("/posts", summary="Posts the caller may see, newest first (optionally one user's)", tags=["posts"])
+@get(
+    "/posts",
+    summary="Posts the caller may see, newest first (optionally one user's)",
+    tags=["posts"],
+    responses=errors(404),
+)
 async def list_posts(
     request: AnyRequest,
     stores: StoresDep,
@@ -107,8 +128,7 @@ async def list_posts(
     limit: Limit = 20,
     before: Before = None,
 ) -> Page[PostView]:
-    author = parse_id(user, "user") if user else None
-    return await posts.list_posts(stores, caller_id(request), user=author, limit=limit, before=before)
+    return await posts.list_posts(stores, caller_id(request), user=user, limit=limit, before=before)
 
 
 @get("/posts/{post_id:str}", summary="One post", tags=["posts"])
@@ -116,7 +136,7 @@ async def get_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) 
     return await posts.get_post(stores, caller_id(request), parse_id(post_id, "post_id"))
 
 
-@patch("/posts/{post_id:str}", summary="Edit one's own post", tags=["posts"])
+@patch("/posts/{post_id:str}", summary="Edit one's own post", tags=["posts"], responses=errors(403, 409))
 async def patch_post(
     request: AnyRequest, stores: StoresDep, post_id: PostIdPath, data: JSONBody[PostChanges]
 ) -> PostView:
@@ -129,6 +149,7 @@ async def patch_post(
     summary="Delete one's own post (with its comments and likes)",
     tags=["posts"],
     status_code=204,
+    responses=errors(403),
 )
 async def delete_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) -> None:
     await posts.delete_post(stores, caller_id(request), parse_id(post_id, "post_id"))
@@ -158,6 +179,7 @@ async def add_comment(
     summary="Delete a comment (its author or the post's author)",
     tags=["comments"],
     status_code=204,
+    responses=errors(403),
 )
 async def delete_comment(request: AnyRequest, stores: StoresDep, comment_id: CommentIdPath) -> None:
     await posts.delete_comment(stores, caller_id(request), parse_id(comment_id, "comment_id"))

@@ -75,7 +75,7 @@ def test_request_bodies_carry_every_constraint_the_server_enforces(openapi: dict
     assert conversation["user_ids"]["minItems"] == 1
     assert re.search(schemas["NewMedia"]["properties"]["mime"]["pattern"], "image/jpeg")
     assert not re.search(schemas["NewMedia"]["properties"]["mime"]["pattern"], "jpeg")
-    assert schemas["LoginBody"]["anyOf"] == [{"required": ["username"]}, {"required": ["email"]}]
+    assert [branch["required"] for branch in schemas["LoginBody"]["anyOf"]] == [["username"], ["email"]]
     assert schemas["PostChanges"]["minProperties"] == 1 and schemas["ProfilePatch"]["minProperties"] == 1
     parameters = {p["name"]: p for p in openapi["paths"]["/posts"]["get"]["parameters"]}
     assert parameters["before"]["schema"]["oneOf"][0]["format"] == "uuid"
