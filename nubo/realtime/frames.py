@@ -30,6 +30,9 @@ Durable events (``event_id`` spliced in front by :func:`nubo.stores.events.frame
 - ``read`` {conversation_id, user_id, message_id}: a member's read marker moved.
 - ``notification`` {notification}: the notification as :mod:`nubo.notifications` shapes it.
 - ``post.new`` {post}: a followed user posted; the post summary as :mod:`nubo.notifications` shapes it.
+
+Client -> server frames (:data:`ClientFrames`) are declared here too, for the AsyncAPI document of ``/ws``
+(:mod:`nubo.server.asyncapi`, served at ``/schema/asyncapi.json``), which is generated from these classes.
 """
 
 from __future__ import annotations
