@@ -87,11 +87,47 @@ def _message(frame: Any, ref: str) -> dict[str, Any]:
     }
 
 
+def _mark_timestamps(types: list[Any], schemas: dict[str, Any]) -> None:
+    """Give every datetime field `"format": "date-time"`: msgspec leaves it out (it also decodes naive
+    datetimes), while nubo always sends RFC 3339 with `Z` (docs/api.md)."""
+    seen: set[type] = set()
+    pending = list(msgspec.inspect.multi_type_info(types))
+    while pending:
+        info = pending.pop()
+        if isinstance(info, msgspec.inspect.StructType):
+            if info.cls in seen:
+                continue
+            seen.add(info.cls)
+            for field in info.fields:
+                if _is_datetime(field.type) and info.cls.__name__ in schemas:
+                    _add_format(schemas[info.cls.__name__]["properties"][field.encode_name])
+                pending.append(field.type)
+        for attribute in ("types", "item_type", "value_type"):
+            value = getattr(info, attribute, None)
+            if isinstance(value, tuple):
+                pending.extend(value)
+            elif value is not None:
+                pending.append(value)
+
+
+def _is_datetime(info: Any) -> bool:
+    if isinstance(info, msgspec.inspect.UnionType):
+        return any(isinstance(t, msgspec.inspect.DateTimeType) for t in info.types)
+    return isinstance(info, msgspec.inspect.DateTimeType)
+
+
+def _add_format(schema: dict[str, Any]) -> None:
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == "string":
+            branch["format"] = "date-time"
+
+
 @cache
 def document() -> dict[str, Any]:
     """The AsyncAPI 3.0 document (built once per process)."""
     everything = [*SERVER_FRAMES, *frames.ClientFrames]
     roots, schemas = msgspec.json.schema_components(everything, ref_template="#/components/schemas/{name}")
+    _mark_timestamps(everything, schemas)
     messages: dict[str, Any] = {}
     for frame, root in zip(everything, roots, strict=True):
         name = root["$ref"].rsplit("/", 1)[1]
