@@ -63,6 +63,7 @@ def errors(*statuses: int) -> dict[int, ResponseSpec]:
         example = ErrorBody(description, code, fields)
         specs[status] = ResponseSpec(
             data_container=ErrorBody,
+            generate_examples=False,
             description=description,
             examples=[Example(summary=code, value=msgspec.to_builtins(example))],
         )

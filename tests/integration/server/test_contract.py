@@ -85,6 +85,9 @@ def test_a_field_has_one_representation_in_requests_and_responses(openapi: dict[
     schemas = openapi["components"]["schemas"]
     assert set(schemas["NewPost"]["properties"]["visibility"]["enum"]) == {"public", "followers"}
     assert set(schemas["PostView"]["properties"]["visibility"]["enum"]) == {"public", "followers"}
+    assert {"direct", "group"} <= set(schemas["ConversationView"]["properties"]["type"]["enum"])
+    assert set(schemas["CreateConversationIn"]["properties"]["type"]["enum"]) == {"direct", "group"}
+    assert schemas["PostView"]["properties"]["created_at"]["format"] == "date-time"
 
 
 async def test_every_path_answers_options_with_all_its_methods(client: Client, openapi: dict[str, Any]) -> None:
