@@ -289,6 +289,18 @@ Theme = Annotated[int, Meta(ge=0, le=9)]
 class SignupBody(msgspec.Struct, forbid_unknown_fields=True):
     """A new account."""
 
+    json_schema_extra: ClassVar[dict[str, object]] = {
+        "examples": [
+            {
+                "username": "ada",
+                "email": "ada@example.com",
+                "password": "correct horse battery",
+                "first_name": "Ada",
+                "last_name": "Lovelace",
+            }
+        ]
+    }
+
     username: Username
     email: Email
     password: Password
@@ -309,7 +321,8 @@ class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
         "anyOf": [
             {"required": ["username"], "properties": {"username": {"type": "string"}}},
             {"required": ["email"], "properties": {"email": {"type": "string"}}},
-        ]
+        ],
+        "examples": [{"username": "ada", "password": "correct horse battery"}],
     }
 
     password: Annotated[str, Meta(min_length=1, max_length=accounts.PASSWORD_MAX)]

@@ -12,6 +12,7 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 from litestar import Response, delete, get, patch, post
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, Parameter
 from msgspec import Meta
 
@@ -59,6 +60,8 @@ class MembersIn(msgspec.Struct, forbid_unknown_fields=True):
 class SendMessageIn(msgspec.Struct, forbid_unknown_fields=True):
     """`client_id` (optional, unique per sender) makes the send idempotent."""
 
+    json_schema_extra: ClassVar[dict[str, object]] = {"examples": [{"content": "See you at 8?", "client_id": "c-7f3a"}]}
+
     content: MessageText
     client_id: ClientId | None = None
 
@@ -97,7 +100,11 @@ class UpdatedOut(msgspec.Struct):
     "/conversations",
     summary="Start a direct conversation or create a group",
     tags=["messaging"],
-    responses=errors(403, 404),
+    status_code=201,
+    responses={
+        200: ResponseSpec(ConversationView, description="The existing direct conversation with that user"),
+        **errors(403, 404),
+    },
 )
 async def create_conversation(
     request: AnyRequest, stores: StoresDep, data: JSONBody[CreateConversationIn]
@@ -158,7 +165,14 @@ async def leave_conversation(request: AnyRequest, stores: StoresDep, conversatio
 
 
 @post(
-    "/conversations/{conversation_id:str}/messages", summary="Send a message", tags=["messaging"], responses=errors(403)
+    "/conversations/{conversation_id:str}/messages",
+    summary="Send a message",
+    tags=["messaging"],
+    status_code=201,
+    responses={
+        200: ResponseSpec(MessageView, description="Already stored with this client_id (an idempotent retry)"),
+        **errors(403),
+    },
 )
 async def send_message(
     request: AnyRequest, stores: StoresDep, conversation_id: IdPath, data: JSONBody[SendMessageIn]

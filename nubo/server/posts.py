@@ -50,7 +50,8 @@ class NewPost(msgspec.Struct, forbid_unknown_fields=True):
         "anyOf": [
             {"required": ["content"], "properties": {"content": {"type": "string", "pattern": NOT_BLANK}}},
             {"required": ["media_ids"], "properties": {"media_ids": {"minItems": 1}}},
-        ]
+        ],
+        "examples": [{"content": "Hello #nubo", "visibility": "public"}],
     }
 
     content: Content | None = None

@@ -81,6 +81,16 @@ def test_request_bodies_carry_every_constraint_the_server_enforces(openapi: dict
     assert parameters["before"]["schema"]["oneOf"][0]["format"] == "uuid"
 
 
+def test_idempotent_creations_document_their_200(openapi: dict[str, Any]) -> None:
+    for path in ("/conversations", "/conversations/{conversation_id}/messages"):
+        responses = openapi["paths"][path]["post"]["responses"]
+        assert {"200", "201"} <= set(responses), path
+        assert (
+            responses["200"]["content"]["application/json"]["schema"]
+            == responses["201"]["content"]["application/json"]["schema"]
+        )
+
+
 def test_a_field_has_one_representation_in_requests_and_responses(openapi: dict[str, Any]) -> None:
     schemas = openapi["components"]["schemas"]
     assert set(schemas["NewPost"]["properties"]["visibility"]["enum"]) == {"public", "followers"}
