@@ -60,7 +60,7 @@ def errors(*statuses: int) -> dict[int, ResponseSpec]:
     specs: dict[int, ResponseSpec] = {}
     for status in statuses:
         description, code, fields = DESCRIPTIONS[status]
-        example = ErrorBody(description, code, fields)
+        example = ErrorBody(description, code, fields, store="postgres" if status == 503 else None)
         specs[status] = ResponseSpec(
             data_container=ErrorBody,
             generate_examples=False,
