@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 
 class NuboError(Exception):
@@ -93,11 +93,14 @@ class Unavailable(NuboError):
     default_code = "unavailable"
 
 
+StoreName = Literal["postgres", "redis", "mongo", "s3"]
+
+
 class StoreUnavailable(Unavailable):
     """A named store is unreachable: 503 `{"error", "code": "store_unavailable", "store": <name>}`."""
 
     default_code = "store_unavailable"
 
-    def __init__(self, store: str, message: str | None = None) -> None:
+    def __init__(self, store: StoreName, message: str | None = None) -> None:
         super().__init__(message or f"The {store} store is unavailable; try again shortly")
         self.store = store

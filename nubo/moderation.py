@@ -113,10 +113,8 @@ def _absent(target_type: str) -> NotFound:
 async def _check_user_target(stores: Stores, reporter_id: uuid.UUID, user_id: uuid.UUID) -> None:
     """A user may be reported when active and not blocking the reporter; the reporter's own block is
     allowed on purpose (block-and-report is the usual way to deal with harassment)."""
-    if user_id == reporter_id:
-        raise ValidationFailed(
-            "You cannot report yourself", code="cannot_report_self", fields={"target_id": "is the caller"}
-        )
+    if user_id == reporter_id:  # 403: a well-formed request that no schema can refuse
+        raise Forbidden("You cannot report yourself", code="cannot_report_self", fields={"target_id": "is the caller"})
     row = await stores.tiered.get("users", user_id)
     if row is None or row.get("state") != UserState.ACTIVE:
         raise _absent("user")

@@ -163,7 +163,7 @@ async def notify(
 
 
 def notification_event(view: Notification) -> NotificationFrame[Notification]:
-    """The ``notification`` event (the event encoder writes its timestamps as it always has, "+00:00")."""
+    """The ``notification`` event (its timestamps in the API's one format, as in `GET /notifications`)."""
     return NotificationFrame(notification=view)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from nubo.errors import NotFound, ValidationFailed
+from nubo.errors import Forbidden, NotFound, ValidationFailed
 from nubo.ids import new_id
 from nubo.model import FollowState, UserState, Visibility, active_user, blocked_either_way
 from nubo.pagination import Page, make_page
@@ -131,10 +131,9 @@ async def visible_user(stores: Stores, viewer_id: uuid.UUID, user_id: uuid.UUID)
 
 
 def _not_self(viewer_id: uuid.UUID, target_id: uuid.UUID, action: str) -> None:
+    """403: a well-formed request that no schema can refuse (the target is the caller)."""
     if viewer_id == target_id:
-        raise ValidationFailed(
-            f"You cannot {action} yourself", code=f"cannot_{action}_self", fields={"id": "is the caller"}
-        )
+        raise Forbidden(f"You cannot {action} yourself", code=f"cannot_{action}_self", fields={"id": "is the caller"})
 
 
 async def _lock_pair(tx: Transaction, a: uuid.UUID, b: uuid.UUID) -> None:

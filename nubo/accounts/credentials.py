@@ -25,7 +25,11 @@ from nubo.stores.postgres import UniqueViolation
 log = get_logger(__name__)
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.]{3,30}$")
-EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$")
+# The local part excludes C0/C1 controls and U+FEFF as well as whitespace, so that Python's `\s` and the
+# ECMA-262 `\s` of JSON Schema (the published pattern) refuse the same characters.
+EMAIL_RE = re.compile(
+    r"^[^@\s\x00-\x1f\x7f-\x9f\ufeff]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$"
+)
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
 INVALID_CREDENTIALS = "Invalid username, email or password"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Literal, cast
 
 import msgspec
 
@@ -19,8 +20,10 @@ from nubo.model import ConversationKind, MemberRole, MessageState
 from nubo.stores import Stores
 from nubo.stores.entities import Row
 
-KIND_NAMES = {kind: kind.name.lower() for kind in ConversationKind}
-ROLE_NAMES = {role: role.name.lower() for role in MemberRole}
+KindName = Literal["direct", "group", "community", "announcement"]
+RoleName = Literal["member", "admin", "creator"]
+KIND_NAMES: dict[int, KindName] = {kind: cast(KindName, kind.name.lower()) for kind in ConversationKind}
+ROLE_NAMES: dict[int, RoleName] = {role: cast(RoleName, role.name.lower()) for role in MemberRole}
 
 
 class MessageView(msgspec.Struct, frozen=True, gc=False):
@@ -51,7 +54,7 @@ class MemberView(msgspec.Struct, frozen=True, gc=False):
 
     user_id: uuid.UUID
     username: str
-    role: str
+    role: RoleName
     joined_at: datetime
     last_read_message_id: uuid.UUID | None
     online: bool
@@ -61,13 +64,13 @@ class ConversationView(msgspec.Struct, frozen=True, gc=False):
     """A conversation as the caller sees it (`members` only on the single-conversation routes)."""
 
     id: uuid.UUID
-    type: str
+    type: KindName
     title: str | None
     created_by: uuid.UUID | None
     created_at: datetime
     last_message: LastMessage | None
     unread_count: int
-    role: str
+    role: RoleName
     peer_id: uuid.UUID | None
     members: list[MemberView] | None = None
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from nubo import social
-from nubo.errors import Forbidden, NotFound, ValidationFailed
+from nubo.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from nubo.ids import new_id
 from nubo.media import release_media
 from nubo.model import FollowState, LikeTarget, Visibility
@@ -90,6 +90,10 @@ async def _lock_own_post(tx: Transaction, viewer: uuid.UUID, post_id: uuid.UUID)
 async def update_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, changes: Mapping[str, object]) -> PostView:
     """Change content / visibility / location / media_ids of one's own post (404 if invisible, 403 if not
     the author). Unknown fields are rejected by the caller's schema; absent fields are left as they are."""
+    if not changes:
+        raise ValidationFailed(
+            "Nothing to change", fields={"body": "at least one of content, media_ids, visibility, location"}
+        )
     await visible_post(stores, viewer, post_id)
     values: dict[str, Any] = {}
     if "visibility" in changes:
@@ -104,13 +108,13 @@ async def update_post(stores: Stores, viewer: uuid.UUID, post_id: uuid.UUID, cha
         current = await _lock_own_post(tx, viewer, post_id)
         merged = {**current, **values}
         if not ((merged.get("content") or "").strip() or merged.get("media_ids")):
-            raise ValidationFailed("a post needs content or media", code="empty_post", fields={"content": "empty"})
+            # 409: whether the change empties the post depends on the stored post, not on the request alone
+            raise Conflict("a post needs content or media", code="empty_post", fields={"content": "empty"})
         if "media_ids" in values:
             await check_media_owner(tx, viewer, values["media_ids"])
         if "content" in values:
             values["meta"] = await build_meta(tx, values["content"])
-        # Always write (even with no change) so updated_at moves and the copies are refreshed.
-        row = await tx.update("posts", post_id, values or {"visibility": current["visibility"]})
+        row = await tx.update("posts", post_id, values)
         if "media_ids" in values:  # media taken off the post and used nowhere else is deleted
             dropped = set(current.get("media_ids") or []) - set(values["media_ids"])
             await release_media(tx, stores, viewer, list(dropped))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -41,14 +41,14 @@ class PostMeta(msgspec.Struct, gc=False):
 
 
 class PostView(msgspec.Struct, gc=False):
-    """A post with its like and comment counts; `visibility` 0 public, 1 followers only."""
+    """A post with its like and comment counts; `visibility` as in requests, `public` or `followers`."""
 
     id: uuid.UUID
     user_id: uuid.UUID
     content: str | None
     media_ids: list[uuid.UUID]
     meta: PostMeta
-    visibility: int
+    visibility: VisibilityName
     location: str | None
     created_at: datetime
     updated_at: datetime
@@ -87,14 +87,28 @@ class PostSummary(msgspec.Struct, kw_only=True, gc=False):
     id: uuid.UUID | UnsetType = UNSET
     user_id: uuid.UUID
     content: str | UnsetType | None = UNSET
-    visibility: int | UnsetType = UNSET
+    visibility: VisibilityName | UnsetType = UNSET
     media_ids: list[uuid.UUID] | UnsetType = UNSET
     created_at: datetime | UnsetType = UNSET
 
 
 def post_summary(post: Mapping[str, Any]) -> PostSummary:
     """The summary of a post row (or view); `user_id` is required, the other fields are kept when present."""
-    return PostSummary(**{name: post[name] for name in PostSummary.__struct_fields__ if name in post})
+    fields = {name: post[name] for name in PostSummary.__struct_fields__ if name in post}
+    if "visibility" in fields:
+        fields["visibility"] = visibility_name(fields["visibility"])
+    return PostSummary(**fields)
+
+
+VisibilityName = Literal["public", "followers"]
+"""How the API writes a post's visibility, in requests and responses alike (stored as a small int)."""
+
+
+def visibility_name(value: object) -> VisibilityName:
+    """The API name of a stored visibility (a name is kept as is)."""
+    if value in ("public", "followers"):
+        return value
+    return "followers" if value == Visibility.FOLLOWERS else "public"
 
 
 def post_meta(meta: Mapping[str, Any] | None) -> PostMeta:
@@ -120,7 +134,7 @@ def post_view(
         content=post.get("content"),
         media_ids=list(post.get("media_ids") or []),
         meta=post_meta(post.get("meta")),
-        visibility=post.get("visibility", Visibility.PUBLIC),
+        visibility=visibility_name(post.get("visibility", Visibility.PUBLIC)),
         location=post.get("location"),
         created_at=post["created_at"],
         updated_at=_updated_at(post),

@@ -1,8 +1,8 @@
 """Every frame the server sends on the WebSocket, as a msgspec Struct tagged by its ``type``.
 
 The tag is encoded first, then the fields in the order written here: the wire shape of each frame is its
-class. Frames are encoded by :func:`nubo.stores.events.to_json` (timestamps as ``isoformat()``, the format
-the WebSocket has always used; HTTP responses use RFC 3339).
+class. Frames are encoded by :func:`nubo.stores.events.to_json` (timestamps in RFC 3339, UTC, ``Z``, microseconds:
+the same text as in the HTTP responses).
 
 A frame that carries a domain's shape (a message, a notification, a post) is generic in it: the payload is
 the domain's own view, defined once in the domain and shared with its HTTP routes (e.g.
@@ -30,12 +30,15 @@ Durable events (``event_id`` spliced in front by :func:`nubo.stores.events.frame
 - ``read`` {conversation_id, user_id, message_id}: a member's read marker moved.
 - ``notification`` {notification}: the notification as :mod:`nubo.notifications` shapes it.
 - ``post.new`` {post}: a followed user posted; the post summary as :mod:`nubo.notifications` shapes it.
+
+Client -> server frames (:data:`ClientFrames`) are declared here too, for the AsyncAPI document of ``/ws``
+(:mod:`nubo.server.asyncapi`, served at ``/schema/asyncapi.json``), which is generated from these classes.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
@@ -70,7 +73,7 @@ class ErrorFrame(Frame, frozen=True, tag="error", omit_defaults=True):
 
 
 class PongFrame(Frame, frozen=True, tag="pong"):
-    id: object  # whatever JSON value the ping carried, echoed as is
+    id: Any  # whatever JSON value the ping carried, echoed as is
     ts: int
 
 
@@ -134,3 +137,48 @@ ServerFrame = (
     | PostNewFrame[Any]
 )
 """Any frame the server sends (a tagged union: ``msgspec.json.decode(text, type=ServerFrame)`` reads one)."""
+
+
+# ---- client -> server frames (what the socket accepts; documented in the AsyncAPI document) ----------------
+
+
+class ClientFrame(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=False):
+    """A client -> server JSON envelope; its ``type`` is the subclass's tag. A text frame that does not start
+    with ``{`` or ``[`` is lobby text instead."""
+
+
+class MessageSendFrame(ClientFrame, frozen=True, tag="message.send"):
+    """Send a message; answered by ``ack`` once committed (or ``error`` with the same ``client_id``)."""
+
+    conversation_id: uuid.UUID
+    content: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+    client_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class TypingSendFrame(ClientFrame, frozen=True, tag="typing"):
+    """The caller is typing in a conversation (throttled to one event a second)."""
+
+    conversation_id: uuid.UUID
+
+
+class ReadSendFrame(ClientFrame, frozen=True, tag="read"):
+    """Move the caller's read marker (default: the latest message)."""
+
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID | None = None
+
+
+class PingFrame(ClientFrame, frozen=True, tag="ping"):
+    """Answered by ``pong`` echoing ``id``."""
+
+    id: Any = None
+
+
+class ResumeFrame(ClientFrame, frozen=True, tag="resume"):
+    """First frame only: resume delivery after this event id (as the ``last_event_id`` query parameter)."""
+
+    last_event_id: Annotated[int, msgspec.Meta(ge=0)]
+
+
+ClientFrames = (MessageSendFrame, TypingSendFrame, ReadSendFrame, PingFrame, ResumeFrame)
+"""Every JSON frame a client may send."""

@@ -14,9 +14,9 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from nubo import __version__
 from nubo.logs import configure_logging, get_logger
 from nubo.root import open_root
+from nubo.server import asyncapi, contract, health
 from nubo.server import auth as auth_routes
 from nubo.server import feed as feed_routes
-from nubo.server import health
 from nubo.server import media as media_routes
 from nubo.server import messaging as messaging_routes
 from nubo.server import moderation as moderation_routes
@@ -59,18 +59,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
             app.state.root = root
             yield
 
-    return Litestar(
-        route_handlers=[
-            *health.ROUTES,
-            *auth_routes.ROUTES,
-            *users_routes.ROUTES,
-            *moderation_routes.ROUTES,
-            *messaging_routes.ROUTES,
-            *realtime_routes.ROUTES,
-            *posts_routes.ROUTES,
-            *feed_routes.ROUTES,
-            *media_routes.ROUTES,
-        ],
+    handlers = [
+        *health.ROUTES,
+        *auth_routes.ROUTES,
+        *users_routes.ROUTES,
+        *moderation_routes.ROUTES,
+        *messaging_routes.ROUTES,
+        *realtime_routes.ROUTES,
+        *posts_routes.ROUTES,
+        *feed_routes.ROUTES,
+        *media_routes.ROUTES,
+        *asyncapi.ROUTES,
+    ]
+    contract.document_errors(handlers, auth_routes.PUBLIC_PATHS)
+    app = Litestar(
+        route_handlers=handlers,
         lifespan=[root_lifespan, frozen_startup_heap],
         state=state,
         dependencies=dependencies(state),
@@ -86,6 +89,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
         on_app_init=[auth_routes.jwt_auth(settings).on_app_init],
     )
+    contract.finish_openapi(app, handlers)
+    contract.fix_options_allow(app)
+    return app
 
 
 def create_app_from_env() -> Litestar:

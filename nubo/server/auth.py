@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from litestar import Request, Response, delete, get, patch, post, put
@@ -39,6 +39,7 @@ from nubo.accounts import AuthUser, ClientInfo, MeView, SessionView, SettingsVie
 from nubo.errors import NuboError, Unauthorized, ValidationFailed
 from nubo.ids import parse_id
 from nubo.pagination import Page
+from nubo.server.contract import errors
 from nubo.server.errors import ErrorBody
 from nubo.server.ratelimit import client_ip, with_raw_headers
 from nubo.server.users import Before, Limit
@@ -288,6 +289,18 @@ Theme = Annotated[int, Meta(ge=0, le=9)]
 class SignupBody(msgspec.Struct, forbid_unknown_fields=True):
     """A new account."""
 
+    json_schema_extra: ClassVar[dict[str, object]] = {
+        "examples": [
+            {
+                "username": "ada",
+                "email": "ada@example.com",
+                "password": "correct horse battery",
+                "first_name": "Ada",
+                "last_name": "Lovelace",
+            }
+        ]
+    }
+
     username: Username
     email: Email
     password: Password
@@ -305,6 +318,14 @@ class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
     """Credentials: `username` (a username or an email) or `email`, and the password. When both are given they
     must name the same account (else 401 `invalid_credentials`)."""
 
+    json_schema_extra: ClassVar[dict[str, object]] = {
+        "anyOf": [
+            {"required": ["username"], "properties": {"username": {"type": "string"}}},
+            {"required": ["email"], "properties": {"email": {"type": "string"}}},
+        ],
+        "examples": [{"username": "ada", "password": "correct horse battery"}],
+    }
+
     password: Annotated[str, Meta(min_length=1, max_length=accounts.PASSWORD_MAX)]
     username: Login | None = None
     email: Login | None = None
@@ -317,7 +338,9 @@ class RefreshBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ProfilePatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """Profile fields to change; absent fields are kept, `null` clears an optional one."""
+    """Profile fields to change (at least one); absent fields are kept, `null` clears an optional one."""
+
+    json_schema_extra: ClassVar[dict[str, object]] = {"minProperties": 1}
 
     first_name: Name | UnsetType = UNSET
     last_name: Name | UnsetType = UNSET
@@ -349,14 +372,23 @@ def token_response(tokens: accounts.IssuedTokens, status: int = 200) -> Response
 # ---------------------------------------------------------------- routes
 
 
-@post("/signup", summary="Create an account", tags=["auth"], status_code=201, security=NO_AUTH)
+@post(
+    "/signup", summary="Create an account", tags=["auth"], status_code=201, security=NO_AUTH, responses=errors(409, 429)
+)
 async def signup(data: JSONBody[SignupBody], request: Request[Any, Any, Any], stores: StoresDep) -> MeView:
     new = accounts.NewUser(**msgspec.structs.asdict(data))
     row = await accounts.signup(stores, new, ip=client_info(request, stores.settings).ip)
     return MeView.from_row(row)
 
 
-@post("/login", summary="Log in: access token + refresh token", tags=["auth"], status_code=200, security=NO_AUTH)
+@post(
+    "/login",
+    summary="Log in: access token + refresh token",
+    tags=["auth"],
+    status_code=200,
+    security=NO_AUTH,
+    responses=errors(401, 409, 429),
+)
 async def login(data: JSONBody[LoginBody], request: Request[Any, Any, Any], stores: StoresDep) -> Response[TokenView]:
     identifier = data.username if data.username is not None else data.email
     if identifier is None:
@@ -373,6 +405,7 @@ async def login(data: JSONBody[LoginBody], request: Request[Any, Any, Any], stor
     tags=["auth"],
     status_code=200,
     security=NO_AUTH,
+    responses=errors(401, 409),
 )
 async def refresh_token(
     data: JSONBody[RefreshBody], request: Request[Any, Any, Any], stores: StoresDep

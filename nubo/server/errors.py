@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import re
-from typing import Any
+import typing
+from typing import Any, Literal
 
 import msgspec
+import psycopg
+import psycopg_pool
+import pymongo.errors
+import redis.exceptions
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.utils.scope.state import ScopeState
 
-from nubo.errors import NuboError, StoreUnavailable
+from nubo.errors import NuboError, StoreName, StoreUnavailable
 from nubo.logs import get_logger
 
 log = get_logger(__name__)
@@ -31,20 +38,20 @@ _CODES_BY_STATUS = {
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
     """Every error a client receives (HTTP responses and refused WebSocket upgrades): a message for humans, a
-    stable snake_case `code` for programs, and `fields` (each bad field and its problem) only when there are
-    some."""
+    stable snake_case `code` for programs, `fields` (each bad field and its problem) only when there are
+    some, and `store` only on a 503 `store_unavailable` (a connection to that store failed)."""
 
     error: str
     code: str
     fields: dict[str, str] | None = None
-    store: str | None = None  # which store is down, with code store_unavailable
+    store: StoreName | None = None  # only with 503 `store_unavailable`
 
     @classmethod
     def of(cls, exc: NuboError) -> ErrorBody:
         return cls(exc.message, exc.code, exc.fields or None, _store_of(exc))
 
 
-def _store_of(exc: NuboError) -> str | None:
+def _store_of(exc: NuboError) -> StoreName | None:
     return exc.store if isinstance(exc, StoreUnavailable) else None
 
 
@@ -60,16 +67,97 @@ def handle_nubo_error(_: Request[Any, Any, Any], exc: NuboError) -> Response[Err
     return Response(body, status_code=exc.status, headers=exc.headers or None, media_type="application/json")
 
 
-def handle_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+def handle_validation_error(request: Request[Any, Any, Any] | None, exc: ValidationException) -> Response[ErrorBody]:
     detail = str(exc.detail or "")
     if any(marker in detail for marker in _JSON_ERRORS):
         return error_response(400, "The request body is not valid JSON", "invalid_json")
+    items = [item for item in (exc.extra if isinstance(exc.extra, list) else []) if isinstance(item, dict)]
+    body_failed = any(item.get("source") == "body" or item.get("key") == "data" for item in items)
+    if body_failed and (response := _body_error(request)) is not None:
+        return response
+    aliases = _parameter_aliases(request) if request is not None else {}
     fields: dict[str, str] = {}
-    for item in exc.extra if isinstance(exc.extra, list) else []:
-        if isinstance(item, dict):
-            message = str(item.get("message", "invalid"))
-            fields[_field_key(str(item.get("key") or "body"), message)] = message
+    for item in items:
+        message = str(item.get("message", "invalid"))
+        key = str(item.get("key") or "body")
+        fields[aliases.get(key, _field_key(key, message))] = message
     return error_response(422, detail or "Validation failed", "validation_error", fields=fields or None)
+
+
+def _body_error(request: Request[Any, Any, Any] | None) -> Response[ErrorBody] | None:
+    """A body that did not decode into the route's Struct: a 422 naming every bad field (msgspec stops at the
+    first), or the body itself when it is missing or not an object; None when the request tells nothing."""
+    if request is None:
+        return None
+    raw = ScopeState.from_scope(request.scope).body
+    if not isinstance(raw, bytes) or not raw.strip():
+        return error_response(422, "A JSON object body is required", "validation_error", fields=_MISSING_BODY)
+    struct = request_struct(request.route_handler)
+    fields = every_bad_field(struct, raw) if struct is not None else {}
+    if not fields:
+        return None
+    return error_response(422, f"Invalid body: {', '.join(fields)}", "validation_error", fields=fields)
+
+
+_MISSING_BODY = {"body": "required: a JSON object"}
+
+
+def every_bad_field(struct: type[msgspec.Struct], raw: bytes) -> dict[str, str]:
+    """Each field of `raw` (a JSON body) that does not fit `struct`, with its problem: missing, unknown or of
+    the wrong type or size. ``{"body": ...}`` when the body is not a JSON object."""
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return {"body": "not valid JSON"}
+    if not isinstance(value, dict):
+        return {"body": "expected a JSON object"}
+    hints = typing.get_type_hints(struct, include_extras=True)
+    info: Any = msgspec.inspect.type_info(struct)
+    fields: dict[str, str] = {}
+    for field in info.fields:
+        if field.encode_name not in value:
+            if field.required:
+                fields[field.encode_name] = f"Object missing required field `{field.encode_name}`"
+            continue
+        try:
+            msgspec.convert(value[field.encode_name], type=hints[field.name])
+        except msgspec.ValidationError as exc:
+            fields[field.encode_name] = str(exc)
+    if info.forbid_unknown_fields:
+        known = {field.encode_name for field in info.fields}
+        unknown = [str(key)[:64] for key in value if key not in known]
+        fields.update({key: f"Object contains unknown field `{key}`" for key in unknown})
+    return fields
+
+
+def request_struct(handler: Any) -> type[msgspec.Struct] | None:
+    """The Struct a route handler's `data` is decoded into (through `Annotated`, `JSONBody` and `| None`)."""
+    fn = getattr(handler, "fn", None)
+    if fn is None or "data" not in inspect.signature(fn).parameters:
+        return None
+    hint: Any = typing.get_type_hints(fn, include_extras=True).get("data")
+    while True:
+        if typing.get_origin(hint) is typing.Annotated:
+            hint = typing.get_args(hint)[0]
+            continue
+        arguments = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(arguments) == 1 and typing.get_origin(hint) is not list:
+            hint = arguments[0]
+            continue
+        break
+    return hint if isinstance(hint, type) and issubclass(hint, msgspec.Struct) else None
+
+
+def _parameter_aliases(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """Parameter names as clients write them (`?state=`), by the handler's argument name (`report_state`)."""
+    aliases: dict[str, str] = {}
+    signature = getattr(request.route_handler, "parsed_fn_signature", None)
+    for name, parameter in (signature.parameters if signature else {}).items():
+        definition = getattr(parameter, "kwarg_definition", None)
+        alias = getattr(definition, "query", None) or getattr(definition, "name", None)
+        if isinstance(alias, str) and alias != name:
+            aliases[name] = alias
+    return aliases
 
 
 # msgspec names the offending field in the message for these; Litestar then reports the key as "data".
@@ -99,8 +187,32 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    if (store := store_down(exc)) is not None:
+        log.warning("store_unavailable", extra={"store": store, "error": f"{type(exc).__name__}: {exc}"[:200]})
+        body = ErrorBody(f"{store} is unavailable right now", "store_unavailable", store=store)
+        return Response(body, status_code=503, headers={"Retry-After": "1"}, media_type="application/json")
     log.exception("unhandled_error", extra={"path": request.url.path, "method": request.method})
     return error_response(500, "Internal server error", "internal_error")
+
+
+_STORE_ERRORS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
+    ((psycopg.OperationalError, psycopg_pool.PoolTimeout), "postgres"),
+    ((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError), "redis"),
+    ((pymongo.errors.ConnectionFailure, pymongo.errors.ServerSelectionTimeoutError), "mongo"),
+)
+
+
+def store_down(exc: BaseException) -> Literal["postgres", "redis", "mongo"] | None:
+    """The store whose connection failed, when `exc` (or its cause) is such a failure: 503, never a 500."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            break
+        for kinds, store in _STORE_ERRORS:
+            if isinstance(seen, kinds):
+                return store  # type: ignore[return-value]
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

@@ -14,6 +14,8 @@ from litestar.di import NamedDependency
 
 from nubo.stores import Stores
 
+PUBLIC: list[dict[str, list[str]]] = [{}]  # OpenAPI: no token needed
+
 
 class Pong(msgspec.Struct):
     """The seed's ping answer, `{"message": "pong"}`."""
@@ -45,17 +47,17 @@ class Unready(msgspec.Struct):
     stores: dict[str, dict[str, Any]]
 
 
-@get("/ping", summary="Seed ping", tags=["health"])
+@get("/ping", summary="Seed ping", tags=["health"], security=PUBLIC)
 async def ping() -> Pong:
     return Pong("pong")
 
 
-@get("/healthz", summary="Process is alive", tags=["health"])
+@get("/healthz", summary="Process is alive", tags=["health"], security=PUBLIC)
 async def healthz() -> Alive:
     return Alive("alive")
 
 
-@get("/readyz", summary="Every store answers", tags=["health"])
+@get("/readyz", summary="Every store answers", tags=["health"], security=PUBLIC)
 async def readyz(stores: NamedDependency[Stores]) -> Response[Ready | Unready]:
     checks = await stores.check()
     down = [name for name, state in checks.items() if state["status"] != "up"]

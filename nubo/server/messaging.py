@@ -8,19 +8,21 @@ caller is not a member of are 404 (their existence is not revealed). Lists use t
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 from litestar import Response, delete, get, patch, post
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, Parameter
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET, Meta, UnsetType
 
-from nubo import messaging, notifications
+from nubo import messaging, notifications, posts
 from nubo.errors import ValidationFailed
 from nubo.ids import parse_id
+from nubo.messaging.shared import MAX_CLIENT_ID, MAX_CONTENT, MAX_MEMBERS, MAX_TITLE
 from nubo.messaging.views import ConversationView, MessageLikes, MessageView, ReadMarker, UnreadCounts
 from nubo.pagination import Page
+from nubo.server.contract import NO_NUL, NOT_BLANK, errors
 from nubo.server.users import AnyRequest, Before, Limit, StoresDep, caller_id
 
 IdPath = FromPath[Annotated[str, Parameter(description="An id (UUID)", schema_extra={"format": "uuid"})]]
@@ -29,44 +31,64 @@ IdPath = FromPath[Annotated[str, Parameter(description="An id (UUID)", schema_ex
 # ---- request bodies --------------------------------------------------------------------------------------
 
 
-@dataclass
-class CreateConversationIn:
+UserIds = Annotated[list[uuid.UUID], Meta(min_length=1, max_length=MAX_MEMBERS, description="User ids (at least one)")]
+MessageText = Annotated[str, Meta(min_length=1, max_length=MAX_CONTENT, pattern=NOT_BLANK, examples=["See you at 8?"])]
+ClientId = Annotated[str, Meta(max_length=MAX_CLIENT_ID, pattern=NO_NUL, examples=["c-7f3a"])]
+Title = Annotated[str, Meta(min_length=1, max_length=MAX_TITLE, pattern=NOT_BLANK, examples=["Climbing"])]
+
+
+class CreateConversationIn(msgspec.Struct, forbid_unknown_fields=True):
     """`direct`: exactly one other user (the existing conversation is returned); `group`: a title."""
 
-    type: str
-    user_ids: list[uuid.UUID]
-    title: str | None = None
+    json_schema_extra: ClassVar[dict[str, object]] = {
+        "anyOf": [
+            {"properties": {"type": {"const": "direct"}, "user_ids": {"maxItems": 1}}},
+            {"required": ["title"], "properties": {"type": {"const": "group"}, "title": {"type": "string"}}},
+        ]
+    }
+
+    type: Literal["direct", "group"]
+    user_ids: UserIds
+    title: Title | None = None
 
 
-@dataclass
-class MembersIn:
-    user_ids: list[uuid.UUID]
+class MembersIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Users to add to a group."""
+
+    user_ids: UserIds
 
 
-@dataclass
-class SendMessageIn:
+class SendMessageIn(msgspec.Struct, forbid_unknown_fields=True):
     """`client_id` (optional, unique per sender) makes the send idempotent."""
 
-    content: str = ""
-    client_id: str | None = None
-    media_ids: list[uuid.UUID] | None = None  # attachments: the sender's own ready media (content may be empty)
+    json_schema_extra: ClassVar[dict[str, object]] = {
+        "examples": [{"content": "See you at 8?", "client_id": "c-7f3a"}],
+        "anyOf": [  # text, attachments, or both
+            {"required": ["content"], "properties": {"content": {"minLength": 1, "pattern": NOT_BLANK}}},
+            {"required": ["media_ids"], "properties": {"media_ids": {"minItems": 1}}},
+        ],
+    }
+
+    content: Annotated[str, Meta(max_length=MAX_CONTENT, pattern=NO_NUL, examples=["See you at 8?"])] = ""
+    client_id: ClientId | None = None
+    # attachments: the sender's own ready media (content may then be empty)
+    media_ids: Annotated[list[uuid.UUID], Meta(max_length=posts.MAX_MEDIA_PER_POST)] | None = None
 
 
-@dataclass
-class EditMessageIn:
-    content: str
+class EditMessageIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The new text of one's own message."""
+
+    content: MessageText
 
 
-@dataclass
-class ReadIn:
+class ReadIn(msgspec.Struct, forbid_unknown_fields=True):
     """The last message read (default: the latest message of the conversation)."""
 
     message_id: uuid.UUID | None = None
 
 
-@dataclass
-class NotificationsReadIn:
-    """Mark read the notifications up to this id (default: all)."""
+class NotificationsReadIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Mark read the notifications up to this id (`{}`: all of them). The body is required."""
 
     up_to: uuid.UUID | None = None
 
@@ -74,15 +96,25 @@ class NotificationsReadIn:
 # ---- responses (messaging's are its views, nubo.messaging.views) -----------------------------------------
 
 
-@dataclass
-class UpdatedOut:
+class UpdatedOut(msgspec.Struct):
+    """How many notifications changed."""
+
     updated: int
 
 
 # ---- conversations ---------------------------------------------------------------------------------------
 
 
-@post("/conversations", summary="Start a direct conversation or create a group", tags=["messaging"])
+@post(
+    "/conversations",
+    summary="Start a direct conversation or create a group",
+    tags=["messaging"],
+    status_code=201,
+    responses={
+        200: ResponseSpec(ConversationView, description="The existing direct conversation with that user"),
+        **errors(403, 404),
+    },
+)
 async def create_conversation(
     request: AnyRequest, stores: StoresDep, data: JSONBody[CreateConversationIn]
 ) -> Response[ConversationView]:
@@ -110,6 +142,7 @@ async def get_conversation(request: AnyRequest, stores: StoresDep, conversation_
     summary="Add members (admins)",
     tags=["messaging"],
     status_code=200,
+    responses=errors(403),
 )
 async def add_members(
     request: AnyRequest, stores: StoresDep, conversation_id: IdPath, data: JSONBody[MembersIn]
@@ -124,6 +157,7 @@ async def add_members(
     summary="Remove a member (admins)",
     tags=["messaging"],
     status_code=204,
+    responses=errors(403),
 )
 async def remove_member(request: AnyRequest, stores: StoresDep, conversation_id: IdPath, user_id: IdPath) -> None:
     await messaging.remove_member(
@@ -139,7 +173,16 @@ async def leave_conversation(request: AnyRequest, stores: StoresDep, conversatio
 # ---- messages --------------------------------------------------------------------------------------------
 
 
-@post("/conversations/{conversation_id:str}/messages", summary="Send a message", tags=["messaging"])
+@post(
+    "/conversations/{conversation_id:str}/messages",
+    summary="Send a message",
+    tags=["messaging"],
+    status_code=201,
+    responses={
+        200: ResponseSpec(MessageView, description="Already stored with this client_id (an idempotent retry)"),
+        **errors(403),
+    },
+)
 async def send_message(
     request: AnyRequest, stores: StoresDep, conversation_id: IdPath, data: JSONBody[SendMessageIn]
 ) -> Response[MessageView]:
@@ -164,7 +207,7 @@ async def list_messages(
     )
 
 
-@patch("/messages/{message_id:str}", summary="Edit a message (sender only)", tags=["messaging"])
+@patch("/messages/{message_id:str}", summary="Edit a message (sender only)", tags=["messaging"], responses=errors(403))
 async def edit_message(
     request: AnyRequest, stores: StoresDep, message_id: IdPath, data: JSONBody[EditMessageIn]
 ) -> MessageView:
@@ -176,6 +219,7 @@ async def edit_message(
     summary="Delete a message (sender only)",
     tags=["messaging"],
     status_code=200,
+    responses=errors(403),
 )
 async def delete_message(request: AnyRequest, stores: StoresDep, message_id: IdPath) -> MessageView:
     return await messaging.delete_message(stores, caller_id(request), parse_id(message_id, "message_id"))
@@ -224,10 +268,8 @@ async def list_notifications(
 
 
 @post("/notifications/read", summary="Mark notifications read", tags=["notifications"], status_code=200)
-async def read_notifications(
-    request: AnyRequest, stores: StoresDep, data: JSONBody[NotificationsReadIn | None] = None
-) -> UpdatedOut:
-    return UpdatedOut(updated=await notifications.mark_read(stores, caller_id(request), data.up_to if data else None))
+async def read_notifications(request: AnyRequest, stores: StoresDep, data: JSONBody[NotificationsReadIn]) -> UpdatedOut:
+    return UpdatedOut(updated=await notifications.mark_read(stores, caller_id(request), data.up_to))
 
 
 class NotificationSettingsPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

@@ -19,11 +19,12 @@ from nubo import moderation
 from nubo.ids import parse_id
 from nubo.moderation import AdminReport, Report, StateName, TargetName
 from nubo.pagination import Page
+from nubo.server.contract import NOT_BLANK, errors
 from nubo.server.users import AnyRequest, Before, Limit, StoresDep, caller_id
 
 # `state` is a reserved Litestar kwarg name, hence the alias.
 StateQuery = Annotated[StateName | None, QueryParameter(name="state", description="Only this state")]
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=moderation.MAX_REASON_LENGTH)]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=moderation.MAX_REASON_LENGTH, pattern=NOT_BLANK)]
 
 
 class NewReport(msgspec.Struct, forbid_unknown_fields=True):
@@ -42,7 +43,7 @@ class Resolution(msgspec.Struct, forbid_unknown_fields=True):
     resolution: Text
 
 
-@post("/reports", summary="Report a user, post, comment or message", tags=["moderation"])
+@post("/reports", summary="Report a user, post, comment or message", tags=["moderation"], responses=errors(403, 404))
 async def create_report(request: AnyRequest, stores: StoresDep, data: JSONBody[NewReport]) -> Report:
     reporter = caller_id(request)
     # Reports are cheap to send and costly to review: each user is capped (NUBO_RATE_REPORTS, 30/hour).
@@ -50,7 +51,7 @@ async def create_report(request: AnyRequest, stores: StoresDep, data: JSONBody[N
     return await moderation.create_report(stores, reporter, data.target_type, data.target_id, data.reason)
 
 
-@get("/admin/reports", summary="Reports, newest first (moderators)", tags=["moderation"])
+@get("/admin/reports", summary="Reports, newest first (moderators)", tags=["moderation"], responses=errors(403))
 async def list_reports(
     request: AnyRequest, stores: StoresDep, limit: Limit = 20, before: Before = None, report_state: StateQuery = None
 ) -> Page[AdminReport]:
@@ -63,6 +64,7 @@ async def list_reports(
     summary="Resolve a report (moderators)",
     tags=["moderation"],
     status_code=200,
+    responses=errors(403, 409),
 )
 async def resolve_report(
     request: AnyRequest,

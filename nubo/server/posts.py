@@ -10,7 +10,7 @@ Structs (:mod:`nubo.posts.views`); only the request bodies are defined here.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 from litestar import delete, get, patch, post
@@ -21,23 +21,35 @@ from nubo import notifications, posts
 from nubo.ids import parse_id
 from nubo.pagination import Page
 from nubo.posts import CommentView, LikeState, PostView, ViewsRecorded
+from nubo.server.contract import NO_NUL, NOT_BLANK, errors
 from nubo.server.users import AnyRequest, Before, Limit, PublicUser, StoresDep, caller_id
 
 Visibility = Literal["public", "followers"]
-Content = Annotated[str, msgspec.Meta(max_length=posts.MAX_CONTENT_CHARS)]
-CommentText = Annotated[str, msgspec.Meta(min_length=1, max_length=posts.MAX_COMMENT_CHARS)]
-Location = Annotated[str, msgspec.Meta(max_length=posts.MAX_LOCATION_CHARS)]
+Content = Annotated[str, msgspec.Meta(max_length=posts.MAX_CONTENT_CHARS, pattern=NO_NUL, examples=["Hello #nubo"])]
+CommentText = Annotated[str, msgspec.Meta(min_length=1, max_length=posts.MAX_COMMENT_CHARS, pattern=NOT_BLANK)]
+Location = Annotated[str, msgspec.Meta(max_length=posts.MAX_LOCATION_CHARS, pattern=NO_NUL)]
+# A relative path whose segments are never `..`, without control characters (nubo.posts.media.validate_media).
+_SEGMENT = r"(|\.|[^/.\x00-\x1f][^/\x00-\x1f]*|\.[^/.\x00-\x1f][^/\x00-\x1f]*|\.\.[^/\x00-\x1f]+)"
+STORAGE_PATH = f"^{_SEGMENT}(/{_SEGMENT})*$"
 MediaIds = Annotated[list[uuid.UUID], msgspec.Meta(max_length=posts.MAX_MEDIA_PER_POST)]
 
 
 # Path ids are parsed by `parse_id` (a 422 naming the field) rather than by the router (a bare 404).
 PostIdPath = FromPath[Annotated[str, Parameter(description="A post id (UUID)", schema_extra={"format": "uuid"})]]
 CommentIdPath = FromPath[Annotated[str, Parameter(description="A comment id (UUID)", schema_extra={"format": "uuid"})]]
-UserQuery = FromQuery[Annotated[str | None, QueryParameter(description="Only this user's posts (a user id)")]]
+UserQuery = FromQuery[Annotated[uuid.UUID | None, QueryParameter(description="Only this user's posts (a user id)")]]
 
 
 class NewPost(msgspec.Struct, forbid_unknown_fields=True):
     """A post: content and/or media (media the caller uploaded), public or for followers only."""
+
+    json_schema_extra: ClassVar[dict[str, object]] = {
+        "anyOf": [
+            {"required": ["content"], "properties": {"content": {"type": "string", "pattern": NOT_BLANK}}},
+            {"required": ["media_ids"], "properties": {"media_ids": {"minItems": 1}}},
+        ],
+        "examples": [{"content": "Hello #nubo", "visibility": "public"}],
+    }
 
     content: Content | None = None
     media_ids: MediaIds = msgspec.field(default_factory=list)
@@ -46,7 +58,9 @@ class NewPost(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PostChanges(msgspec.Struct, forbid_unknown_fields=True):
-    """The fields to change on one's own post; absent fields are kept."""
+    """The fields to change on one's own post (at least one); absent fields are kept."""
+
+    json_schema_extra: ClassVar[dict[str, object]] = {"minProperties": 1}
 
     content: Content | UnsetType | None = UNSET
     media_ids: MediaIds | UnsetType = UNSET
@@ -76,7 +90,12 @@ async def create_post(request: AnyRequest, stores: StoresDep, data: JSONBody[New
     )
 
 
-@get("/posts", summary="Posts the caller may see, newest first (optionally one user's)", tags=["posts"])
+@get(
+    "/posts",
+    summary="Posts the caller may see, newest first (optionally one user's)",
+    tags=["posts"],
+    responses=errors(404),
+)
 async def list_posts(
     request: AnyRequest,
     stores: StoresDep,
@@ -84,8 +103,7 @@ async def list_posts(
     limit: Limit = 20,
     before: Before = None,
 ) -> Page[PostView]:
-    author = parse_id(user, "user") if user else None
-    return await posts.list_posts(stores, caller_id(request), user=author, limit=limit, before=before)
+    return await posts.list_posts(stores, caller_id(request), user=user, limit=limit, before=before)
 
 
 @get("/posts/{post_id:str}", summary="One post", tags=["posts"])
@@ -93,7 +111,7 @@ async def get_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) 
     return await posts.get_post(stores, caller_id(request), parse_id(post_id, "post_id"))
 
 
-@patch("/posts/{post_id:str}", summary="Edit one's own post", tags=["posts"])
+@patch("/posts/{post_id:str}", summary="Edit one's own post", tags=["posts"], responses=errors(403, 409))
 async def patch_post(
     request: AnyRequest, stores: StoresDep, post_id: PostIdPath, data: JSONBody[PostChanges]
 ) -> PostView:
@@ -106,6 +124,7 @@ async def patch_post(
     summary="Delete one's own post (with its comments and likes)",
     tags=["posts"],
     status_code=204,
+    responses=errors(403),
 )
 async def delete_post(request: AnyRequest, stores: StoresDep, post_id: PostIdPath) -> None:
     await posts.delete_post(stores, caller_id(request), parse_id(post_id, "post_id"))
@@ -141,6 +160,7 @@ async def add_comment(
     summary="Delete a comment (its author or the post's author)",
     tags=["comments"],
     status_code=204,
+    responses=errors(403),
 )
 async def delete_comment(request: AnyRequest, stores: StoresDep, comment_id: CommentIdPath) -> None:
     await posts.delete_comment(stores, caller_id(request), parse_id(comment_id, "comment_id"))

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from litestar import Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, Parameter
+from msgspec import Meta
 
 from nubo import notifications, social
 from nubo.accounts import users
@@ -21,6 +22,7 @@ from nubo.accounts.views import PublicUser as PublicUser  # also imported from h
 from nubo.errors import Unauthorized
 from nubo.ids import parse_id
 from nubo.pagination import MAX_LIMIT, Page
+from nubo.server.contract import NO_NUL, errors
 from nubo.stores import Stores
 
 AnyRequest = Request[Any, Any, Any]
@@ -28,6 +30,9 @@ StoresDep = NamedDependency[Stores]
 # Path ids are parsed by `parse_id` (422 naming the field) rather than the router (a bare 404).
 UserIdPath = FromPath[Annotated[str, Parameter(description="A user id (UUID)", schema_extra={"format": "uuid"})]]
 Limit = FromQuery[Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size (default 20)")]]
+UUID_TEXT = "[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+UUID_LIST = f"^{UUID_TEXT}(,{UUID_TEXT}){{0,{social.MAX_RELATIONSHIP_IDS - 1}}}$"
+"""One or more comma-separated UUIDs (a value of `?ids=`)."""
 Before = FromQuery[Annotated[uuid.UUID | None, Parameter(description="Cursor: the `next` of the previous page")]]
 
 
@@ -53,7 +58,10 @@ async def search_users(
         Annotated[
             str,
             Parameter(
-                min_length=1, max_length=users.MAX_QUERY_LENGTH, description="Prefix of username, first or last name"
+                min_length=1,
+                max_length=users.MAX_QUERY_LENGTH,
+                pattern=NO_NUL,
+                description="Prefix of username, first or last name",
             ),
         ]
     ],
@@ -63,7 +71,13 @@ async def search_users(
     return await users.search(stores, caller_id(request), q, limit=limit, before=before)
 
 
-@post("/users/{user_id:str}/follow", summary="Follow a user (idempotent)", tags=["relations"], status_code=200)
+@post(
+    "/users/{user_id:str}/follow",
+    summary="Follow a user (idempotent)",
+    tags=["relations"],
+    status_code=200,
+    responses=errors(403),
+)
 async def follow_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath) -> social.Relationship:
     viewer, target = caller_id(request), parse_id(user_id, "user_id")
     await social.follow(
@@ -75,7 +89,13 @@ async def follow_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPat
     return await social.relationship(stores, viewer, target)
 
 
-@delete("/users/{user_id:str}/follow", summary="Unfollow a user (idempotent)", tags=["relations"], status_code=200)
+@delete(
+    "/users/{user_id:str}/follow",
+    summary="Unfollow a user (idempotent)",
+    tags=["relations"],
+    status_code=200,
+    responses=errors(403),
+)
 async def unfollow_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath) -> social.Relationship:
     viewer, target = caller_id(request), parse_id(user_id, "user_id")
     await social.unfollow(stores, viewer, target)
@@ -109,6 +129,7 @@ async def list_following(
     summary="Block a user (removes follows both ways)",
     tags=["relations"],
     status_code=200,
+    responses=errors(403),
 )
 async def block_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath) -> social.Relationship:
     viewer, target = caller_id(request), parse_id(user_id, "user_id")
@@ -116,7 +137,13 @@ async def block_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath
     return await social.relationship(stores, viewer, target)
 
 
-@delete("/users/{user_id:str}/block", summary="Unblock a user (idempotent)", tags=["relations"], status_code=200)
+@delete(
+    "/users/{user_id:str}/block",
+    summary="Unblock a user (idempotent)",
+    tags=["relations"],
+    status_code=200,
+    responses=errors(403),
+)
 async def unblock_user(request: AnyRequest, stores: StoresDep, user_id: UserIdPath) -> social.Relationship:
     viewer, target = caller_id(request), parse_id(user_id, "user_id")
     await social.unblock(stores, viewer, target)
@@ -129,14 +156,22 @@ async def get_relationships(
     stores: StoresDep,
     ids: FromQuery[
         Annotated[
-            str,
-            Parameter(description=f"Comma-separated user ids, at most {social.MAX_RELATIONSHIP_IDS}", max_length=2000),
+            list[Annotated[str, Meta(pattern=UUID_LIST)]],
+            Parameter(
+                schema_extra={"items": {"type": "string", "pattern": UUID_LIST}},
+                description=(
+                    f"User ids, at most {social.MAX_RELATIONSHIP_IDS} in all: repeated (`?ids=A&ids=B`), "
+                    "comma-separated (`?ids=A,B`) or both"
+                ),
+                min_items=1,
+                max_items=social.MAX_RELATIONSHIP_IDS,
+            ),
         ]
     ],
 ) -> Page[social.Relationship]:
     """Unknown users, users hidden by their state and users who block the caller are left out; a user the caller
     blocks shows `blocking`."""
-    found = await social.relationships(stores, caller_id(request), social.parse_id_list(ids))
+    found = await social.relationships(stores, caller_id(request), social.parse_id_list(",".join(ids)))
     return Page(items=found, next=None)
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from psycopg import sql
 
+from nubo.stores.mongo import keep_micros, restore_micros
+
 Row = dict[str, Any]
 
 
@@ -74,15 +76,13 @@ ENTITIES: dict[str, Entity] = {
 
 def normalize_row(row: Mapping[str, Any]) -> Row:
     """One in-app shape for a row whichever tier answered: dates as ISO strings, addresses as strings,
-    datetimes aware and cut to milliseconds."""
+    datetimes aware in UTC with their microseconds (Mongo copies carry them, :func:`nubo.stores.mongo.keep_micros`)."""
     return {key: _normalize_value(value) for key, value in row.items()}
 
 
 def _normalize_value(value: Any) -> Any:
     if isinstance(value, datetime):
-        # BSON dates hold milliseconds: cut PostgreSQL's microseconds too, so every tier gives the same row.
-        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return aware.replace(microsecond=aware.microsecond // 1000 * 1000)
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
@@ -95,9 +95,11 @@ def _normalize_value(value: Any) -> Any:
 def to_document(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     doc = {("_id" if key == "id" else key): value for key, value in row.items()}
     doc["last_use"] = now
-    return doc
+    return keep_micros(doc)
 
 
 def from_document(doc: Mapping[str, Any]) -> Row:
-    row = {("id" if key == "_id" else key): value for key, value in doc.items() if key != "last_use"}
+    row = {
+        ("id" if key == "_id" else key): value for key, value in restore_micros(dict(doc)).items() if key != "last_use"
+    }
     return normalize_row(row)

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, cast
 
 import msgspec
@@ -77,21 +77,31 @@ Event = Mapping[str, Any] | msgspec.Struct
 
 def _default(value: object) -> object:
     if isinstance(value, msgspec.Struct):
-        # Datetimes stay objects here so that they get isoformat() below, as every event always had
-        # (msgspec would write RFC 3339 with "Z").
-        return msgspec.to_builtins(value, builtin_types=(datetime, date))
+        # msgspec writes datetimes as the HTTP responses do (Litestar encodes with msgspec): one format.
+        return msgspec.to_builtins(value)
     if isinstance(value, uuid.UUID):
         return str(value)
-    if isinstance(value, datetime | date):
+    if isinstance(value, datetime):
+        return rfc3339(value)
+    if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def rfc3339(value: datetime) -> str:
+    """The one timestamp format of the API, HTTP and WebSocket alike: RFC 3339 in UTC with microseconds and
+    `Z` (``2026-12-02T01:02:03.495439Z``), written by msgspec as Litestar writes HTTP bodies, so that one value
+    has the same text in both (msgspec leaves out a fraction of exactly zero, as RFC 3339 allows); a naive
+    datetime is taken as UTC."""
+    encoded: str = msgspec.to_builtins(value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC))
+    return encoded
+
+
 def to_json(value: object) -> str:
-    """Compact JSON with UUIDs and datetimes as strings (the wire format of every event); Structs as their
-    fields in order, tag first."""
+    """Compact JSON with UUIDs and datetimes as strings (the wire format of every event, timestamps as
+    :func:`rfc3339`); Structs as their fields in order, tag first."""
     return json.dumps(value, default=_default, separators=(",", ":"), ensure_ascii=False)
 
 

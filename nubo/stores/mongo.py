@@ -7,12 +7,35 @@ Also detects which MongoDB-protocol server answers (MongoDB or FerretDB) so feat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 MongoDoc = dict[str, Any]
+
+MICROS_FIELD = "_us"
+"""BSON dates hold milliseconds while PostgreSQL and the API keep microseconds: each document written carries
+the sub-millisecond part of its top-level datetimes in this field, `{field: 0..999}`, so that a copy read
+back gives the very value PostgreSQL holds (the API shows one timestamp per row, whichever tier answered)."""
+
+
+def keep_micros(doc: MongoDoc) -> MongoDoc:
+    """`doc` with :data:`MICROS_FIELD` set from its datetimes (call on every document written)."""
+    micros = {key: value.microsecond % 1000 for key, value in doc.items() if isinstance(value, datetime)}
+    doc[MICROS_FIELD] = {key: rest for key, rest in micros.items() if rest}
+    return doc
+
+
+def restore_micros(doc: MongoDoc) -> MongoDoc:
+    """`doc` read back, its datetimes given their microseconds again (and :data:`MICROS_FIELD` removed)."""
+    micros = doc.pop(MICROS_FIELD, None) or {}
+    for key, rest in micros.items():
+        value = doc.get(key)
+        if isinstance(value, datetime) and isinstance(rest, int) and 0 < rest < 1000:
+            doc[key] = value.replace(microsecond=value.microsecond // 1000 * 1000 + rest)
+    return doc
 
 
 def open_client(url: str, *, timeout_ms: int = 2000) -> AsyncMongoClient[MongoDoc]:

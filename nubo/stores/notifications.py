@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pymongo.errors import PyMongoError
 
 from nubo.logs import get_logger
-from nubo.stores.mongo import MongoDoc
+from nubo.stores.mongo import MongoDoc, keep_micros, restore_micros
 
 if TYPE_CHECKING:
     from nubo.stores import Stores
@@ -35,7 +35,7 @@ class NotificationsUnavailable(RuntimeError):
 async def insert(stores: Stores, doc: MongoDoc) -> bool:
     """Store one notification document; False (counted and logged) when Mongo fails."""
     try:
-        await stores.mongo[COLLECTION].insert_one(doc)
+        await stores.mongo[COLLECTION].insert_one(keep_micros(dict(doc)))
     except PyMongoError as exc:
         stores.count_failure("mongo_notifications")
         log.warning("notification_store_failed", extra={"kind": doc.get("kind"), "error": str(exc)[:200]})
@@ -52,7 +52,7 @@ async def newest(stores: Stores, user_id: uuid.UUID, *, before: uuid.UUID | None
         docs: list[MongoDoc] = await stores.mongo[COLLECTION].find(query).sort("_id", -1).limit(limit).to_list(None)
     except PyMongoError as exc:
         raise NotificationsUnavailable(str(exc)) from exc
-    return docs
+    return [restore_micros(doc) for doc in docs]
 
 
 async def mark_read(stores: Stores, user_id: uuid.UUID, up_to: uuid.UUID | None) -> int:

@@ -15,6 +15,7 @@ import websockets
 
 from nubo import accounts
 from nubo.stores import Stores
+from tests.helpers.frames import frame_problem
 
 PASSWORD = "correct horse battery staple"
 
@@ -55,11 +56,13 @@ async def make_users(stores: Stores, *prefixes: str) -> list[ChatUser]:
 
 @dataclass
 class WsClient:
-    """A real WebSocket client collecting every frame it receives (JSON decoded when possible)."""
+    """A real WebSocket client collecting every frame it receives (JSON decoded when possible), each checked
+    against the AsyncAPI document (:mod:`tests.helpers.frames`): a frame outside it fails the test."""
 
     ws: Any
     frames: list[Any] = field(default_factory=list)
     closed_code: int | None = None
+    invalid: list[str] = field(default_factory=list)  # frames that do not fit the AsyncAPI document
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
@@ -85,6 +88,8 @@ class WsClient:
     async def _collect(self) -> None:
         try:
             async for raw in self.ws:
+                if (problem := frame_problem(raw)) is not None:
+                    self.invalid.append(problem)
                 try:
                     self.frames.append(json.loads(raw))
                 except ValueError:
@@ -99,7 +104,12 @@ class WsClient:
     async def send(self, frame: Any) -> None:
         await self.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
 
+    def check_frames(self) -> None:
+        """Fail the test when a received frame did not fit the AsyncAPI document."""
+        assert not self.invalid, f"frames outside the AsyncAPI document: {self.invalid[:3]}"
+
     def events(self, type_: str) -> list[dict[str, Any]]:
+        self.check_frames()
         return [f for f in self.frames if isinstance(f, dict) and f.get("type") == type_]
 
     async def wait_for(self, predicate: Callable[[WsClient], bool], within: float = 10.0) -> None:
@@ -120,3 +130,4 @@ class WsClient:
         await self.ws.close()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+        self.check_frames()

@@ -75,7 +75,7 @@ async def test_report_a_user_once(client: Client, trio: Trio, db: Stores) -> Non
 async def test_reports_on_what_the_reporter_cannot_see_are_404(client: Client, trio: Trio, db: Stores) -> None:
     alice, bob, carol = trio
     assert_error(await report(client, alice, "user", uuid.uuid4()), 404, "user_not_found")
-    assert_error(await report(client, alice, "user", alice.id), 422, "cannot_report_self")
+    assert_error(await report(client, alice, "user", alice.id), 403, "cannot_report_self")
     assert_error(await report(client, alice, "post", uuid.uuid4()), 404, "post_not_found")
     assert_error(await report(client, alice, "comment", uuid.uuid4()), 404, "comment_not_found")
     assert_error(await report(client, alice, "message", uuid.uuid4()), 404, "message_not_found")

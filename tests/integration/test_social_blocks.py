@@ -132,7 +132,7 @@ async def test_a_follow_racing_a_block_never_survives_it(client: Client, db: Sto
 async def test_block_rejects_self_bad_ids_and_unknown_users(client: Client, pair: tuple[Member, Member]) -> None:
     alice, _ = pair
     for method in ("POST", "DELETE"):
-        assert_error(await client.request(method, f"/users/{alice.id}/block", headers=alice.headers), 422)
+        assert_error(await client.request(method, f"/users/{alice.id}/block", headers=alice.headers), 403)
         assert_error(await client.request(method, "/users/x/block", headers=alice.headers), 422, "validation_error")
         assert_error(await client.request(method, f"/users/{uuid.uuid4()}/block", headers=alice.headers), 404)
         assert_error(await client.request(method, f"/users/{alice.id}/block"), 401)

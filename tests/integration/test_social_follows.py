@@ -92,7 +92,7 @@ async def test_following_oneself_or_the_invisible_is_refused(
 ) -> None:
     alice, bob = pair
     response = await client.post(f"/users/{alice.id}/follow", headers=alice.headers)
-    assert_error(response, 422, "cannot_follow_self")
+    assert_error(response, 403, "cannot_follow_self")
     response = await client.post(f"/users/{uuid.uuid4()}/follow", headers=alice.headers)
     assert_error(response, 404, "user_not_found")
     await set_user_fields(db, bob.id, state=0)

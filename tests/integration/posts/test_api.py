@@ -44,7 +44,7 @@ async def test_create_and_read_post_with_meta(client: Client) -> None:
         "mentions": [{"username": bob.username.lower(), "user_id": str(bob.id)}],
         "hashtags": ["python", "fun"],
     }
-    assert (post["like_count"], post["liked"], post["comment_count"], post["visibility"]) == (0, False, 0, 0)
+    assert (post["like_count"], post["liked"], post["comment_count"], post["visibility"]) == (0, False, 0, "public")
     got = await client.get(f"/posts/{post['id']}", headers=bob.headers)
     assert got.status_code == 200, got.text
     assert got.json() == post
@@ -89,7 +89,7 @@ async def test_followers_only_posts(client: Client) -> None:
     alice, fan, stranger = await new_member(client), await new_member(client), await new_member(client)
     await follow(client, fan, alice)
     post = await new_post(client, alice, content="for my followers", visibility="followers")
-    assert post["visibility"] == 1
+    assert post["visibility"] == "followers"
     assert (await client.get(f"/posts/{post['id']}", headers=fan.headers)).status_code == 200
     assert (await client.get(f"/posts/{post['id']}", headers=alice.headers)).status_code == 200
     assert_error(await client.get(f"/posts/{post['id']}", headers=stranger.headers), 404, "post_not_found")

@@ -21,13 +21,19 @@ from nubo.realtime.hub import CLOSE_QUEUE_OVERFLOW, CLOSE_SESSION_REVOKED, Conne
 from nubo.stores import BACKGROUND_PG_SLOTS, Stores
 from nubo.stores import events as bus_module
 from nubo.stores.presence import online_among
+from tests.helpers.frames import known_frame_problem
 from tests.helpers.harness import user_with_session
 
 
 class RecordingSocket:
-    """Collects what the writer sends; `block` makes sends hang like a client that stopped reading."""
+    """Collects what the writer sends; `block` makes sends hang like a client that stopped reading. A frame of a
+    documented type that does not fit the AsyncAPI document is recorded in `invalid` (checked after each test)."""
+
+    created: list[RecordingSocket] = []  # noqa: RUF012 (every socket of the running test)
 
     def __init__(self) -> None:
+        RecordingSocket.created.append(self)
+        self.invalid: list[str] = []
         self.sent: list[Any] = []
         self.block = asyncio.Event()
         self.block.set()
@@ -35,6 +41,8 @@ class RecordingSocket:
 
     async def send_text(self, data: str) -> None:
         await self.block.wait()
+        if (problem := known_frame_problem(data)) is not None:
+            self.invalid.append(problem)
         self.sent.append(json.loads(data) if data.startswith("{") else data)
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
@@ -44,6 +52,15 @@ class RecordingSocket:
         return [
             f["event_id"] for f in self.sent if isinstance(f, dict) and "event_id" in f and f.get("type") != "resync"
         ]
+
+
+@pytest.fixture(autouse=True)
+def frames_fit_the_document() -> Any:
+    """Every frame of a documented type that a test's sockets received fits the AsyncAPI document."""
+    RecordingSocket.created.clear()
+    yield
+    invalid = [problem for socket in RecordingSocket.created for problem in socket.invalid]
+    assert not invalid, f"frames outside the AsyncAPI document: {invalid[:3]}"
 
 
 async def _until(predicate: Any, within: float = 5.0) -> None:

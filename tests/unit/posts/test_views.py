@@ -39,7 +39,7 @@ def test_post_view_keys_and_defaults() -> None:
         "media",
     ]
     assert body["meta"] == {"mentions": [], "hashtags": []}
-    assert (body["content"], body["media_ids"], body["visibility"], body["location"]) == (None, [], 0, None)
+    assert (body["content"], body["media_ids"], body["visibility"], body["location"]) == (None, [], "public", None)
     assert body["created_at"] == body["updated_at"] == "2024-05-06T07:08:09.123000Z"
     assert (body["like_count"], body["liked"], body["comment_count"]) == (2, True, 0)
 
@@ -55,10 +55,10 @@ def test_post_view_meta_keeps_mentions() -> None:
     }
     body = as_json(post_view(row))
     assert body["meta"] == {"mentions": [{"user_id": mentioned, "username": "bob"}], "hashtags": ["x"]}
-    assert body["visibility"] == 1
+    assert body["visibility"] == "followers"
 
 
 def test_post_summary_leaves_absent_fields_out() -> None:
     author = uuid.uuid4()
     body = as_json(post_summary({"user_id": author, "content": "hi", "visibility": 0, "like_count": 3}))
-    assert body == {"user_id": str(author), "content": "hi", "visibility": 0}
+    assert body == {"user_id": str(author), "content": "hi", "visibility": "public"}

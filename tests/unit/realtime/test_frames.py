@@ -1,7 +1,7 @@
 """The wire bytes of every WebSocket frame, and of the messaging views on both paths (no service needed).
 
 A frame is a Struct; these bytes are what clients have always received: tag first, fields in order, UUIDs as
-strings, WebSocket timestamps from ``isoformat()`` ("+00:00") while HTTP (Litestar) writes RFC 3339 ("Z").
+strings, timestamps in RFC 3339 with microseconds and "Z", the same text over HTTP (Litestar) and WebSocket.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _message(**changes: Any) -> MessageView:
 MESSAGE_JSON = (
     '{"id":"0190a0b0-0000-7000-8000-00000000000a","conversation_id":"0190a0b0-0000-7000-8000-00000000000b",'
     '"sender_id":"0190a0b0-0000-7000-8000-00000000000c","content":"héllo \\"you\\"","state":0,"message_type":0,'
-    '"client_id":"c-1","created_at":"2024-05-01T12:00:00.123000+00:00","edited_at":null,"attachments":[]}'
+    '"client_id":"c-1","created_at":"2024-05-01T12:00:00.123000Z","edited_at":null,"attachments":[]}'
 )
 
 CASES: list[tuple[frames.Frame, str]] = [
@@ -83,7 +83,7 @@ CASES: list[tuple[frames.Frame, str]] = [
     (
         frames.NotificationFrame(notification={"id": A, "kind": "follow", "created_at": AT}),
         '{"type":"notification","notification":{"id":"0190a0b0-0000-7000-8000-00000000000a","kind":"follow",'
-        '"created_at":"2024-05-01T12:00:00.123000+00:00"}}',
+        '"created_at":"2024-05-01T12:00:00.123000Z"}}',
     ),
 ]
 
@@ -103,8 +103,13 @@ def test_a_deleted_message_keeps_its_place_without_content() -> None:
     assert '"content":null,"state":2,' in to_json(edited)
 
 
-def test_http_writes_the_same_view_in_rfc_3339() -> None:
-    assert encode_json(_message()).decode() == MESSAGE_JSON.replace(".123000+00:00", ".123000Z")
+def test_http_and_websocket_write_the_same_timestamps() -> None:
+    assert encode_json(_message()).decode() == MESSAGE_JSON
+    precise = _message(created_at=datetime(2026, 12, 2, 1, 2, 3, 495439, tzinfo=UTC))
+    assert '"created_at":"2026-12-02T01:02:03.495439Z"' in to_json(
+        frames.MessageNewFrame(conversation_id=B, message=precise)
+    )
+    assert encode_json(precise).decode() in to_json(frames.MessageNewFrame(conversation_id=B, message=precise))
 
 
 def test_a_conversation_list_item_has_null_members() -> None:

@@ -10,7 +10,13 @@ import pytest
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
 from nubo.errors import Conflict, NotFound, RateLimited, ValidationFailed
-from nubo.server.errors import ErrorBody, handle_http_exception, handle_nubo_error, handle_validation_error
+from nubo.server.errors import (
+    ErrorBody,
+    handle_http_exception,
+    handle_nubo_error,
+    handle_unexpected,
+    handle_validation_error,
+)
 
 NO_REQUEST: Any = None  # the handlers do not read the request
 
@@ -71,3 +77,23 @@ def test_validation_errors_name_each_field() -> None:
         "email": "Object missing required field `email`",
         "username": "Expected `str`, got `int`",
     }
+
+
+def test_a_store_that_is_down_is_a_503_naming_it() -> None:
+    import psycopg
+    import redis.exceptions
+
+    response = handle_unexpected(NO_REQUEST, psycopg.OperationalError("connection refused"))
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert wire(response.content) == {
+        "error": "postgres is unavailable right now",
+        "code": "store_unavailable",
+        "store": "postgres",
+    }
+    try:
+        try:
+            raise redis.exceptions.ConnectionError("down")
+        except redis.exceptions.ConnectionError as exc:
+            raise RuntimeError("while reading") from exc
+    except RuntimeError as wrapped:
+        assert wire(handle_unexpected(NO_REQUEST, wrapped).content)["store"] == "redis"
