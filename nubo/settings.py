@@ -79,6 +79,9 @@ class Settings:
     ws_queue_size: int = 256
     moderator_grade: int = 5
     log_level: str = "info"
+    # Metrics (docs/metrics.md): `/metrics` on or off, and the bearer token it requires (empty: open, except prod).
+    metrics: bool = True
+    metrics_token: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -280,4 +283,10 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         if raw.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError("NUBO_LOG_LEVEL", f"expected debug, info, warning or error, got {raw!r}")
         kwargs["log_level"] = raw.lower()
+    if (raw := get("NUBO_METRICS")) is not None:
+        kwargs["metrics"] = parse_switch("NUBO_METRICS", raw)
+    if (raw := get("NUBO_METRICS_TOKEN")) is not None:
+        if len(raw) < 16 or not raw.isascii() or any(ch.isspace() for ch in raw):
+            raise SettingsError("NUBO_METRICS_TOKEN", "must be at least 16 ASCII characters without spaces")
+        kwargs["metrics_token"] = raw
     return Settings(**kwargs)  # type: ignore[arg-type]

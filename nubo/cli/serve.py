@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 from types import FrameType
 
 import typer
@@ -11,10 +12,20 @@ import uvicorn
 
 from nubo.cli.common import settings_or_exit
 from nubo.logs import configure_logging
+from nubo.metrics import MULTIPROC_ENV, clear_multiprocess_dir
 
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
+
+
+def _share_metrics_between_workers() -> None:
+    """prometheus-client's multiprocess mode: each worker writes its values to files of one directory that a
+    scrape of any worker merges. Set before the workers start (they read it when they import the client);
+    the files of a previous run are removed."""
+    directory = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="nubo-metrics-")
+    clear_multiprocess_dir(directory)
+    os.environ[MULTIPROC_ENV] = directory
 
 
 def serve(
@@ -33,6 +44,8 @@ def serve(
     # Workers re-read settings from the environment, so CLI overrides travel through it.
     if port is not None:
         os.environ["PORT"] = str(port)
+    if workers > 1:
+        _share_metrics_between_workers()
     # uvicorn drains on SIGTERM, then re-raises the signal it caught, so the process would die "killed by
     # SIGTERM" (exit -15/143). It restores this handler first: a completed drain exits 0 for Docker/systemd.
     signal.signal(signal.SIGTERM, _exit_cleanly)

@@ -13,15 +13,18 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from nubo import __version__
 from nubo.logs import configure_logging, get_logger
+from nubo.metrics import Metrics
 from nubo.root import open_root
 from nubo.server import auth as auth_routes
 from nubo.server import feed as feed_routes
 from nubo.server import health
 from nubo.server import messaging as messaging_routes
+from nubo.server import metrics as metrics_routes
 from nubo.server import moderation as moderation_routes
 from nubo.server import posts as posts_routes
 from nubo.server import realtime as realtime_routes
 from nubo.server import users as users_routes
+from nubo.server.context import RequestContext
 from nubo.server.deps import dependencies
 from nubo.server.errors import EXCEPTION_HANDLERS
 from nubo.settings import Settings, load_settings
@@ -58,7 +61,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             app.state.root = root
             yield
 
-    return Litestar(
+    def running_metrics() -> Metrics | None:
+        root = state.root
+        return root.metrics if root is not None and settings.metrics else None
+
+    app = Litestar(
         route_handlers=[
             *health.ROUTES,
             *auth_routes.ROUTES,
@@ -68,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *realtime_routes.ROUTES,
             *posts_routes.ROUTES,
             *feed_routes.ROUTES,
+            *metrics_routes.ROUTES,
         ],
         lifespan=[root_lifespan, frozen_startup_heap],
         state=state,
@@ -84,6 +92,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
         on_app_init=[auth_routes.jwt_auth(settings).on_app_init],
     )
+    # Outermost, around routing and error mapping, so that every answer gets its request id and is counted.
+    app.asgi_handler = RequestContext(app.asgi_handler, running_metrics)
+    return app
 
 
 def create_app_from_env() -> Litestar:
