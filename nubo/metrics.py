@@ -100,8 +100,7 @@ class Metrics:
         )
         self.cache_evictions = Counter(
             "nubo_cache_evictions_total",
-            "Cache elements the governor evicted to stay under the Redis memory budget, by collection.",
-            ["collection"],
+            "Cache elements the governor evicted to stay under the Redis memory budget.",
             registry=registry,
         )
         self.pg_pool_connections = Gauge(
@@ -121,6 +120,19 @@ class Metrics:
             "nubo_ratelimit_refusals_total", "Hits refused by a rate limit, by limit name.", ["limit"],
             registry=registry,
         )  # fmt: skip
+        self._declare_known_labels()
+
+    def _declare_known_labels(self) -> None:
+        """Series of known label values exist from the start at 0, so that a query (or an alert's rate())
+        sees the first event instead of a series appearing out of nothing."""
+        for direction in ("in", "out"):
+            self.ws_frames.labels(direction)
+        for reason in ("history_gap", "position_ahead_of_server"):
+            self.ws_resyncs.labels(reason)
+        for reason in ("queue_full", "session_revoked"):
+            self.ws_closes.labels(reason)
+        for state in ("in_use", "idle"):
+            self.pg_pool_connections.labels(state)
 
 
 class _Families(Collector):

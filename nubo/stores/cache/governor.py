@@ -122,15 +122,14 @@ async def run_governor(
     metrics: Metrics | None = None,
 ) -> None:
     """Enforce the budget every `interval` seconds until cancelled; Redis errors are logged, not raised.
-    Evictions are counted in `metrics` (`nubo_cache_evictions_total`, by collection)."""
+    Evictions are counted in `metrics` (`nubo_cache_evictions_total`)."""
     scripts = ScriptRunner(redis)
     disabled_logged = False
     while True:
         try:
             report = await enforce_budget(redis, keys, budget, margin, batch=batch, scripts=scripts)
-            if metrics is not None:
-                for collection, count in report.by_collection.items():
-                    metrics.cache_evictions.labels(collection).inc(count)
+            if metrics is not None and report.purged:
+                metrics.cache_evictions.inc(report.purged)
             if report.status == "disabled" and not disabled_logged:
                 log.info("cache_governor_disabled", extra={"reason": "no budget and no Redis maxmemory"})
                 disabled_logged = True
