@@ -66,8 +66,7 @@ class RequestContext:
             if metrics is not None:
                 route = scope.get("path_template") or UNMATCHED
                 method = cast("HTTPScope", scope)["method"]
-                metrics.http_requests.labels(route, method, str(status)).inc()
-                metrics.http_duration.labels(route, method).observe(time.perf_counter() - started)
+                metrics.observe_request(route, method, status, time.perf_counter() - started)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
