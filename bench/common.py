@@ -501,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         metavar="SWITCH",
         help="also run each benchmark SWITCH serves with it off, and compare (autopipeline, near-cache, "
-        "rate-leases or all; repeatable)",
+        "rate-leases, metrics or all; repeatable)",
     )
     parser.add_argument(
         "--switch-rounds",

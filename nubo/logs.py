@@ -1,14 +1,38 @@
-"""Structured JSON logging: one object per line with `event` plus context fields, never secrets."""
+"""Structured JSON logging: one object per line with `event` plus context fields, never secrets.
+
+The request id of the request being served (a context variable set by the server's request middleware, so
+also inherited by the tasks a request starts) is added to every line as `request_id`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+import secrets
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
+request_id_var: ContextVar[str | None] = ContextVar("nubo_request_id", default=None)
+
+
+def accept_request_id(raw: str | None) -> str:
+    """The client's `X-Request-ID` when it is safe to log and echo (1-128 of ``A-Z a-z 0-9 . _ : @ + = / -``),
+    else a new random one (32 hex digits)."""
+    if raw is not None and _REQUEST_ID_PATTERN.fullmatch(raw):
+        return raw
+    return secrets.token_hex(16)
+
+
+def current_request_id() -> str | None:
+    """The id of the request this code runs for (None outside a request)."""
+    return request_id_var.get()
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,6 +45,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
+        request_id = request_id_var.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
         entry.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

@@ -10,6 +10,8 @@ Order in :meth:`Root.running`:
 - start: the near cache's invalidation listener, the outbox worker, the cache governor, the write pipeline's
   tasks (view flusher, load monitor, connected users' feeds, feed precompute), then the realtime hub
   (subscribed before the server takes connections) and the typing listener;
+- start: the near cache's invalidation listener, the outbox worker, the cache governor, the pool sampler of
+  the metrics, then the realtime hub (subscribed before the server takes connections) and the typing listener;
 - stop, in reverse: the typing listener and the hub (sockets closed), then the queues are drained (feed
   fan-out, session-mirror refresh, messaging's and the tiered store's projections: what is left is repaired
   by the outbox worker of another process or of the next start; then the view counts are flushed), the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 
 from nubo import accounts, feed, messaging
 from nubo.logs import get_logger
+from nubo.metrics import Metrics, process_exited
 from nubo.posts import ViewFlusher
 from nubo.precompute import ConnectedFeeds, FeedPrecompute, LoadMonitor
 from nubo.realtime import typing_events
@@ -35,6 +39,7 @@ from nubo.realtime.hub import Hub
 from nubo.settings import Settings
 from nubo.stores import Stores, open_stores
 from nubo.stores.cache.governor import run_governor
+from nubo.stores.observed import sample_pool
 from nubo.stores.outbox import run_outbox_worker
 
 log = get_logger(__name__)
@@ -55,6 +60,11 @@ class Root:
     connected_feeds: ConnectedFeeds
     feed_precompute: FeedPrecompute
 
+    @property
+    def metrics(self) -> Metrics:
+        """This process's instruments (:mod:`nubo.metrics`), built with the stores."""
+        return self.stores.metrics
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Root]:
         """Start the background services, yield, then stop them and close the stores (see the module)."""
@@ -64,11 +74,16 @@ class Root:
             asyncio.create_task(run_outbox_worker(stores.tiered), name="outbox"),
             asyncio.create_task(
                 run_governor(
-                    stores.redis, stores.keys, self.settings.redis_memory_budget, self.settings.memory_margin_bytes
+                    stores.redis,
+                    stores.keys,
+                    self.settings.redis_memory_budget,
+                    self.settings.memory_margin_bytes,
+                    metrics=stores.metrics,
                 ),
                 name="cache-governor",
             ),
             *self._write_pipeline_tasks(),
+            asyncio.create_task(sample_pool(stores, stores.metrics), name="pool-sampler"),
         ]
         stop_typing: Callable[[], Awaitable[None]] | None = None
         try:
@@ -85,6 +100,7 @@ class Root:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await stores.close()
+            process_exited(os.getpid())  # this worker's live gauges (sockets, pool) leave the sums
             log.info("stores_closed")
 
     async def _drain_queues(self) -> None:
@@ -114,7 +130,7 @@ class Root:
 
 async def open_root(settings: Settings, *, wait_for_postgres: bool = False, pg_max_size: int = 20) -> Root:
     """Build one process: open the stores, bind the domain handlers of their queues, build the hub."""
-    stores = await open_stores(settings, wait_for_postgres=wait_for_postgres, pg_max_size=pg_max_size)
+    stores = await open_stores(settings, Metrics(), wait_for_postgres=wait_for_postgres, pg_max_size=pg_max_size)
     stores.feed_fan_out.bind(lambda posts: feed.fan_out(stores, list(posts.items())))
     stores.mirror_refresh.bind(lambda sessions: accounts.refresh_mirrors(stores, sessions))
 

@@ -85,6 +85,9 @@ class Settings:
     precompute_max_lag_ms: int = 20
     precompute_max_cpu_percent: int = 50
     precompute_active_seconds: int = 86400
+    # Metrics (docs/metrics.md): `/metrics` on or off, and the bearer token it requires (empty: open, except prod).
+    metrics: bool = True
+    metrics_token: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
     # Whether NUBO_ENV was given (not defaulted): the dev JWT key may then serve off loopback. Not a value:
     # left out of comparisons.
@@ -309,6 +312,12 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         kwargs["log_level"] = raw.lower()
     kwargs.update(_media_settings(get))
     _write_pipeline_settings(get, kwargs)
+    if (raw := get("NUBO_METRICS")) is not None:
+        kwargs["metrics"] = parse_switch("NUBO_METRICS", raw)
+    if (raw := get("NUBO_METRICS_TOKEN")) is not None:
+        if len(raw) < 16 or not raw.isascii() or any(ch.isspace() for ch in raw):
+            raise SettingsError("NUBO_METRICS_TOKEN", "must be at least 16 ASCII characters without spaces")
+        kwargs["metrics_token"] = raw
     return Settings(**kwargs)  # type: ignore[arg-type]
 
 

@@ -23,7 +23,7 @@ from nubo.errors import Unauthorized
 from nubo.settings import RateLimit
 from nubo.stores import Stores, session_mirrors
 from nubo.stores.near import MISSING
-from nubo.stores.ratelimit import RateStatus, raise_if_limited
+from nubo.stores.ratelimit import RateStatus
 from nubo.stores.redis import REDIS_FAILURES
 
 
@@ -113,7 +113,7 @@ async def _check_and_hit(
         return user, await stores.rate_limits.limit(name, user_key, rate)
     user = _principal_from_mirror(raw, user_id, session_id)  # refuses a revoked mirror (no hit was taken)
     status = stores.rate_limits.leases.record(name, user_key, rate, status, want)
-    raise_if_limited(status)
+    stores.rate_limits.enforce(name, status)
     return user, status
 
 

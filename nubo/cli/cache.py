@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rich.table import Table
 
-from nubo.cli.common import console, fail, print_json, settings_or_exit
+from nubo.cli.common import JSON_OPTION, Working, console, fail, finish, print_json, settings_or_exit, working
 from nubo.settings import Settings
 from nubo.stores.cache.admin import cache_stats, resolve_budget, used_memory
 from nubo.stores.cache.collection import RedisCache
@@ -116,29 +116,48 @@ def inspect(
         _print_report(report)
 
 
-async def _flush(settings: Settings) -> int:
+async def _flush(settings: Settings, progress: Working) -> int:
     redis = open_redis(settings.redis_url, timeout=10.0)
     try:
-        return await delete_prefix(redis, Keys(settings.redis_prefix))
+        total = await redis.dbsize()  # every key of the database: an upper bound of what the prefix holds
+        return await delete_prefix(
+            redis, Keys(settings.redis_prefix), on_progress=lambda done: progress.update("deleting keys", done, total)
+        )
     finally:
         await redis.aclose()
 
 
-def flush_prefix(settings: Settings) -> int:
+def flush_prefix(settings: Settings, *, json_output: bool = False) -> int:
     """Delete every key under the prefix (never FLUSHDB), print and return how many were deleted."""
     try:
-        deleted = asyncio.run(_flush(settings))
+        with working("scanning keys", json_output=json_output) as progress:
+            deleted = asyncio.run(_flush(settings, progress))
     except (RedisError, OSError) as exc:
         fail(f"cannot flush Redis: {type(exc).__name__}: {exc}")
-    console.print(f"deleted {deleted} Redis keys under prefix {settings.redis_prefix!r}", highlight=False)
+    finish(
+        {"prefix": settings.redis_prefix, "deleted": deleted},
+        json_output,
+        lambda result: console.print(
+            f"deleted {result['deleted']} Redis keys under prefix {result['prefix']!r}", highlight=False
+        ),
+    )
     return deleted
 
 
 @cache_app.command("flush")
-def flush(yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
+def flush(
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    json_output: bool = JSON_OPTION,
+) -> None:
     """Delete nubo's Redis keys (those under NUBO_REDIS_PREFIX); other keys on the server are left alone."""
     settings = settings_or_exit()
-    if not yes and not typer.confirm(f"Delete every Redis key under prefix {settings.redis_prefix!r}?"):
+    if (
+        not yes
+        and not json_output
+        and not typer.confirm(f"Delete every Redis key under prefix {settings.redis_prefix!r}?")
+    ):
         console.print("nothing deleted")
         raise typer.Exit(1)
-    flush_prefix(settings)
+    if json_output and not yes:
+        fail("--json needs --yes (no question can be asked)", 2)
+    flush_prefix(settings, json_output=json_output)

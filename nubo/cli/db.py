@@ -10,10 +10,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from nubo.cli.common import console, err_console, fail, print_json, settings_or_exit
+from nubo.cli.common import JSON_OPTION, Working, console, err_console, fail, finish, settings_or_exit, working
 from nubo.cli.stores import EXIT_UNREACHABLE, run_with_stores
 from nubo.media import purge_media
 from nubo.settings import Settings
@@ -27,11 +26,9 @@ db_app = typer.Typer(
 )
 
 EXIT_DRIFT = 3
-# Show a progress bar only when a purge visits at least this many collections (and stdout is a terminal).
-_PROGRESS_MIN_COLLECTIONS = 5
 
 T = TypeVar("T")
-_JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+_INIT_STEPS = {"postgres": "PostgreSQL: applying sql/", "mongo": "MongoDB: collections and indexes"}
 
 
 def _run(settings: Settings, work: Callable[[Stores], Awaitable[T]]) -> T:
@@ -113,18 +110,18 @@ def _print_init(report: InitReport) -> None:
 
 
 @db_app.command("init")
-def init(json_output: bool = _JSON_OPTION) -> None:
+def init(json_output: bool = JSON_OPTION) -> None:
     """Create the PostgreSQL schemas and tables (sql/) and the Mongo collections and indexes (mongo/).
 
     Safe to re-run: applied SQL files are recorded and skipped; an applied file that changed is reported
     (exit code 3), never re-run. Set NUBO_SQL_DIR / NUBO_MONGO_DIR when running from an installed package.
     """
     settings = settings_or_exit()
-    report = _run(settings, init_databases)
-    if json_output:
-        print_json(report.as_dict())
-    else:
-        _print_init(report)
+    with working("connecting", json_output=json_output) as progress:
+        report = _run(
+            settings, lambda stores: init_databases(stores, on_step=lambda step: progress.update(_INIT_STEPS[step]))
+        )
+    finish(report, json_output, _print_init, InitReport.as_dict)
     if report.problems:
         if json_output:  # the human text went to the JSON; still say why the exit code is not 0
             err_console.print(f'[bold red]drift[/]: {len(report.problems)} problem(s), see "problems"', highlight=False)
@@ -136,22 +133,22 @@ def init(json_output: bool = _JSON_OPTION) -> None:
 PurgeWork = Callable[[Stores], Awaitable[dict[str, int]]]
 
 
-def _purge_with_progress(days: int, dry_run: bool, show: bool) -> PurgeWork:
+def _purge_with_progress(days: int, dry_run: bool, progress: Working) -> PurgeWork:
     async def work(stores: Stores) -> dict[str, int]:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=True, disable=not show) as progress:
-            task = progress.add_task("purging" if not dry_run else "counting", total=None)
+        visited = 0
 
-            def advance(collection: str, _count: int, total: int) -> None:
-                visible = total >= _PROGRESS_MIN_COLLECTIONS
-                progress.update(task, total=total, advance=1, description=collection, visible=visible)
+        def advance(collection: str, _count: int, total: int) -> None:
+            nonlocal visited
+            visited += 1
+            progress.update(collection, visited, total)
 
-            return await purge_recent(stores, days, dry_run, on_progress=advance)
+        return await purge_recent(stores, days, dry_run, on_progress=advance)
 
     return work
 
 
-def _print_purge(counts: dict[str, int], summary: dict[str, Any]) -> None:
+def _print_purge(summary: dict[str, Any]) -> None:
+    counts: dict[str, int] = summary["counts"]
     verb = "would delete" if summary["dry_run"] else "deleted"
     busy = {name: count for name, count in counts.items() if count}
     if busy:
@@ -166,6 +163,7 @@ def _print_purge(counts: dict[str, int], summary: dict[str, Any]) -> None:
         f"in {len(counts)} collection(s) of {summary['database']}",
         highlight=False,
     )
+    console.print(f"media: {summary['media']}", highlight=False)
 
 
 @db_app.command("purge")
@@ -174,7 +172,7 @@ def purge(
         None, "--days", min=1, help="Purge documents unused for N days (default NUBO_RETENTION_DAYS, 30)."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be deleted; delete nothing."),
-    json_output: bool = _JSON_OPTION,
+    json_output: bool = JSON_OPTION,
 ) -> None:
     """Delete Mongo documents whose last_use is older than the retention, in every collection; and media
     never completed or never attached after a day, with the objects of deleted media (docs/media.md).
@@ -185,7 +183,10 @@ def purge(
     settings = settings_or_exit()
     days = days if days is not None else settings.retention_days
     cutoff = purge_cutoff(days)
-    counts = _run(settings, _purge_with_progress(days, dry_run, show=console.is_terminal and not json_output))
+    with working("counting" if dry_run else "purging", json_output=json_output) as progress:
+        counts = _run(settings, _purge_with_progress(days, dry_run, progress))
+        progress.update("media: uploads never completed or attached, objects of deleted media")
+        media = _run(settings, lambda stores: purge_media(stores, dry_run=dry_run))
     summary = {
         "database": settings.mongo_db,
         "days": days,
@@ -193,10 +194,6 @@ def purge(
         "dry_run": dry_run,
         "total": sum(counts.values()),
         "counts": counts,
-        "media": _run(settings, lambda stores: purge_media(stores, dry_run=dry_run)),
+        "media": media,
     }
-    if json_output:
-        print_json(summary)
-    else:
-        _print_purge(counts, summary)
-        console.print(f"media: {summary['media']}", highlight=False)
+    finish(summary, json_output, _print_purge)

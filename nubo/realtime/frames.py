@@ -64,12 +64,14 @@ class AckFrame(Frame, frozen=True, tag="ack"):
 
 
 class ErrorFrame(Frame, frozen=True, tag="error", omit_defaults=True):
-    """`fields` and `client_id` are left out when unknown (never sent as null)."""
+    """`fields`, `client_id` and `request_id` are left out when unknown (never sent as null). `request_id` is
+    the socket's handshake request id (`X-Request-ID`), the one in the server's log lines of that socket."""
 
     code: str
     error: str
     fields: dict[str, str] | None = None
     client_id: str | None = None
+    request_id: str | None = None
 
 
 class PongFrame(Frame, frozen=True, tag="pong"):

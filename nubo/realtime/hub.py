@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nubo.logs import get_logger
+from nubo.logs import current_request_id, get_logger
 from nubo.realtime.frames import ErrorFrame, Frame, HelloFrame, ResyncFrame
 from nubo.stores import Stores
 from nubo.stores.events import (
@@ -51,6 +51,7 @@ log = get_logger(__name__)
 CLOSE_QUEUE_OVERFLOW = 4008
 CLOSE_SESSION_REVOKED = 4401  # 4xxx: application codes (RFC 6455 §7.4.2); 401 as in HTTP
 CLOSE_REASONS = {CLOSE_QUEUE_OVERFLOW: "send queue full", CLOSE_SESSION_REVOKED: "session revoked"}
+CLOSE_LABELS = {CLOSE_QUEUE_OVERFLOW: "queue_full", CLOSE_SESSION_REVOKED: "session_revoked"}  # metric labels
 CLOSE_TIMEOUT_SECONDS = 5.0
 
 
@@ -64,10 +65,12 @@ class Socket(Protocol):
 
 @dataclass(frozen=True)
 class Durable:
-    """A durable event for this socket's user: delivered once, in id order."""
+    """A durable event for this socket's user: delivered once, in id order. `received`: when the hub got it
+    (``time.perf_counter()``; 0 when unknown), for the fan-out latency."""
 
     event_id: int
     body: str
+    received: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,7 @@ class Connection:
         """Stop delivering now (the hub forgets the socket); the server closes it with `code`."""
         if self.close_code is None:
             self.close_code = code
+            self.hub.metrics.ws_closes.labels(CLOSE_LABELS.get(code, str(code))).inc()
             self.hub.detach_now(self)
             log.warning("ws_closing", extra={"user_id": self.user_key, "code": code})
             if self.writer_task is not None:
@@ -168,16 +172,21 @@ class Connection:
                 await self._deliver(item)
             elif isinstance(item, Live):
                 if item.expires_ms is None or item.expires_ms >= time.time() * 1000:
-                    await self.socket.send_text(item.text)
+                    await self._send(item.text)
             elif isinstance(item, CatchUp):
                 if item.upto is None or item.upto > self.last:
                     await self._catch_up(item.upto)
             else:
                 await self._resume(item.last_event_id)
 
+    async def _send(self, text: str) -> None:
+        """The one place this connection writes a frame (counted as `out`)."""
+        await self.socket.send_text(text)
+        self.hub.frames_out.inc()
+
     async def _send_hello(self) -> None:
         hello = HelloFrame(user_id=self.user_id, last_event_id=self.last, instance=self.hub.instance_id)
-        await self.socket.send_text(to_json(hello))
+        await self._send(to_json(hello))
 
     async def _deliver(self, item: Durable) -> None:
         if item.event_id <= self.last:
@@ -186,9 +195,11 @@ class Connection:
             await self._catch_up(item.event_id - 1)
         if item.event_id <= self.last:
             return
-        await self.socket.send_text(frame(item.body, item.event_id))
+        await self._send(frame(item.body, item.event_id))
         self.last = item.event_id
         self.delivered_durable = True
+        if item.received:
+            self.hub.metrics.ws_fanout.observe(time.perf_counter() - item.received)
 
     async def _catch_up(self, upto: int | None) -> None:
         """Send history entries after `self.last` up to `upto` (default: the user's current id), or resync."""
@@ -205,13 +216,14 @@ class Connection:
             await self._resync(target, "history_gap")
             return
         for event_id, body in entries:
-            await self.socket.send_text(frame(body, event_id))
+            await self._send(frame(body, event_id))
             self.last = event_id
             self.delivered_durable = True
 
     async def _resync(self, event_id: int, reason: str) -> None:
         log.info("ws_resync", extra={"user_id": self.user_key, "from": self.last, "to": event_id, "reason": reason})
-        await self.socket.send_text(to_json(ResyncFrame(event_id=event_id, reason=reason)))
+        self.hub.metrics.ws_resyncs.labels(reason).inc()
+        await self._send(to_json(ResyncFrame(event_id=event_id, reason=reason)))
         self.last = event_id
 
     async def _resume(self, last_event_id: int) -> None:
@@ -219,8 +231,9 @@ class Connection:
             too_late = ErrorFrame(
                 code="resume_too_late",
                 error="resume must be the first frame; reconnect with ?last_event_id= instead",
+                request_id=current_request_id(),
             )
-            await self.socket.send_text(to_json(too_late))
+            await self._send(to_json(too_late))
             return
         self.last = last_event_id
         await self._catch_up(None)
@@ -241,6 +254,9 @@ class Hub:
         revoked_among: RevokedCheck | None = None,
     ) -> None:
         self.settings = stores.settings
+        self.metrics = stores.metrics
+        self.frames_out = stores.metrics.ws_frames.labels("out")
+        self.frames_in = stores.metrics.ws_frames.labels("in")
         self.queue_size = self.settings.ws_queue_size
         self.instance_id = f"{socket_module.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.bus = stores.events
@@ -294,7 +310,9 @@ class Hub:
         """Route events to `conn` from now on (before its writer reads any position)."""
         first = conn.user_key not in self.local
         self.local.setdefault(conn.user_key, set()).add(conn)
-        self.everyone.add(conn)
+        if conn not in self.everyone:
+            self.everyone.add(conn)
+            self.metrics.ws_connections.inc()
         if conn.session_key is not None:
             self.by_session.setdefault(conn.session_key, set()).add(conn)
         if first:
@@ -308,7 +326,9 @@ class Hub:
 
     def detach_now(self, conn: Connection) -> bool:
         """Stop routing to `conn`; True when it was this instance's last socket of its user."""
-        self.everyone.discard(conn)
+        if conn in self.everyone:
+            self.everyone.discard(conn)
+            self.metrics.ws_connections.dec()
         if conn.session_key is not None and conn.session_key in self.by_session:
             self.by_session[conn.session_key].discard(conn)
             if not self.by_session[conn.session_key]:
@@ -358,9 +378,10 @@ class Hub:
             targets = [(key, to[key]) for key in self.local if key in to]
         else:
             targets = [(key, eid) for key, eid in to.items() if key in self.local]
+        received = time.perf_counter()
         for key, event_id in targets:
             for conn in list(self.local.get(key, ())):
-                conn.offer(Durable(event_id, body))
+                conn.offer(Durable(event_id, body, received))
                 self.stats["routed"] += 1
 
     def route_ephemeral(self, message: EphemeralMessage) -> None:

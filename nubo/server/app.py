@@ -13,16 +13,19 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from nubo import __version__
 from nubo.logs import configure_logging, get_logger
+from nubo.metrics import Metrics
 from nubo.root import open_root
 from nubo.server import asyncapi, contract, health
 from nubo.server import auth as auth_routes
 from nubo.server import feed as feed_routes
 from nubo.server import media as media_routes
 from nubo.server import messaging as messaging_routes
+from nubo.server import metrics as metrics_routes
 from nubo.server import moderation as moderation_routes
 from nubo.server import posts as posts_routes
 from nubo.server import realtime as realtime_routes
 from nubo.server import users as users_routes
+from nubo.server.context import RequestContext
 from nubo.server.deps import dependencies
 from nubo.server.errors import EXCEPTION_HANDLERS
 from nubo.settings import Settings, load_settings
@@ -59,6 +62,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             app.state.root = root
             yield
 
+    def running_metrics() -> Metrics | None:
+        root = state.root
+        return root.metrics if root is not None and settings.metrics else None
+
     handlers = [
         *health.ROUTES,
         *auth_routes.ROUTES,
@@ -70,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         *feed_routes.ROUTES,
         *media_routes.ROUTES,
         *asyncapi.ROUTES,
+        *metrics_routes.ROUTES,
     ]
     contract.document_errors(handlers, auth_routes.PUBLIC_PATHS)
     app = Litestar(
@@ -91,6 +99,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     contract.finish_openapi(app, handlers)
     contract.fix_options_allow(app)
+    # Outermost, around routing and error mapping, so that every answer gets its request id and is counted.
+    app.asgi_handler = RequestContext(app.asgi_handler, running_metrics)
     return app
 
 

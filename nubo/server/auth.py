@@ -56,6 +56,7 @@ PUBLIC_PATHS = [
     r"^/signup$",
     r"^/login$",
     r"^/token/refresh$",
+    r"^/metrics$",  # its own bearer token (nubo.server.metrics)
 ]
 NO_AUTH: list[dict[str, list[str]]] = [{}]  # OpenAPI: this route needs no bearer token
 NO_STORE = {"Cache-Control": "no-store"}  # token responses must never be cached (RFC 6749 §5.1)

@@ -44,7 +44,7 @@ from litestar.exceptions import WebSocketDisconnect
 from nubo import messaging
 from nubo.errors import Forbidden, NuboError, Unauthorized, ValidationFailed
 from nubo.ids import parse_id
-from nubo.logs import get_logger
+from nubo.logs import current_request_id, get_logger
 from nubo.realtime import typing_events
 from nubo.realtime.frames import AckFrame, ErrorFrame, PongFrame
 from nubo.realtime.hub import CLOSE_REASONS, CLOSE_TIMEOUT_SECONDS, Connection, Hub, Resume
@@ -140,6 +140,7 @@ class Session:
         self.user_id = user_id
         self.conn = Connection(hub, user_id, socket, resume_from=resume_from, session_id=session_id)
         self.first_frame = True
+        self.request_id = current_request_id()  # the handshake's (nubo.server.context), in every error event
         self.typing_sent: dict[uuid.UUID, float] = {}
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
             "message.send": self.on_send,
@@ -183,6 +184,7 @@ class Session:
                 return
             if message["type"] == "websocket.disconnect":
                 return
+            self.hub.frames_in.inc()
             text = message.get("text")
             if not isinstance(text, str):
                 self.error("binary_not_supported", "Frames must be text (JSON envelopes or lobby text)")
@@ -229,14 +231,18 @@ class Session:
     def error(
         self, code: str, message: str, *, fields: dict[str, str] | None = None, client_id: str | None = None
     ) -> None:
-        self.conn.send_event(ErrorFrame(code=code, error=message, fields=fields, client_id=client_id))
+        self.conn.send_event(
+            ErrorFrame(code=code, error=message, fields=fields, client_id=client_id, request_id=self.request_id)
+        )
 
     # ---- handlers ----------------------------------------------------------------------------------------
 
     async def on_send(self, envelope: dict[str, Any]) -> None:
         conversation_id = parse_id(envelope.get("conversation_id"), "conversation_id")
+        started = time.perf_counter()
 
         def ack(result: messaging.SendResult) -> None:  # once committed, before the publish
+            self.hub.metrics.ws_send_ack.observe(time.perf_counter() - started)
             self.conn.send_event(
                 AckFrame(
                     client_id=envelope.get("client_id"),

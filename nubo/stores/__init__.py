@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from nubo.logs import get_logger
+from nubo.metrics import Metrics
 from nubo.settings import Settings
 from nubo.stores import mongo, postgres, redis
 from nubo.stores.batching import BatchQueue
@@ -79,6 +80,7 @@ class Stores:
     # process, so a burst of completes queues instead of taking every thread and the memory they would need.
     image_slots: asyncio.Semaphore
     view_counts: ViewCounts  # who saw which post each day, and the counts not yet in PostgreSQL
+    metrics: Metrics  # this process's instruments (nubo.metrics), counted by the tiered store, limiter, events
 
     @property
     def mongo(self) -> AsyncDatabase[MongoDoc]:
@@ -131,9 +133,17 @@ def describe_failure(exc: BaseException) -> str:
     return (f"{type(exc).__name__}: {message}" if message else type(exc).__name__)[:300]
 
 
-async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg_max_size: int = 20) -> Stores:
-    """Open the three connections and build the store-level services on them. Only PostgreSQL may be awaited:
-    Mongo and Redis connect lazily."""
+async def open_stores(
+    settings: Settings,
+    metrics: Metrics | None = None,
+    *,
+    wait_for_postgres: bool = False,
+    pg_max_size: int = 20,
+) -> Stores:
+    """Open the three connections and build the store-level services on them, counting in `metrics` (the
+    composition root's; a new one when not given). Only PostgreSQL may be awaited: Mongo and Redis connect
+    lazily."""
+    metrics = metrics if metrics is not None else Metrics()
     pg = await postgres.open_pool(settings.postgres_url, wait=wait_for_postgres, max_size=pg_max_size)
     mongo_client = mongo.open_client(settings.mongo_url)
     redis_client = redis.open_redis(settings.redis_url, autopipeline=settings.redis_autopipeline)
@@ -142,7 +152,7 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
     scripts = LuaScripts(redis_client)
     near = NearCache(settings.redis_url, redis_client, keys, _near_families(), max_entries=_near_entries(settings))
     cache = RedisCache(redis_client, keys)
-    tiered = TieredStore(pg, mongo_client[settings.mongo_db], cache, near, failures.count)
+    tiered = TieredStore(pg, mongo_client[settings.mongo_db], cache, near, failures.count, metrics)
     return Stores(
         settings=settings,
         pg=pg,
@@ -155,8 +165,10 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
         tiered=tiered,
         projector=Projector("tiered", tiered),
         messaging_projector=Projector("messaging", tiered),
-        events=EventBus(redis_client, keys, failures.count),
-        rate_limits=RateLimits(redis_client, keys, failures=failures.by_store, leased=settings.rate_leases),
+        events=EventBus(redis_client, keys, failures.count, metrics),
+        rate_limits=RateLimits(
+            redis_client, keys, failures=failures.by_store, leased=settings.rate_leases, metrics=metrics
+        ),
         unread=UnreadCounters(redis_client, keys, scripts, failures.count),
         scripts=scripts,
         feed_fan_out=BatchQueue("feed-fan-out"),
@@ -166,6 +178,7 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
         objects=ObjectStore(settings),
         image_slots=asyncio.Semaphore(IMAGE_SLOTS),
         view_counts=ViewCounts(redis_client, keys),
+        metrics=metrics,
     )
 
 

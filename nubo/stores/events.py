@@ -35,6 +35,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
+from nubo.metrics import Metrics
 from nubo.stores.redis import Keys
 
 log = get_logger(__name__)
@@ -131,7 +132,8 @@ class EventBus:
     """Publishes events for one process (holds the registered Lua script); one per process, built with the
     stores."""
 
-    def __init__(self, redis: Redis, keys: Keys, count_failure: Callable[[str], None]) -> None:
+    def __init__(self, redis: Redis, keys: Keys, count_failure: Callable[[str], None], metrics: Metrics) -> None:
+        self.relay_lag = metrics.events_relay_lag
         self.redis = redis
         self.count_failure = count_failure
         self.channels = Channels(keys)
@@ -151,6 +153,7 @@ class EventBus:
         <nubo.stores.redis.BatchingRedis>`) sends both in one round trip, in that order. An explicit redis-py
         pipeline would cost a second one: it checks with SCRIPT EXISTS that its scripts are loaded before it
         runs them. Both are awaited; the first error is raised."""
+        taken = time.perf_counter()  # the relay takes the event now (the post-commit publish)
         body = to_json(event)
         if not body.startswith("{") or body == "{}":
             raise ValueError("an event must be a non-empty JSON object")
@@ -176,6 +179,7 @@ class EventBus:
             else:
                 ids = await self._publish(keys=keys, args=args)
             assigned.update(zip(chunk, (int(i) for i in ids), strict=True))
+        self.relay_lag.observe(time.perf_counter() - taken)
         return assigned
 
     async def publish_ephemeral(self, user_ids: Iterable[uuid.UUID], event: Event, ttl_ms: int = 1000) -> None:

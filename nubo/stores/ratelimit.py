@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from nubo.errors import RateLimited
 from nubo.logs import get_logger
+from nubo.metrics import Metrics
 from nubo.settings import RateLimit
 from nubo.stores.redis import Keys
 
@@ -156,8 +157,11 @@ class RateLimits:
     an unreachable Redis counts under ``redis_ratelimit``.
     """
 
-    def __init__(self, redis: Redis, keys: Keys, *, failures: dict[str, int], leased: bool = True) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, failures: dict[str, int], leased: bool = True, metrics: Metrics
+    ) -> None:
         self._redis = redis
+        self._refusals = metrics.ratelimit_refusals
         self._prefix = keys("ratelimit")
         self._acquire = redis.register_script(_ACQUIRE_AND_MEASURE)
         self._guarded = redis.register_script(_GUARDED_HIT)
@@ -218,8 +222,15 @@ class RateLimits:
             finally:
                 if want > 1:
                     leases.settle(name, key)  # whatever happened, wake the requests waiting for this lease
-        raise_if_limited(status)
+        self.enforce(name, status)
         return status
+
+    def enforce(self, name: str, status: RateStatus | None) -> None:
+        """Raise :class:`RateLimited` when `status` refused the hit, counting the refusal under limit `name`
+        (`nubo_ratelimit_refusals_total`)."""
+        if status is not None and not status.allowed:
+            self._refusals.labels(name).inc()
+            raise_if_limited(status)
 
     async def clear(self, name: str, key: str, rate: RateLimit) -> None:
         """Forget the hits of `key` (used after an operator unlocks an account, and by tests)."""

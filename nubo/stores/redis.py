@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -259,8 +259,11 @@ async def key_families(redis: Redis, keys: Keys) -> dict[str, int]:
     return dict(sorted(families.items()))
 
 
-async def delete_prefix(redis: Redis, keys: Keys, batch: int = 500) -> int:
-    """Delete every key under the prefix in batches; returns how many were deleted."""
+async def delete_prefix(
+    redis: Redis, keys: Keys, batch: int = 500, on_progress: Callable[[int], None] | None = None
+) -> int:
+    """Delete every key under the prefix in batches; returns how many were deleted. `on_progress` gets the
+    count deleted so far after each batch."""
     deleted = 0
     pending: list[str] = []
     async for key in scan_prefix(redis, keys):
@@ -268,8 +271,12 @@ async def delete_prefix(redis: Redis, keys: Keys, batch: int = 500) -> int:
         if len(pending) >= batch:
             deleted += await redis.unlink(*pending)
             pending.clear()
+            if on_progress is not None:
+                on_progress(deleted)
     if pending:
         deleted += await redis.unlink(*pending)
+    if on_progress is not None:
+        on_progress(deleted)
     return deleted
 
 

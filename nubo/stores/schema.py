@@ -440,12 +440,20 @@ async def init_mongo(stores: Stores, directory: Path | None = None) -> MongoRepo
 
 
 async def init_databases(
-    stores: Stores, *, sql_directory: Path | None = None, mongo_directory: Path | None = None
+    stores: Stores,
+    *,
+    sql_directory: Path | None = None,
+    mongo_directory: Path | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> InitReport:
-    """`nubo db init`: PostgreSQL first (the source of truth), then Mongo."""
+    """`nubo db init`: PostgreSQL first (the source of truth), then Mongo. `on_step` is told each step's name
+    as it starts (``postgres``, ``mongo``)."""
     sql_directory = sql_directory or sql_dir()
+    step = on_step or (lambda _name: None)
     async with _init_lock(stores.settings.postgres_url) as conn:
+        step("postgres")
         postgres = await _init_postgres(conn, sql_directory)
+        step("mongo")
         mongo = await init_mongo(stores, mongo_directory)
     return InitReport(postgres=postgres, mongo=mongo)
 

@@ -26,6 +26,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
+from nubo.metrics import Metrics
 from nubo.stores.cache.collection import CacheCollection, RedisCache
 from nubo.stores.cache.schema import CacheError
 from nubo.stores.entities import ENTITIES, REREAD, Entity, Row, from_document, normalize_row, to_document
@@ -67,8 +68,10 @@ class TieredStore:
         cache: RedisCache,
         near: NearCache,
         count_failure: Callable[[str], None],
+        metrics: Metrics,
     ) -> None:
         self.pg = pg
+        self.reads = metrics.tier_reads
         self.mongo = mongo
         self.cache = cache
         self.near = near
@@ -89,13 +92,16 @@ class TieredStore:
         above."""
         entity = ENTITIES[entity_name]
         row = await self._from_redis(entity, entity_id)
+        self._count(entity_name, "redis", row is not None)
         if row is not None:
             return row
         row = await self._from_mongo(entity, entity_id)
+        self._count(entity_name, "mongo", row is not None)
         if row is not None:
             await self._to_redis(entity, [row])
             return row
         row = await self._from_postgres(entity, entity_id)
+        self._count(entity_name, "postgres", row is not None)
         if row is not None:
             await self._to_mongo(entity, [row])
             await self._to_redis(entity, [row])
@@ -110,17 +116,30 @@ class TieredStore:
         for row in await self._many_from_redis(entity, wanted):
             found[row["id"]] = row
         missing = [i for i in wanted if i not in found]
+        self._count(entity_name, "redis", len(found), len(missing))
         if missing:
             from_mongo = await self._many_from_mongo(entity, missing)
             await self._to_redis(entity, from_mongo)
             found.update((row["id"], row) for row in from_mongo)
+            self._count(entity_name, "mongo", len(from_mongo), len(missing) - len(from_mongo))
             missing = [i for i in missing if i not in found]
         if missing:
             from_pg = await self._many_from_postgres(entity, missing)
+            self._count(entity_name, "postgres", len(from_pg), len(missing) - len(from_pg))
             await self._to_mongo(entity, from_pg)
             await self._to_redis(entity, from_pg)
             found.update((row["id"], row) for row in from_pg)
         return [found[i] for i in wanted if i in found]
+
+    def _count(self, entity: str, tier: str, hits: int, misses: int | None = None) -> None:
+        """Count reads of one tier (`nubo_tier_reads_total`): `hits` found, `misses` not (default: the
+        other outcome of a single read, given `hits` as a bool)."""
+        if misses is None:
+            hits, misses = int(bool(hits)), int(not hits)
+        if hits:
+            self.reads.labels(entity, tier, "hit").inc(hits)
+        if misses:
+            self.reads.labels(entity, tier, "miss").inc(misses)
 
     async def _from_redis(self, entity: Entity, entity_id: uuid.UUID) -> Row | None:
         if not self.health.available("redis"):

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from nubo.logs import get_logger
+from nubo.metrics import Metrics
 from nubo.stores.cache.admin import resolve_budget, used_memory
 from nubo.stores.cache.scripts import ScriptRunner
 from nubo.stores.redis import Keys
@@ -111,14 +112,24 @@ async def _purge_until(
 
 
 async def run_governor(
-    redis: Redis, keys: Keys, budget: int, margin: Margin, interval: float = 2.0, *, batch: int = DEFAULT_BATCH
+    redis: Redis,
+    keys: Keys,
+    budget: int,
+    margin: Margin,
+    interval: float = 2.0,
+    *,
+    batch: int = DEFAULT_BATCH,
+    metrics: Metrics | None = None,
 ) -> None:
-    """Enforce the budget every `interval` seconds until cancelled; Redis errors are logged, not raised."""
+    """Enforce the budget every `interval` seconds until cancelled; Redis errors are logged, not raised.
+    Evictions are counted in `metrics` (`nubo_cache_evictions_total`)."""
     scripts = ScriptRunner(redis)
     disabled_logged = False
     while True:
         try:
             report = await enforce_budget(redis, keys, budget, margin, batch=batch, scripts=scripts)
+            if metrics is not None and report.purged:
+                metrics.cache_evictions.inc(report.purged)
             if report.status == "disabled" and not disabled_logged:
                 log.info("cache_governor_disabled", extra={"reason": "no budget and no Redis maxmemory"})
                 disabled_logged = True

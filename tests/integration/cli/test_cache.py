@@ -99,3 +99,15 @@ def test_serve_flush_cache_helper_deletes_only_the_prefix(
         assert redis.get(settings.redis_prefix + "kept") == "1"
         redis.delete(settings.redis_prefix + "kept")
     assert "deleted 2 Redis keys" in capsys.readouterr().out
+
+
+async def test_flush_json_prints_only_the_result(stores: Stores, process_env: dict[str, str]) -> None:
+    prefix = stores.keys.prefix + "clijson:"
+    await _fill(stores, prefix)
+    env = {**process_env, "NUBO_REDIS_PREFIX": prefix}
+    asked = run_nubo(["cache", "flush", "--json"], env)
+    assert asked.returncode == 2 and "--json needs --yes" in asked.stderr
+    assert await stores.redis.exists(f"{prefix}ids:posts") == 1
+    done = run_nubo(["cache", "flush", "--yes", "--json"], env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"prefix": prefix, "deleted": 7}  # stdout is the JSON, nothing else
