@@ -15,12 +15,15 @@ The modules: :mod:`~nubo.media.imaging` (magic bytes, Pillow), :mod:`~nubo.media
 
 from __future__ import annotations
 
+from nubo.media.imaging import IMAGE_TYPES, VIDEO_TYPES
 from nubo.media.lifecycle import ORPHAN_AGE, check_attachable, delete_objects, purge_media, release_media
 from nubo.media.uploads import complete_upload, get_media, media_views, start_upload
 from nubo.media.views import MediaVariant, MediaView, UploadGrant, UploadTarget, media_view
 
 __all__ = [
+    "IMAGE_TYPES",
     "ORPHAN_AGE",
+    "VIDEO_TYPES",
     "MediaVariant",
     "MediaView",
     "UploadGrant",

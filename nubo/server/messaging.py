@@ -23,6 +23,7 @@ from nubo.messaging.shared import MAX_CLIENT_ID, MAX_CONTENT, MAX_MEMBERS, MAX_T
 from nubo.messaging.views import ConversationView, MessageLikes, MessageView, ReadMarker, UnreadCounts
 from nubo.pagination import Page
 from nubo.server.contract import NO_NUL, NOT_BLANK, errors
+from nubo.server.errors import every_bad_field
 from nubo.server.users import AnyRequest, Before, Limit, StoresDep, caller_id
 
 IdPath = FromPath[Annotated[str, Parameter(description="An id (UUID)", schema_extra={"format": "uuid"})]]
@@ -273,7 +274,9 @@ async def read_notifications(request: AnyRequest, stores: StoresDep, data: JSONB
 
 
 class NotificationSettingsPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """Kinds to turn on (`true`) or off (`false`); absent kinds are kept."""
+    """Kinds to turn on (`true`) or off (`false`), at least one; absent kinds are kept."""
+
+    json_schema_extra: ClassVar[dict[str, object]] = {"minProperties": 1, "examples": [{"like": False}]}
 
     follow: bool | UnsetType = UNSET
     like: bool | UnsetType = UNSET
@@ -291,6 +294,9 @@ async def get_notification_settings(request: AnyRequest, stores: StoresDep) -> n
 async def patch_notification_settings(
     request: AnyRequest, stores: StoresDep, data: JSONBody[NotificationSettingsPatch]
 ) -> notifications.NotificationSettings:
+    # Litestar decodes bodies leniently (0 becomes false): a flag must be a JSON boolean, as the schema says.
+    if strictly_bad := every_bad_field(NotificationSettingsPatch, await request.body()):
+        raise ValidationFailed("Invalid body", fields=strictly_bad)
     changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not UNSET}
     if not changes:
         raise ValidationFailed("Nothing to change", fields={"body": "at least one notification kind"})

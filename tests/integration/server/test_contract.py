@@ -65,7 +65,7 @@ def test_every_error_status_is_documented_with_the_error_shape(openapi: dict[str
 
 def test_request_bodies_carry_every_constraint_the_server_enforces(openapi: dict[str, Any]) -> None:
     schemas = openapi["components"]["schemas"]
-    for name in ("SendMessageIn", "CreateConversationIn", "NewMedia", "LoginBody", "PostChanges", "NewPost"):
+    for name in ("SendMessageIn", "CreateConversationIn", "NewUpload", "LoginBody", "PostChanges", "NewPost"):
         assert schemas[name]["additionalProperties"] is False, name  # unknown fields are refused
     message = schemas["SendMessageIn"]["properties"]
     assert message["content"]["maxLength"] == 4000
@@ -73,8 +73,9 @@ def test_request_bodies_carry_every_constraint_the_server_enforces(openapi: dict
     conversation = schemas["CreateConversationIn"]["properties"]
     assert conversation["type"]["enum"] == ["direct", "group"]
     assert conversation["user_ids"]["minItems"] == 1
-    assert re.search(schemas["NewMedia"]["properties"]["mime"]["pattern"], "image/jpeg")
-    assert not re.search(schemas["NewMedia"]["properties"]["mime"]["pattern"], "jpeg")
+    image, video = (branch["properties"]["content_type"]["pattern"] for branch in schemas["NewUpload"]["anyOf"])
+    assert re.search(image, "image/jpeg") and re.search(image, "Image/JPEG") and not re.search(image, "video/mp4")
+    assert re.search(video, "video/mp4") and not re.search(video, "image/jpeg")
     assert [branch["required"] for branch in schemas["LoginBody"]["anyOf"]] == [["username"], ["email"]]
     assert schemas["PostChanges"]["minProperties"] == 1 and schemas["ProfilePatch"]["minProperties"] == 1
     parameters = {p["name"]: p for p in openapi["paths"]["/posts"]["get"]["parameters"]}
