@@ -17,7 +17,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from nubo.cli.common import console, err_console, fail, print_json, settings_or_exit
+from nubo.cli.common import JSON_OPTION, console, err_console, fail, finish, settings_or_exit
 from nubo.importing import ImportReport, ImportSourceError, find_sources, import_community, iter_rejected
 from nubo.root import open_root
 from nubo.settings import Settings
@@ -77,7 +77,7 @@ def import_command(
         False, "--dry-run", help="Validate everything (also against the database); write nothing."
     ),
     strict: bool = typer.Option(False, "--strict", help="Write nothing when any row is rejected (exit code 4)."),
-    json_output: bool = typer.Option(False, "--json", help="Print the report (every rejected row) as JSON."),
+    json_output: bool = JSON_OPTION,
 ) -> None:
     """Load users, follows, posts, comments and likes from JSON Lines with COPY, in one transaction.
 
@@ -105,7 +105,4 @@ def import_command(
 
 
 def _finish(report: ImportReport, json_output: bool) -> None:
-    if json_output:
-        print_json(report.as_dict())
-    else:
-        _print_report(report)
+    finish(report, json_output, _print_report, ImportReport.as_dict)
