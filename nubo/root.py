@@ -54,6 +54,7 @@ class Root:
         workers = [
             asyncio.create_task(stores.near.run(), name="near-cache"),
             asyncio.create_task(run_outbox_worker(stores.tiered), name="outbox"),
+            asyncio.create_task(stores.relay.run(), name="event-relay"),
             asyncio.create_task(
                 run_governor(
                     stores.redis, stores.keys, self.settings.redis_memory_budget, self.settings.memory_margin_bytes
@@ -80,6 +81,8 @@ class Root:
 
     async def _drain_queues(self) -> None:
         stores = self.stores
+        with contextlib.suppress(Exception):  # what is left is published by the relay of another process
+            await stores.relay.drain(DRAIN_SECONDS)
         for queue in (stores.feed_fan_out, stores.mirror_refresh, stores.messaging_projector, stores.projector):
             with contextlib.suppress(Exception):  # what is left is repaired by the outbox worker
                 await queue.drain(DRAIN_SECONDS)

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nubo import posts
 from nubo.errors import Conflict, Forbidden, NotFound
@@ -35,8 +35,6 @@ from nubo.pagination import Page, make_page
 from nubo.realtime.frames import MessageDeletedFrame, MessageEditedFrame, MessageNewFrame
 from nubo.stores import Stores
 from nubo.stores.entities import Row, normalize_row
-from nubo.stores.events import event_type
-from nubo.stores.postgres import single_statement
 from nubo.stores.redis import REDIS_FAILURES
 from nubo.stores.transaction import Transaction
 from nubo.stores.unread import SCRIPT_CHUNK, Delta
@@ -62,58 +60,31 @@ async def send_message(
     cid = clean_client_id(client_id)
     # Retries count against the limit too: a client stuck retrying is exactly what the limit is for.
     await stores.rate_limits.limit("messages", str(sender_id), stores.settings.rate_messages)
-    row = await _store_send(stores, sender_id, conversation_id, text, cid)
-    if row is None:  # this client_id was used before: an idempotent retry
+    result = await _store_send(stores, sender_id, conversation_id, text, cid, committed)
+    if result is None:  # this client_id was used before: an idempotent retry
         existing = await _existing_send(stores, sender_id, cid or "")
         assert existing is not None
         replayed = _replayed(existing, conversation_id)
         if committed is not None:
             committed(replayed)
+        # The first attempt committed; its process may have died before publishing: make sure it went out.
+        await stores.relay.ensure_published(replayed.message.id)
         return replayed
-    recipients = [sender_id, *row.pop("recipients")]
-    view = message_view(row)
-    result = SendResult(message=view, created=True)
-    if committed is not None:
-        committed(result)
-    await _publish_with_unread(
-        stores,
-        recipients,
-        MessageNewFrame(conversation_id=conversation_id, message=view),
-        [(uid, conversation_id, 1) for uid in recipients[1:]],
-    )
     return result
 
 
-async def _publish_with_unread(
-    stores: Stores,
-    recipients: list[uuid.UUID],
-    event: MessageNewFrame[MessageView],
-    deltas: list[Delta],
-) -> None:
-    """Unread deltas then the event, in one Redis round trip (see `before` in :meth:`EventBus.publish
-    <nubo.stores.events.EventBus.publish>`); failures as in :meth:`UnreadCounters.apply
-    <nubo.stores.unread.UnreadCounters.apply>` and :func:`publish_safely`: logged and counted, never a failed
-    send (PostgreSQL already committed)."""
-    counters = stores.unread
-    if len(deltas) > SCRIPT_CHUNK:  # big groups: the chunked paths
-        await counters.apply(deltas)
-        await stores.events.publish_safely(recipients, event)
-        return
-    try:
-        await stores.events.publish(recipients, event, before=counters.applier(deltas))
-    except REDIS_FAILURES as exc:
-        stores.count_failure("realtime")
-        log.warning("event_publish_failed", extra={"type": event_type(event), "error": str(exc)[:200]})
-        # Which part failed is unknown: drop the hashes so reads rebuild them from PostgreSQL.
-        await counters.forget(uid for uid, _, _ in deltas)
-
-
 async def _store_send(
-    stores: Stores, sender_id: uuid.UUID, conversation_id: uuid.UUID, text: str, cid: str | None
-) -> Row | None:
-    """The send in one statement (:data:`_SEND_SQL`: lock, checks, insert, counters, outbox), so one round
-    trip, committed when it returns: our caller acks only after the commit. None: a replayed client_id. The
-    rows go to Mongo/Redis through messaging's projector without being waited for."""
+    stores: Stores,
+    sender_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    text: str,
+    cid: str | None,
+    committed: Callable[[SendResult], None] | None,
+) -> SendResult | None:
+    """The send: one statement (:data:`_SEND_SQL`: lock, checks, insert, counters, outbox) then its event
+    (the event outbox), in one pipelined transaction: two round trips. After the commit, in order: the ack
+    (`committed`), then the unread deltas and the publish in one Redis round trip. None: a replayed client_id.
+    The rows go to Mongo/Redis through messaging's projector without being waited for."""
     params = {
         "id": new_id(),
         "conv": conversation_id,
@@ -122,21 +93,54 @@ async def _store_send(
         "client_id": cid,
         "preview": PREVIEW_CHARS,
     }
-    async with stores.pg.connection() as conn:
-        found = await single_statement(conn, _SEND_SQL, params)
-    if found is None:
-        raise NotFound("No such conversation", code="conversation_not_found")
-    if found["closed"]:
-        raise Forbidden("You cannot send messages in this conversation", code="conversation_closed")
-    if found["id"] is None:
-        return None
-    row = normalize_row({name: value for name, value in found.items() if name != "closed"})
+    async with stores.transaction(pipelined=True, wait=False) as tx:
+        found = await (await tx.conn.execute(_SEND_SQL, params)).fetchone()
+        if found is None:
+            raise NotFound("No such conversation", code="conversation_not_found")
+        if found["closed"]:
+            raise Forbidden("You cannot send messages in this conversation", code="conversation_closed")
+        if found["id"] is None:
+            return None
+        row = normalize_row({name: value for name, value in found.items() if name != "closed"})
+        recipients = [sender_id, *row.pop("recipients")]
+        message_outbox_ids, summary_outbox_ids = row.pop("message_outbox_ids"), row.pop("summary_outbox_ids")
+        member_row_ids = row.pop("member_row_ids")
+        view = message_view(row)
+        result = SendResult(message=view, created=True)
+        if committed is not None:
+            tx.on_commit(lambda: committed(result))
+        deltas = [(uid, conversation_id, 1) for uid in recipients[1:]]
+        event = MessageNewFrame(conversation_id=conversation_id, message=view)
+        if len(deltas) > SCRIPT_CHUNK:  # big groups: the chunked path, then the event on its own
+            tx.on_commit(lambda: stores.unread.apply(deltas))
+            tx.emit(recipients, event, key=view.id)
+        else:
+            tx.emit(recipients, event, key=view.id, before=_unread_writer(stores, deltas))
     projector = stores.messaging_projector
     # Projected later from PostgreSQL's current state; only the message is read through the tiers.
-    projector.defer_rows({"messages": [row["id"]]}, row.pop("message_outbox_ids"))
-    summaries = {"conversations": [conversation_id], "conversation_members": row.pop("member_row_ids")}
-    projector.defer_rows(summaries, row.pop("summary_outbox_ids"), lazy=True)
-    return row
+    projector.defer_rows({"messages": [view.id]}, message_outbox_ids)
+    summaries = {"conversations": [conversation_id], "conversation_members": member_row_ids}
+    projector.defer_rows(summaries, summary_outbox_ids, lazy=True)
+    return result
+
+
+def _unread_writer(stores: Stores, deltas: list[Delta]) -> Callable[[], Awaitable[None]] | None:
+    """The unread deltas as a Redis write issued with the event's publish (one round trip). A failure is
+    logged and counted, and drops the hashes so that reads rebuild them from PostgreSQL."""
+    counters = stores.unread
+    apply = counters.applier(deltas)
+    if apply is None:
+        return None
+
+    async def write() -> None:
+        try:
+            await apply()
+        except REDIS_FAILURES as exc:
+            stores.count_failure("redis_unread")
+            log.warning("unread_update_failed", extra={"error": str(exc)[:200]})
+            await counters.forget(uid for uid, _, _ in deltas)
+
+    return write
 
 
 # One statement for the whole send, so that it needs one round trip:

@@ -40,6 +40,7 @@ from nubo.stores.events import (
     LobbyMessage,
     ReceivedMessage,
     RevokedMessage,
+    epoch_of,
     frame,
     to_json,
 )
@@ -52,6 +53,7 @@ CLOSE_QUEUE_OVERFLOW = 4008
 CLOSE_SESSION_REVOKED = 4401  # 4xxx: application codes (RFC 6455 §7.4.2); 401 as in HTTP
 CLOSE_REASONS = {CLOSE_QUEUE_OVERFLOW: "send queue full", CLOSE_SESSION_REVOKED: "session revoked"}
 CLOSE_TIMEOUT_SECONDS = 5.0
+SEEN_KEYS = 1024  # event identities each socket remembers, to never deliver one event twice
 
 
 class Socket(Protocol):
@@ -64,10 +66,11 @@ class Socket(Protocol):
 
 @dataclass(frozen=True)
 class Durable:
-    """A durable event for this socket's user: delivered once, in id order."""
+    """A durable event for this socket's user: delivered once, in id order, and once per identity."""
 
     event_id: int
     body: str
+    event_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class Connection:
         self.queue: asyncio.Queue[QueueItem] = asyncio.Queue(maxsize=hub.queue_size)
         self.resume_from = resume_from
         self.last = 0
+        self.seen_keys: dict[str, None] = {}  # identities of the last SEEN_KEYS events delivered, oldest first
         self.delivered_durable = False
         self.close_code: int | None = None
         self.writer_task: asyncio.Task[None] | None = None
@@ -180,20 +184,38 @@ class Connection:
         await self.socket.send_text(to_json(hello))
 
     async def _deliver(self, item: Durable) -> None:
+        if epoch_of(item.event_id) != epoch_of(self.last):
+            # Redis lost its state (flush, empty restart): what was published before cannot be proven
+            # delivered, so the client refetches; delivery goes on in the new epoch.
+            await self._resync(item.event_id - 1, "epoch_changed")
         if item.event_id <= self.last:
             return  # already delivered (live copy of a replayed event, or a duplicate)
         if item.event_id > self.last + 1:
             await self._catch_up(item.event_id - 1)
         if item.event_id <= self.last:
             return
-        await self.socket.send_text(frame(item.body, item.event_id))
-        self.last = item.event_id
+        await self._send_durable(item.event_id, item.body, item.event_key)
+
+    async def _send_durable(self, event_id: int, body: str, event_key: str) -> None:
+        """Send one durable event, unless an event of the same identity was sent on this socket already
+        (the relay re-published it, or Redis lost what it knew of it): its position is taken all the same."""
+        self.last = event_id
+        if event_key:
+            if event_key in self.seen_keys:
+                return
+            self.seen_keys[event_key] = None
+            if len(self.seen_keys) > SEEN_KEYS:
+                del self.seen_keys[next(iter(self.seen_keys))]
+        await self.socket.send_text(frame(body, event_id))
         self.delivered_durable = True
 
     async def _catch_up(self, upto: int | None) -> None:
         """Send history entries after `self.last` up to `upto` (default: the user's current id), or resync."""
         bus = self.hub.bus
         target = upto if upto is not None else await bus.current_seq(self.user_id)
+        if epoch_of(target) != epoch_of(self.last):
+            await self._resync(target, "epoch_changed")
+            return
         if target < self.last:
             await self._resync(target, "position_ahead_of_server")
             return
@@ -204,10 +226,8 @@ class Connection:
         if not complete:
             await self._resync(target, "history_gap")
             return
-        for event_id, body in entries:
-            await self.socket.send_text(frame(body, event_id))
-            self.last = event_id
-            self.delivered_durable = True
+        for event_id, body, event_key in entries:
+            await self._send_durable(event_id, body, event_key)
 
     async def _resync(self, event_id: int, reason: str) -> None:
         log.info("ws_resync", extra={"user_id": self.user_key, "from": self.last, "to": event_id, "reason": reason})
@@ -360,7 +380,7 @@ class Hub:
             targets = [(key, eid) for key, eid in to.items() if key in self.local]
         for key, event_id in targets:
             for conn in list(self.local.get(key, ())):
-                conn.offer(Durable(event_id, body))
+                conn.offer(Durable(event_id, body, message.event_key))
                 self.stats["routed"] += 1
 
     def route_ephemeral(self, message: EphemeralMessage) -> None:

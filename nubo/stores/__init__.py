@@ -21,6 +21,7 @@ from nubo.stores.batching import BatchQueue
 from nubo.stores.cache.collection import RedisCache
 from nubo.stores.derived import DerivedCache
 from nubo.stores.entities import ENTITIES
+from nubo.stores.event_outbox import EventRelay
 from nubo.stores.events import EventBus
 from nubo.stores.mongo import MongoDoc
 from nubo.stores.near import NearCache
@@ -70,17 +71,18 @@ class Stores:
     background_pg: asyncio.Semaphore
     failures: StoreFailures
     scripts: LuaScripts
+    relay: EventRelay  # publishes committed events (nubo.stores.event_outbox)
 
     @property
     def mongo(self) -> AsyncDatabase[MongoDoc]:
         return self.mongo_client[self.settings.mongo_db]
 
     def transaction(
-        self, *, projector: Projector | None = None, wait: bool = True, reread: bool = False
+        self, *, projector: Projector | None = None, wait: bool = True, reread: bool = False, pipelined: bool = False
     ) -> AbstractAsyncContextManager[Transaction]:
         """A PostgreSQL transaction whose rows are projected, and whose registered side effects run, after its
         commit (:func:`nubo.stores.transaction.transaction`)."""
-        return transaction(self, projector=projector, wait=wait, reread=reread)
+        return transaction(self, projector=projector, wait=wait, reread=reread, pipelined=pipelined)
 
     def script(self, source: str) -> AsyncScript:
         """The Lua script `source` registered on this Redis client (hashed once per process, not per call)."""
@@ -125,6 +127,8 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
     near = NearCache(settings.redis_url, redis_client, keys, _near_families(), max_entries=_near_entries(settings))
     cache = RedisCache(redis_client, keys)
     tiered = TieredStore(pg, mongo_client[settings.mongo_db], cache, near, failures.count)
+    events = EventBus(redis_client, keys, failures.count)
+    relay = EventRelay(pg, events, stall_seconds=settings.redis_stall_ms / 1000, test_fault=settings.test_fault)
     return Stores(
         settings=settings,
         pg=pg,
@@ -137,7 +141,7 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
         tiered=tiered,
         projector=Projector("tiered", tiered),
         messaging_projector=Projector("messaging", tiered),
-        events=EventBus(redis_client, keys, failures.count),
+        events=events,
         rate_limits=RateLimits(redis_client, keys, failures=failures.by_store, leased=settings.rate_leases),
         unread=UnreadCounters(redis_client, keys, scripts, failures.count),
         scripts=scripts,
@@ -145,6 +149,7 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
         mirror_refresh=BatchQueue("session-mirror-refresh", max_batch=MIRROR_REFRESH_BATCH),
         background_pg=asyncio.Semaphore(BACKGROUND_PG_SLOTS),
         failures=failures,
+        relay=relay,
     )
 
 

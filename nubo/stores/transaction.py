@@ -20,9 +20,12 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from nubo.ids import new_id
 from nubo.logs import get_logger
 from nubo.stores.derived import entity_has_tags, tags_of
 from nubo.stores.entities import ENTITIES, REREAD, Entity, Row
+from nubo.stores.event_outbox import EventRelay, PendingEvent, write_events
+from nubo.stores.events import to_json
 
 if TYPE_CHECKING:
     from nubo.stores import Stores
@@ -39,7 +42,12 @@ WAIT_PROJECTION_SECONDS = 2.0  # a writer that waits for its copies waits at mos
 
 @asynccontextmanager
 async def transaction(
-    stores: Stores, *, projector: Projector | None = None, wait: bool = True, reread: bool = False
+    stores: Stores,
+    *,
+    projector: Projector | None = None,
+    wait: bool = True,
+    reread: bool = False,
+    pipelined: bool = False,
 ) -> AsyncIterator[Transaction]:
     """A PostgreSQL transaction; after its commit, its rows are projected and its callbacks run.
 
@@ -47,12 +55,21 @@ async def transaction(
     `wait`: return only once the copies are written (bounded by :data:`WAIT_PROJECTION_SECONDS` for
     non-default projectors; the outbox worker finishes the job if a store is slow or down). `reread`: project
     the rows' state at flush time rather than their committed state (concurrent writes to the same rows finish
-    in any order; the newest state wins).
+    in any order; the newest state wins). `pipelined`: psycopg's pipeline mode, so BEGIN travels with the first
+    statement and the outbox writes with COMMIT (two round trips for a one-statement write).
     """
-    async with stores.pg.connection() as conn, conn.transaction():
-        tx = Transaction(conn, stores.events)
+    async with (
+        stores.pg.connection() as conn,
+        conn.pipeline() if pipelined else contextlib.nullcontext(),
+        conn.transaction(),
+    ):
+        tx = Transaction(conn, stores.events, stores.relay)
         yield tx
         await tx.record_outbox()
+        if tx.pending_events:
+            await write_events(conn, tx.pending_events)
+    if tx.pending_events:
+        stores.relay.check_fault(tx.pending_events)
     await stores.derived.invalidate(tx.tags)
     if tx.touched:
         await _project(tx, projector or stores.projector, wait=wait, reread=reread, bounded=projector is not None)
@@ -85,9 +102,13 @@ class Transaction:
     :meth:`emit` so that a durable event outbox can replace the direct publish without touching callers.
     """
 
-    def __init__(self, conn: AsyncConnection[DictRow], events: EventBus | None = None) -> None:
+    def __init__(
+        self, conn: AsyncConnection[DictRow], events: EventBus | None = None, relay: EventRelay | None = None
+    ) -> None:
         self.conn = conn
         self.events = events
+        self.relay = relay
+        self.pending_events: list[PendingEvent] = []  # written to the event outbox just before the commit
         self.after_commit: list[AfterCommit] = []
         self.touched: dict[str, dict[uuid.UUID, Row | None]] = {}
         self.outbox_ids: list[int] = []
@@ -137,13 +158,29 @@ class Transaction:
         order; never if the transaction rolls back."""
         self.after_commit.append(callback)
 
-    def emit(self, recipients: Iterable[uuid.UUID], event: Event) -> None:
-        """Publish a realtime event to `recipients` once this transaction has committed."""
-        events = self.events
-        if events is None:
-            raise RuntimeError("this transaction has no event bus (open it with nubo.stores.transaction)")
-        users = list(recipients)
-        self.on_commit(lambda: events.publish_safely(users, event))
+    def emit(
+        self,
+        recipients: Iterable[uuid.UUID],
+        event: Event,
+        *,
+        key: uuid.UUID | None = None,
+        before: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
+        """Publish a realtime event to `recipients` once this transaction has committed.
+
+        The event is written to the event outbox in this transaction (:mod:`nubo.stores.event_outbox`), so it
+        is published at least once even if this process dies right after the commit. `key`: the event's
+        identity (default: a new id), e.g. the id of the row it announces, so that a retried request can make
+        sure it went out. `before`: a Redis write issued in the same round trip as the publish."""
+        relay = self.relay
+        if relay is None:
+            raise RuntimeError("this transaction has no event relay (open it with nubo.stores.transaction)")
+        body = to_json(event)
+        if not body.startswith("{") or body == "{}":
+            raise ValueError("an event must be a non-empty JSON object")
+        pending = PendingEvent(key or new_id(), list(dict.fromkeys(recipients)), body, before)
+        self.pending_events.append(pending)
+        self.on_commit(lambda: relay.publish_committed(pending))
 
     async def run_after_commit(self, count_failure: Callable[[str], None]) -> None:
         """Run the registered callbacks (the caller has committed). One that fails is logged and counted as
