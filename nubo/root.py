@@ -31,6 +31,7 @@ from nubo.realtime.frames import PresenceFrame
 from nubo.realtime.hub import Hub
 from nubo.settings import Settings
 from nubo.stores import Stores, open_stores
+from nubo.stores.breaker import PostgresProbe
 from nubo.stores.cache.governor import run_governor
 from nubo.stores.outbox import run_outbox_worker
 
@@ -51,10 +52,18 @@ class Root:
     async def running(self) -> AsyncIterator[Root]:
         """Start the background services, yield, then stop them and close the stores (see the module)."""
         stores = self.stores
+        pg_probe = PostgresProbe(self.settings.postgres_url)
         workers = [
             asyncio.create_task(stores.near.run(), name="near-cache"),
             asyncio.create_task(run_outbox_worker(stores.tiered), name="outbox"),
             asyncio.create_task(stores.relay.run(), name="event-relay"),
+            asyncio.create_task(
+                stores.failures.breakers.run(
+                    {"postgres": pg_probe, "redis": stores.redis.ping, "mongo": lambda: stores.mongo.command("ping")},
+                    on_recovery={"postgres": stores.pg.check},
+                ),
+                name="store-breakers",
+            ),
             asyncio.create_task(
                 run_governor(
                     stores.redis, stores.keys, self.settings.redis_memory_budget, self.settings.memory_margin_bytes
@@ -76,6 +85,7 @@ class Root:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            await pg_probe.close()
             await stores.close()
             log.info("stores_closed")
 

@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nubo import posts
 from nubo.errors import Conflict, Forbidden, NotFound
@@ -34,6 +36,7 @@ from nubo.model import ConversationKind, ConversationState, LikeTarget, MessageS
 from nubo.pagination import Page, make_page
 from nubo.realtime.frames import MessageDeletedFrame, MessageEditedFrame, MessageNewFrame
 from nubo.stores import Stores
+from nubo.stores.breaker import StoreUnavailable, store_of
 from nubo.stores.entities import Row, normalize_row
 from nubo.stores.redis import REDIS_FAILURES
 from nubo.stores.transaction import Transaction
@@ -58,9 +61,17 @@ async def send_message(
     (a failed publish is logged, never reported to the sender)."""
     text = clean_content(content)
     cid = clean_client_id(client_id)
+    stores.require("postgres")  # refused at once, and not counted, while PostgreSQL is down
     # Retries count against the limit too: a client stuck retrying is exactly what the limit is for.
-    await stores.rate_limits.limit("messages", str(sender_id), stores.settings.rate_messages)
-    result = await _store_send(stores, sender_id, conversation_id, text, cid, committed)
+    counted = await _count_send(stores, sender_id)
+    try:
+        result = await _store_send(stores, sender_id, conversation_id, text, cid, committed)
+    except Exception as exc:
+        if counted and store_of(exc) is not None:  # failed for an outage: the client did nothing wrong
+            await stores.rate_limits.refund("messages", str(sender_id), stores.settings.rate_messages)
+        if store_of(exc) is not None and not isinstance(exc, StoreUnavailable):
+            raise StoreUnavailable(store_of(exc) or "postgres") from exc
+        raise
     if result is None:  # this client_id was used before: an idempotent retry
         existing = await _existing_send(stores, sender_id, cid or "")
         assert existing is not None
@@ -71,6 +82,28 @@ async def send_message(
         await stores.relay.ensure_published(replayed.message.id)
         return replayed
     return result
+
+
+async def _count_send(stores: Stores, sender_id: uuid.UUID) -> bool:
+    """Count the send against the sender's limit (429 when over it); True when counted. While Redis is down
+    or stalled the send is not limited (fail open) and waits at most ``NUBO_REDIS_STALL_MS`` for it."""
+    if stores.store_down("redis"):
+        return False
+    counting = asyncio.ensure_future(
+        stores.rate_limits.limit("messages", str(sender_id), stores.settings.rate_messages)
+    )
+    try:
+        await asyncio.wait_for(asyncio.shield(counting), stores.settings.redis_stall_ms / 1000)
+    except TimeoutError:
+        counting.add_done_callback(_ignore_outcome)  # counted late, or not at all: never refused for it
+        stores.failures.breakers.stalled("redis")  # the next sends do not wait, their events go by the relay
+        return False
+    return True
+
+
+def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _store_send(

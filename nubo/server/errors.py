@@ -11,6 +11,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from nubo.errors import NuboError
 from nubo.logs import get_logger
+from nubo.stores.breaker import StoreUnavailable, store_of
 
 log = get_logger(__name__)
 
@@ -92,12 +93,36 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
     return error_response(status, str(exc.detail or code.replace("_", " ")), code, headers=headers or None)
 
 
-def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+class StoreErrorBody(msgspec.Struct):
+    """503 for a store that is down: the error shape plus which store (`postgres`, `redis`, `mongo`, `s3`)."""
+
+    error: str
+    code: str
+    store: str
+
+
+def store_unavailable_response(store: str) -> Response[StoreErrorBody]:
+    body = StoreErrorBody(f"The {store} store is unavailable; retry shortly", "store_unavailable", store)
+    return Response(body, status_code=503, headers={"Retry-After": "1"}, media_type="application/json")
+
+
+def handle_store_unavailable(_: Request[Any, Any, Any], exc: StoreUnavailable) -> Response[StoreErrorBody]:
+    return store_unavailable_response(exc.store)
+
+
+def handle_unexpected(
+    request: Request[Any, Any, Any], exc: Exception
+) -> Response[ErrorBody] | Response[StoreErrorBody]:
+    store = store_of(exc)
+    if store is not None:  # an outage: the breaker logs it once (nubo.stores.breaker), no traceback per request
+        log.info("store_unavailable", extra={"store": store, "path": request.url.path})
+        return store_unavailable_response(store)
     log.exception("unhandled_error", extra={"path": request.url.path, "method": request.method})
     return error_response(500, "Internal server error", "internal_error")
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
+    StoreUnavailable: handle_store_unavailable,
     NuboError: handle_nubo_error,
     ValidationException: handle_validation_error,
     HTTPException: handle_http_exception,

@@ -51,6 +51,7 @@ from nubo.root import Root
 from nubo.server.auth import deny_websocket
 from nubo.settings import Settings
 from nubo.stores import Stores
+from nubo.stores.breaker import StoreUnavailable, store_of
 
 log = get_logger(__name__)
 
@@ -220,7 +221,11 @@ class Session:
             await work
         except NuboError as exc:
             self.error(exc.code, exc.message, fields=exc.fields or None, client_id=client_id)
-        except Exception:
+        except Exception as exc:
+            if (store := store_of(exc)) is not None:  # an outage: logged once by the breaker, no traceback
+                unavailable = StoreUnavailable(store)
+                self.error(unavailable.code, unavailable.message, client_id=client_id)
+                return
             log.exception("ws_handler_failed", extra={"type": (envelope or {}).get("type")})
             self.error("internal_error", "The server could not handle this frame", client_id=client_id)
 

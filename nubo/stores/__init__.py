@@ -18,6 +18,7 @@ from nubo.logs import get_logger
 from nubo.settings import Settings
 from nubo.stores import mongo, postgres, redis
 from nubo.stores.batching import BatchQueue
+from nubo.stores.breaker import Breakers
 from nubo.stores.cache.collection import RedisCache
 from nubo.stores.derived import DerivedCache
 from nubo.stores.entities import ENTITIES
@@ -88,6 +89,13 @@ class Stores:
         """The Lua script `source` registered on this Redis client (hashed once per process, not per call)."""
         return self.scripts(source)
 
+    def require(self, *stores: str) -> None:
+        """Raise :class:`~nubo.stores.breaker.StoreUnavailable` (503) at once if one of these stores is down."""
+        self.failures.breakers.require(*stores)
+
+    def store_down(self, store: str) -> bool:
+        return self.failures.breakers.is_open(store)
+
     def count_failure(self, store: str) -> None:
         """Count a store write that failed after the PostgreSQL commit (repaired later)."""
         self.failures.count(store)
@@ -128,7 +136,14 @@ async def open_stores(settings: Settings, *, wait_for_postgres: bool = False, pg
     cache = RedisCache(redis_client, keys)
     tiered = TieredStore(pg, mongo_client[settings.mongo_db], cache, near, failures.count)
     events = EventBus(redis_client, keys, failures.count)
-    relay = EventRelay(pg, events, stall_seconds=settings.redis_stall_ms / 1000, test_fault=settings.test_fault)
+    relay = EventRelay(
+        pg,
+        events,
+        stall_seconds=settings.redis_stall_ms / 1000,
+        redis_down=lambda: failures.breakers.is_open("redis"),
+        on_stall=lambda: failures.breakers.stalled("redis"),
+        test_fault=settings.test_fault,
+    )
     return Stores(
         settings=settings,
         pg=pg,
@@ -181,9 +196,11 @@ class LuaScripts:
 
 @dataclass
 class StoreFailures:
-    """Writes to Mongo or Redis that failed after their PostgreSQL commit (each repaired later), by store."""
+    """Writes to Mongo or Redis that failed after their PostgreSQL commit (each repaired later), by store;
+    and each store's circuit breaker (:mod:`nubo.stores.breaker`): whether it is down right now."""
 
     by_store: dict[str, int] = field(default_factory=dict)
+    breakers: Breakers = field(default_factory=Breakers)
 
     def count(self, store: str) -> None:
         self.by_store[store] = self.by_store.get(store, 0) + 1

@@ -62,10 +62,21 @@ async def write_events(conn: AsyncConnection[DictRow], events: list[PendingEvent
 class EventRelay:
     """Publishes committed events: the writer's fast path and the relay loop (see the module)."""
 
-    def __init__(self, pg: PgPool, bus: EventBus, *, stall_seconds: float, test_fault: str = "") -> None:
+    def __init__(
+        self,
+        pg: PgPool,
+        bus: EventBus,
+        *,
+        stall_seconds: float,
+        redis_down: Callable[[], bool] = lambda: False,
+        on_stall: Callable[[], None] = lambda: None,
+        test_fault: str = "",
+    ) -> None:
         self.pg = pg
         self.bus = bus
         self.stall_seconds = stall_seconds
+        self.redis_down = redis_down  # Redis's breaker is open: leave events to the relay, do not wait
+        self.on_stall = on_stall  # a publish outlived the stall bound (Redis's breaker: stalled)
         self.test_fault = test_fault
         self.published: list[uuid.UUID] = []  # rows to delete (published by the fast path)
         self._in_flight: set[asyncio.Task[Any]] = set()
@@ -82,12 +93,16 @@ class EventRelay:
 
     async def publish_committed(self, event: PendingEvent) -> None:
         """The fast path: publish, waiting at most the stall bound; a publish still running goes on in the
-        background, and one that fails is left to the relay loop."""
+        background, and one that fails is left to the relay loop (as is every event while Redis is down)."""
+        if self.redis_down():
+            return
         task = asyncio.ensure_future(self._publish(event))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(asyncio.shield(task), self.stall_seconds)
+        except TimeoutError:
+            self.on_stall()
 
     async def _publish(self, event: PendingEvent) -> None:
         try:
@@ -124,6 +139,8 @@ class EventRelay:
         if done:
             async with self.pg.connection() as conn:
                 await conn.execute("DELETE FROM logic.event_outbox WHERE id = ANY(%s)", (done,))
+        if self.redis_down():
+            return 0
         async with self.pg.connection() as conn, conn.transaction():
             rows = await (
                 await conn.execute(

@@ -37,6 +37,7 @@ log = get_logger(__name__)
 AfterCommit = Callable[[], Awaitable[object] | object]
 """A side effect registered inside a transaction, run after its commit."""
 
+CHECKOUT_SECONDS = 1.0  # a write waits at most this long for a pooled connection (then: 503)
 WAIT_PROJECTION_SECONDS = 2.0  # a writer that waits for its copies waits at most this long (then: the outbox)
 
 
@@ -58,8 +59,9 @@ async def transaction(
     in any order; the newest state wins). `pipelined`: psycopg's pipeline mode, so BEGIN travels with the first
     statement and the outbox writes with COMMIT (two round trips for a one-statement write).
     """
+    stores.require("postgres")
     async with (
-        stores.pg.connection() as conn,
+        stores.pg.connection(timeout=CHECKOUT_SECONDS) as conn,
         conn.pipeline() if pipelined else contextlib.nullcontext(),
         conn.transaction(),
     ):

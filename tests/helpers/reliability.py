@@ -180,6 +180,8 @@ class Member:
         kind = frame.get("type")
         if "event_id" in frame and kind != "resync":
             self.last_event_id = frame["event_id"]
+        if kind == "hello" and self.last_event_id is None:
+            self.last_event_id = frame["last_event_id"]  # the position to resume from, before any event
         if kind == "message.new":
             message_id = frame["message"]["id"]
             self.live[(socket_no, message_id)] += 1
@@ -284,6 +286,7 @@ async def check_after_fault(cluster: Cluster, members: list[Member], *, mongo_wi
     resync), and no socket got one message live twice."""
     acked = all_acked(members)
     assert acked, "no message was acknowledged"
+    await cluster.stores.pg.check()  # drop connections a PostgreSQL restart broke
     async with cluster.stores.pg.connection() as conn:
         rows = await (
             await conn.execute(

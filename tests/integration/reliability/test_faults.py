@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
-from tests.helpers.reliability import check_after_fault, load, open_cluster, open_group
+import httpx
+
+from tests.helpers.reliability import check_after_fault, load, open_cluster, open_group, tracebacks
 
 
 async def _watch_exit(process: object, within: float) -> float | None:
@@ -56,6 +60,82 @@ async def test_redis_restarted_empty_every_member_gets_every_message(tmp_path: P
 
         await asyncio.gather(load(members, count=20, rate=5), restart_redis())
         await asyncio.sleep(3.0)  # heartbeat checks and the relay
+        await check_after_fault(cluster, members)
+        for member in members:
+            await member.close()
+
+
+async def test_postgres_down_refuses_sends_at_once_and_acks_resume_when_back(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        members = await open_group(cluster)
+        marks: dict[str, float] = {}
+        rest: list[tuple[int, dict[str, object], float]] = []
+
+        async def outage() -> None:
+            await asyncio.sleep(1.5)
+            marks["stopped"] = time.monotonic()
+            await asyncio.to_thread(cluster.pg.stop)
+            await asyncio.sleep(2.0)
+            started = time.monotonic()
+            async with httpx.AsyncClient(base_url=cluster.servers[1].url, timeout=10) as client:
+                response = await client.post(
+                    f"/conversations/{members[1].conversation_id}/messages",
+                    json={"content": "during the outage", "client_id": "rest-1"},
+                    headers=members[1].user.headers,
+                )
+            rest.append((response.status_code, response.json(), time.monotonic() - started))
+            await asyncio.sleep(max(0.0, marks["stopped"] + 5.0 - time.monotonic()))
+            await asyncio.to_thread(cluster.pg.start)
+            marks["back"] = time.monotonic()
+
+        await asyncio.gather(load(members, count=45, rate=5), outage())
+        refusals = [r for m in members for r in m.refusals]
+        assert refusals, "no send was refused while PostgreSQL was down"
+        assert {code for _, code, _ in refusals} == {"store_unavailable"}, refusals
+        assert max(seconds for _, _, seconds in refusals) <= 1.5, sorted(s for _, _, s in refusals)[-5:]
+        assert (
+            rest
+            and rest[0][0] == 503
+            and rest[0][1]
+            == {
+                "error": rest[0][1]["error"],
+                "code": "store_unavailable",
+                "store": "postgres",
+            }
+        )
+        assert rest[0][2] <= 1.5
+        first_ack_after = min(t + s for m in members for t, s in m.latencies if t + s >= marks["back"])
+        assert first_ack_after - marks["back"] <= 1.0, first_ack_after - marks["back"]
+        await check_after_fault(cluster, members)
+        for server in cluster.servers:
+            assert tracebacks(server) == 0, server.logs()[-3000:]
+        for member in members:
+            await member.close()
+
+
+async def test_a_stalled_redis_costs_a_send_a_bounded_wait(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        members = await open_group(cluster)
+        window: dict[str, float] = {}
+
+        async def stall() -> None:
+            await asyncio.sleep(1.5)
+            pid = cluster.redis.process.pid  # type: ignore[union-attr]
+            os.kill(pid, signal.SIGSTOP)
+            window["from"] = time.monotonic()
+            try:
+                await asyncio.sleep(5.0)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+                window["to"] = time.monotonic()
+
+        await asyncio.gather(load(members, count=40, rate=5), stall())
+        during = sorted(s for m in members for t, s in m.latencies if window["from"] <= t <= window["to"])
+        assert len(during) >= 20, len(during)
+        p99 = during[min(len(during) - 1, int(len(during) * 0.99))]
+        assert p99 <= 0.5, during[-5:]
+        assert not [r for m in members for r in m.refusals], [r for m in members for r in m.refusals][:5]
+        await asyncio.sleep(2.0)  # the relay publishes what the stall held back
         await check_after_fault(cluster, members)
         for member in members:
             await member.close()
