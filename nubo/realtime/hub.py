@@ -49,9 +49,14 @@ from nubo.stores.redis import REDIS_FAILURES
 
 log = get_logger(__name__)
 
+CLOSE_SERVICE_RESTART = 1012  # RFC 6455 §7.4.1 (IANA registry): the server is restarting, reconnect elsewhere
 CLOSE_QUEUE_OVERFLOW = 4008
 CLOSE_SESSION_REVOKED = 4401  # 4xxx: application codes (RFC 6455 §7.4.2); 401 as in HTTP
-CLOSE_REASONS = {CLOSE_QUEUE_OVERFLOW: "send queue full", CLOSE_SESSION_REVOKED: "session revoked"}
+CLOSE_REASONS = {
+    CLOSE_SERVICE_RESTART: "service restart",
+    CLOSE_QUEUE_OVERFLOW: "send queue full",
+    CLOSE_SESSION_REVOKED: "session revoked",
+}
 CLOSE_TIMEOUT_SECONDS = 5.0
 SEEN_KEYS = 1024  # event identities each socket remembers, to never deliver one event twice
 
@@ -275,6 +280,39 @@ class Hub:
         self._background: set[asyncio.Task[Any]] = set()
         self.subscribed = asyncio.Event()
         self.stats = {"routed": 0, "overflow_closes": 0, "resubscribes": 0}
+        self.draining = False  # SIGTERM: no new socket, no new send (see drain)
+        self.in_flight = 0  # sends being handled by this instance's sockets
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ---- graceful drain ----------------------------------------------------------------------------------
+
+    def send_started(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def send_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight <= 0:
+            self._idle.set()
+
+    async def drain(self, seconds: float) -> None:
+        """Stop taking sockets and sends, wait (at most `seconds`) for the sends in flight to be acknowledged,
+        then close every socket with :data:`CLOSE_SERVICE_RESTART`: clients resume elsewhere with their last
+        event id."""
+        self.draining = True
+        log.info("drain_started", extra={"sockets": len(self.everyone), "sends_in_flight": self.in_flight})
+        try:
+            await asyncio.wait_for(self._idle.wait(), seconds)
+        except TimeoutError:
+            log.warning("drain_timeout", extra={"sends_in_flight": self.in_flight})
+        flushed_by = time.monotonic() + 1.0  # the acks just queued reach their sockets first
+        while any(not c.queue.empty() for c in self.everyone) and time.monotonic() < flushed_by:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        for conn in list(self.everyone):
+            conn.abort(CLOSE_SERVICE_RESTART)
+        log.info("drain_done")
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 

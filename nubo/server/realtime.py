@@ -41,7 +41,7 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
 from nubo import messaging
-from nubo.errors import Forbidden, NuboError, Unauthorized, ValidationFailed
+from nubo.errors import Forbidden, NuboError, Unauthorized, Unavailable, ValidationFailed
 from nubo.ids import parse_id
 from nubo.logs import get_logger
 from nubo.realtime import typing_events
@@ -106,6 +106,9 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any]) -> None:
         return
     if not origin_allowed(settings, socket.headers.get("origin"), socket.headers.get("host")):
         await deny(socket, Forbidden("This Origin is not allowed", code="origin_not_allowed"))
+        return
+    if hub.draining:
+        await deny(socket, Unavailable("This instance is restarting; connect again", code="server_restarting"))
         return
     try:
         resume_from = _last_event_id(socket)
@@ -237,6 +240,15 @@ class Session:
     # ---- handlers ----------------------------------------------------------------------------------------
 
     async def on_send(self, envelope: dict[str, Any]) -> None:
+        if self.hub.draining:  # the socket closes with 1012 once the sends in flight are acknowledged
+            raise Unavailable("This instance is restarting; send again after reconnecting", code="server_restarting")
+        self.hub.send_started()
+        try:
+            await self._send(envelope)
+        finally:
+            self.hub.send_finished()
+
+    async def _send(self, envelope: dict[str, Any]) -> None:
         conversation_id = parse_id(envelope.get("conversation_id"), "conversation_id")
 
         def ack(result: messaging.SendResult) -> None:  # once committed, before the publish

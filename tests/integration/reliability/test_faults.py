@@ -139,3 +139,27 @@ async def test_a_stalled_redis_costs_a_send_a_bounded_wait(tmp_path: Path) -> No
         await check_after_fault(cluster, members)
         for member in members:
             await member.close()
+
+
+async def test_sigterm_under_load_acks_in_flight_closes_1012_and_exits_0(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        members = await open_group(cluster)
+        stopping = cluster.servers[0]
+        exit_codes: list[int] = []
+
+        async def terminate() -> None:
+            await asyncio.sleep(1.5)
+            started = time.monotonic()
+            exit_codes.append(await asyncio.to_thread(stopping.stop, 15.0))
+            exit_codes.append(int(time.monotonic() - started))
+
+        await asyncio.gather(load(members, count=25, rate=5), terminate())
+        assert exit_codes[0] == 0, stopping.logs()[-3000:]
+        assert exit_codes[1] < 12  # within the grace period
+        on_stopped = [m for m in members if m.home == 0]
+        assert all(1012 in m.close_codes for m in on_stopped), [m.close_codes for m in on_stopped]
+        assert not [r for m in members for r in m.refusals if r[1] not in ("lost", "server_restarting")]
+        await check_after_fault(cluster, members)
+        assert tracebacks(stopping) == 0, stopping.logs()[-3000:]
+        for member in members:
+            await member.close()
