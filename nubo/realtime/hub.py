@@ -15,7 +15,12 @@ Delivery guarantees and how they hold:
   after a resubscribe and every :data:`~nubo.stores.presence.HEARTBEAT_SECONDS`, each socket also compares
   its position with the user's current id, so a lost *last* event is caught up without waiting for the next
   one.
-- *History too short* (or Redis lost the counters): the client receives ``resync`` and refetches over REST.
+- *History too short*: the client receives ``resync`` and refetches over REST.
+- *Redis lost its data* (flush, empty restart): positions carry Redis's epoch
+  (:func:`~nubo.stores.events.position`); an event, a catch-up target or a resume position of another epoch
+  gets ``resync`` (``epoch_changed``), never a silent skip.
+- *The same event twice* (the relay re-published it): each socket remembers the last :data:`SEEN_KEYS`
+  event identities and skips a repeat.
 """
 
 from __future__ import annotations

@@ -2,19 +2,25 @@
 
 Keys (all under the configured prefix):
 
-- ``rt:user:{id}:seq`` — the user's last event id (INCR; never expires, so ids only grow).
+- ``rt:epoch`` — the epoch of this Redis life, created by the first publish or position read (SET NX): a
+  position (event id) is ``epoch << 32 | seq``, so ids from before a flush or an empty restart are told apart.
+- ``rt:published:{event key}:{chunk}`` — the ids an event identity got when it was published (one day): a
+  retried publish of the same identity publishes nothing again.
+- ``rt:user:{id}:seq`` — the user's last sequence number in the epoch (INCR; never expires).
 - ``rt:user:{id}:events`` — a stream holding the user's last :data:`HISTORY_MAX` events (approximately, MAXLEN
   ~) under the explicit stream id ``{event_id}-0``, expiring :data:`HISTORY_TTL_SECONDS` after the last event.
-- ``rt:events`` — channel of durable events. Message: ``{"<user id>": event_id, ...}`` then a newline, then
-  the event body JSON (no ``event_id``: each instance splices in the recipient's id, see :func:`frame`).
+- ``rt:events`` — channel of durable events. Message: ``<epoch> <event key>``, a newline,
+  ``{"<user id>": seq, ...}``, a newline, then the event body JSON (no ``event_id``: each instance splices in
+  the recipient's id, see :func:`frame`).
 - ``rt:ephemeral`` — channel of live-only events: ``{"to": [user ids], "body": {...}, "expires": ms}``.
 - ``rt:lobby`` — channel of the public plain-text lobby: the text itself.
 - ``rt:revoked`` — channel of revoked session ids (a JSON list): every instance closes their open sockets.
 
 Publish only after the PostgreSQL commit of what the event describes: domain code registers its events
-inside the transaction (:meth:`nubo.stores.transaction.Transaction.emit`), which publishes them after the
-commit. The receiving side is one :class:`EventSubscriber` per instance (a pub/sub connection yielding the
-messages decoded); :class:`nubo.realtime.hub.Hub` routes them to its sockets.
+inside the transaction (:meth:`nubo.stores.transaction.Transaction.emit`), which writes them to the event
+outbox and publishes them after the commit (:mod:`nubo.stores.event_outbox`). The receiving side is one
+:class:`EventSubscriber` per instance (a pub/sub connection yielding the messages decoded);
+:class:`nubo.realtime.hub.Hub` routes them to its sockets.
 """
 
 from __future__ import annotations
