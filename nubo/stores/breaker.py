@@ -32,6 +32,7 @@ log = get_logger(__name__)
 PROBE_SECONDS = 0.25
 PROBE_TIMEOUT_SECONDS = 0.4
 FAILURES_TO_OPEN = 2
+LOOP_LAG_SECONDS = 0.2  # a probe round this much later than planned: the process is saturated
 STORES = ("postgres", "redis", "mongo")
 
 
@@ -125,12 +126,19 @@ class Breakers:
         """Probe every store forever (one task per process)."""
         recover = on_recovery or {}
 
+        loop = asyncio.get_running_loop()
+        lagging = False  # this process's event loop runs late: a probe's timeout says nothing of the store
+
         async def probe(store: str) -> None:
             breaker = self.by_store[store]
             try:
                 await asyncio.wait_for(probes[store](), PROBE_TIMEOUT_SECONDS)
             except asyncio.CancelledError:
                 raise
+            except TimeoutError:
+                if not lagging:
+                    breaker.failed(f"no answer within {PROBE_TIMEOUT_SECONDS} s")
+                return
             except Exception as exc:
                 breaker.failed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
                 return
@@ -140,8 +148,12 @@ class Breakers:
             breaker.succeeded()
 
         while True:
+            started = loop.time()
             await asyncio.gather(*(probe(store) for store in probes))
             await asyncio.sleep(PROBE_SECONDS)
+            # A saturated process wakes up late; its probes would time out with every store healthy, and an
+            # open breaker would refuse requests the stores could serve. Such rounds count no timeout.
+            lagging = loop.time() - started > PROBE_SECONDS + PROBE_TIMEOUT_SECONDS + LOOP_LAG_SECONDS
 
 
 class PostgresProbe:

@@ -163,3 +163,20 @@ async def test_sigterm_under_load_acks_in_flight_closes_1012_and_exits_0(tmp_pat
         assert tracebacks(stopping) == 0, stopping.logs()[-3000:]
         for member in members:
             await member.close()
+
+
+async def test_mongo_down_under_load_every_copy_arrives_within_30_s(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path) as cluster:
+        members = await open_group(cluster)
+
+        async def outage() -> None:
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(cluster.ferret.stop)
+            await asyncio.sleep(3.0)
+            await asyncio.to_thread(cluster.ferret.start)
+
+        await asyncio.gather(load(members, count=20, rate=5), outage())
+        assert not [r for m in members for r in m.refusals], [r for m in members for r in m.refusals][:5]
+        await check_after_fault(cluster, members)
+        for member in members:
+            await member.close()
