@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,6 +39,7 @@ from nubo.realtime.frames import MessageDeletedFrame, MessageEditedFrame, Messag
 from nubo.stores import Stores
 from nubo.stores.breaker import StoreUnavailable, store_of
 from nubo.stores.entities import Row, normalize_row
+from nubo.stores.events import to_json
 from nubo.stores.redis import REDIS_FAILURES
 from nubo.stores.transaction import Transaction
 from nubo.stores.unread import SCRIPT_CHUNK, Delta
@@ -114,8 +116,8 @@ async def _store_send(
     cid: str | None,
     committed: Callable[[SendResult], None] | None,
 ) -> SendResult | None:
-    """The send: one statement (:data:`_SEND_SQL`: lock, checks, insert, counters, outbox) then its event
-    (the event outbox), in one pipelined transaction: two round trips. After the commit, in order: the ack
+    """The send: one statement (:data:`_SEND_SQL`: lock, checks, insert, counters, outbox rows and the
+    ``message.new`` event row), committed by itself: one round trip. After the commit, in order: the ack
     (`committed`), then the unread deltas and the publish in one Redis round trip. None: a replayed client_id.
     The rows go to Mongo/Redis through messaging's projector without being waited for."""
     params = {
@@ -125,8 +127,9 @@ async def _store_send(
         "content": text,
         "client_id": cid,
         "preview": PREVIEW_CHARS,
+        **_event_template(conversation_id, sender_id, text, cid),
     }
-    async with stores.transaction(pipelined=True, wait=False) as tx:
+    async with stores.transaction(one_statement=True, wait=False) as tx:
         found = await (await tx.conn.execute(_SEND_SQL, params)).fetchone()
         if found is None:
             raise NotFound("No such conversation", code="conversation_not_found")
@@ -146,15 +149,41 @@ async def _store_send(
         event = MessageNewFrame(conversation_id=conversation_id, message=view)
         if len(deltas) > SCRIPT_CHUNK:  # big groups: the chunked path, then the event on its own
             tx.on_commit(lambda: stores.unread.apply(deltas))
-            tx.emit(recipients, event, key=view.id)
+            tx.emit(recipients, event, key=view.id, written=True)
         else:
-            tx.emit(recipients, event, key=view.id, before=_unread_writer(stores, deltas))
+            tx.emit(recipients, event, key=view.id, before=_unread_writer(stores, deltas), written=True)
     projector = stores.messaging_projector
     # Projected later from PostgreSQL's current state; only the message is read through the tiers.
     projector.defer_rows({"messages": [view.id]}, message_outbox_ids)
     summaries = {"conversations": [conversation_id], "conversation_members": member_row_ids}
     projector.defer_rows(summaries, summary_outbox_ids, lazy=True)
     return result
+
+
+_MARK = secrets.token_hex(8)  # placeholders in the event template: no content can hold them unescaped
+_ID_MARK, _AT_MARK = f"@@id-{_MARK}@@", f"@@at-{_MARK}@@"
+
+
+def _event_template(conversation_id: uuid.UUID, sender_id: uuid.UUID, text: str, cid: str | None) -> dict[str, str]:
+    """The ``message.new`` body as the event row keeps it, with the two values only the statement knows (the
+    message id and its creation time) as quoted placeholders the statement replaces. JSON escapes every quote
+    of the content, so a quoted placeholder can only be one of ours. The writer publishes the body it builds
+    from the committed row; the relay publishes this one (same fields; the time in UTC, cut to milliseconds as
+    every copy of a row is, see :func:`nubo.stores.entities.normalize_row`)."""
+    message = dict.fromkeys(MessageView.__struct_fields__)
+    message.update(
+        id=_ID_MARK,
+        conversation_id=str(conversation_id),
+        sender_id=str(sender_id),
+        content=text,
+        state=int(MessageState.SENT),
+        message_type=0,
+        client_id=cid,
+        created_at=_AT_MARK,
+        edited_at=None,
+    )
+    body = {"type": "message.new", "conversation_id": str(conversation_id), "message": message}
+    return {"event": to_json(body), "id_mark": f'"{_ID_MARK}"', "at_mark": f'"{_AT_MARK}"'}
 
 
 def _unread_writer(stores: Stores, deltas: list[Delta]) -> Callable[[], Awaitable[None]] | None:
@@ -184,6 +213,7 @@ def _unread_writer(stores: Stores, deltas: list[Delta]) -> Callable[[], Awaitabl
 #   two instances may disagree by a ms): ids only grow within a conversation. The +1 bumps the random tail;
 #   version and variant bits stay;
 # - meta, bumped: the conversation's last message and +1 unread for every other member;
+# - event: the `message.new` event row (identity: the message id), from the template of `_event_template`;
 # - outbox: the outbox rows of all three (same commit).
 # The FOR UPDATE in `conv` makes concurrent sends to one conversation wait for each other, and the waiting one
 # then reads the committed last id. PostgreSQL runs every data-modifying CTE to completion, referenced or not.
@@ -214,6 +244,13 @@ WITH conv AS (
     UPDATE messaging.conversation_members m SET unread_count = m.unread_count + 1
     FROM msg WHERE m.conversation_id = msg.conversation_id AND m.user_id <> msg.sender_id
     RETURNING m.id, m.user_id
+), event AS (
+    INSERT INTO logic.event_outbox (id, recipients, body)
+    SELECT msg.id, array_prepend(msg.sender_id, coalesce((SELECT array_agg(user_id) FROM bumped), '{{}}')),
+           replace(replace(%(event)s, %(id_mark)s, '"' || msg.id::text || '"'), %(at_mark)s,
+                   '"' || to_char(date_trunc('milliseconds', msg.created_at) AT TIME ZONE 'UTC',
+                                  'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00"')
+    FROM msg
 ), outbox AS (
     INSERT INTO logic.outbox (collection, entity_id, op)
     SELECT 'messages', id, 'upsert' FROM msg

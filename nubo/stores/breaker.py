@@ -3,7 +3,8 @@ need it are refused at once (503 ``store_unavailable``) instead of each waiting 
 
 A probe task per process (:meth:`Breakers.run`) pings each store every :data:`PROBE_SECONDS` with a short
 timeout, PostgreSQL on a connection of its own (a pool starved by the outage must not make the probe fail).
-:data:`FAILURES_TO_OPEN` failed probes in a row open the store's breaker; one good probe closes it (for
+:data:`FAILURES_TO_OPEN` failed probes in a row (:data:`TIMEOUTS_TO_OPEN` when they only timed out: slow
+is not down) open the store's breaker; one good probe closes it (for
 PostgreSQL, after the pool has dropped its broken idle connections). Each change is one log line
 (``store_down`` / ``store_up``), never one per request. Requests check :meth:`Breakers.require` before using a
 store, and map a store's connection error to :class:`StoreUnavailable` (:func:`store_of`) without a
@@ -32,6 +33,7 @@ log = get_logger(__name__)
 PROBE_SECONDS = 0.25
 PROBE_TIMEOUT_SECONDS = 0.4
 FAILURES_TO_OPEN = 2
+TIMEOUTS_TO_OPEN = 6  # ~4 s of probes timing out in a row (a stall); requests notice a stall sooner (stalled)
 LOOP_LAG_SECONDS = 0.2  # a probe round this much later than planned: the process is saturated
 STORES = ("postgres", "redis", "mongo")
 
@@ -63,6 +65,7 @@ class Breaker:
 
     store: str
     failures_in_row: int = 0
+    timeouts_only: bool = False  # every failure of the current streak was a timeout
     opened_at: float | None = None
     opened: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -78,9 +81,14 @@ class Breaker:
             self.slow_since = time.monotonic()
             log.warning("store_stalled", extra={"store": self.store})
 
-    def failed(self, error: str) -> None:
+    def failed(self, error: str, *, timeout: bool = False) -> None:
+        """A failed probe. Refusals and resets open the breaker after :data:`FAILURES_TO_OPEN` in a row; a
+        store that only answers slowly (timeouts) is given :data:`TIMEOUTS_TO_OPEN` rounds: a loaded store is
+        not down, and refusing requests it could serve would make the load worse."""
         self.failures_in_row += 1
-        if self.opened_at is None and self.failures_in_row >= FAILURES_TO_OPEN:
+        self.timeouts_only = self.timeouts_only and timeout if self.failures_in_row > 1 else timeout
+        needed = TIMEOUTS_TO_OPEN if self.timeouts_only else FAILURES_TO_OPEN
+        if self.opened_at is None and self.failures_in_row >= needed:
             self.opened_at = time.monotonic()
             self.opened.set()
             log.warning("store_down", extra={"store": self.store, "error": error[:200]})
@@ -137,7 +145,7 @@ class Breakers:
                 raise
             except TimeoutError:
                 if not lagging:
-                    breaker.failed(f"no answer within {PROBE_TIMEOUT_SECONDS} s")
+                    breaker.failed(f"no answer within {PROBE_TIMEOUT_SECONDS} s", timeout=True)
                 return
             except Exception as exc:
                 breaker.failed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

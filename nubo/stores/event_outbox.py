@@ -48,15 +48,15 @@ class PendingEvent:
     recipients: list[uuid.UUID]
     body: str
     before: Callable[[], Awaitable[Any]] | None = None
+    written: bool = False  # the caller's own statement wrote its row
 
 
 async def write_events(conn: AsyncConnection[DictRow], events: list[PendingEvent]) -> None:
     """Insert the transaction's events into the outbox (in that transaction, before its commit)."""
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO logic.event_outbox (id, recipients, body) VALUES (%s, %s, %s)",
-            [(event.key, event.recipients, event.body) for event in events],
-        )
+    rows = [(event.key, event.recipients, event.body) for event in events if not event.written]
+    if rows:
+        async with conn.cursor() as cur:
+            await cur.executemany("INSERT INTO logic.event_outbox (id, recipients, body) VALUES (%s, %s, %s)", rows)
 
 
 class EventRelay:

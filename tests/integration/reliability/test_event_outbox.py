@@ -100,3 +100,33 @@ async def test_a_lost_redis_state_is_answered_with_resync_never_a_silent_gap(db:
         await asyncio.gather(conn.writer_task, return_exceptions=True)
     finally:
         await hub.stop()
+
+
+async def test_a_send_writes_its_event_row_in_its_one_statement(db: Stores) -> None:
+    from datetime import datetime
+
+    from nubo import messaging
+    from tests.helpers.messaging import make_users
+
+    alice, bob = await make_users(db, "alice", "bob")
+    conv, _ = await messaging.create_conversation(db, alice.id, kind="direct", user_ids=[bob.id])
+    content = 'quotes " and "@@id-x@@" stay content \\ ✓'
+    sent = await messaging.send_message(db, alice.id, conv.id, content, "row-1")
+    async with db.pg.connection() as conn:
+        row = await (
+            await conn.execute("SELECT recipients, body FROM logic.event_outbox WHERE id = %s", (sent.message.id,))
+        ).fetchone()
+    assert row is not None and row["recipients"] == [alice.id, bob.id]
+    body = json.loads(row["body"])
+    message = body["message"]
+    assert body["type"] == "message.new" and body["conversation_id"] == str(conv.id)
+    assert message["id"] == str(sent.message.id) and message["content"] == content
+    assert datetime.fromisoformat(message["created_at"]) == sent.message.created_at
+    assert list(message) == list(json.loads(messaging_body(sent))["message"])
+
+
+def messaging_body(sent: Any) -> str:
+    from nubo.realtime.frames import MessageNewFrame
+    from nubo.stores.events import to_json
+
+    return to_json(MessageNewFrame(conversation_id=sent.message.conversation_id, message=sent.message))
