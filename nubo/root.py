@@ -7,11 +7,13 @@ is a field of :class:`Root`. Nothing is created later or hung on a shared object
 
 Order in :meth:`Root.running`:
 
-- start: the near cache's invalidation listener, the outbox worker, the cache governor, then the realtime hub
-  (subscribed before the server takes connections) and the typing listener;
+- start: the near cache's invalidation listener, the outbox worker, the event relay, the stores' circuit
+  breakers, the cache governor, then the realtime hub (subscribed before the server takes connections) and the
+  typing listener;
 - stop, in reverse: the typing listener and the hub (sockets closed), then the queues are drained (feed
   fan-out, session-mirror refresh, messaging's and the tiered store's projections: what is left is repaired
-  by the outbox worker of another process or of the next start), the background tasks cancelled, and the
+  by the outbox worker of another process or of the next start; the events published are cleared from the
+  event outbox, what was not is published by another process's relay), the background tasks cancelled, and the
   connections closed.
 """
 

@@ -4,7 +4,7 @@ Keys (all under the configured prefix):
 
 - ``rt:epoch`` — the epoch of this Redis life, created by the first publish or position read (SET NX): a
   position (event id) is ``epoch << 32 | seq``, so ids from before a flush or an empty restart are told apart.
-- ``rt:published:{event key}:{chunk}`` — the ids an event identity got when it was published (one day): a
+- ``rt:published:{event key}:{chunk}`` — the ids an event identity got when it was published (ten minutes): a
   retried publish of the same identity publishes nothing again.
 - ``rt:user:{id}:seq`` — the user's last sequence number in the epoch (INCR; never expires).
 - ``rt:user:{id}:events`` — a stream holding the user's last :data:`HISTORY_MAX` events (approximately, MAXLEN
@@ -49,7 +49,7 @@ log = get_logger(__name__)
 HISTORY_MAX = 1000
 HISTORY_TTL_SECONDS = 3 * 86400
 PUBLISH_CHUNK = 500  # recipients per script call: bounds the time one script blocks Redis
-PUBLISHED_TTL_SECONDS = 86400  # how long Redis remembers that an event identity was published
+PUBLISHED_TTL_SECONDS = 600  # how long Redis remembers a published identity (covers any relay retry)
 EPOCH_BITS = 20  # an epoch is drawn in [1, 2**EPOCH_BITS): positions stay below 2**53 (exact in JSON numbers)
 EPOCH_SHIFT = 32  # position = epoch << EPOCH_SHIFT | per-user sequence number
 
