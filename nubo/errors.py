@@ -102,5 +102,5 @@ class StoreUnavailable(Unavailable):
     default_code = "store_unavailable"
 
     def __init__(self, store: StoreName, message: str | None = None) -> None:
-        super().__init__(message or f"The {store} store is unavailable; try again shortly")
+        super().__init__(message or f"The {store} store is unavailable; retry shortly", headers={"Retry-After": "1"})
         self.store = store

@@ -7,15 +7,15 @@ is a field of :class:`Root`. Nothing is created later or hung on a shared object
 
 Order in :meth:`Root.running`:
 
-- start: the near cache's invalidation listener, the outbox worker, the cache governor, the write pipeline's
-  tasks (view flusher, load monitor, connected users' feeds, feed precompute), then the realtime hub
-  (subscribed before the server takes connections) and the typing listener;
-- start: the near cache's invalidation listener, the outbox worker, the cache governor, the pool sampler of
-  the metrics, then the realtime hub (subscribed before the server takes connections) and the typing listener;
+- start: the near cache's invalidation listener, the outbox worker, the event relay, the stores' circuit
+  breakers, the cache governor, the pool sampler of the metrics, the write pipeline's tasks (view flusher,
+  load monitor, connected users' feeds, feed precompute), then the realtime hub (subscribed before the server
+  takes connections) and the typing listener;
 - stop, in reverse: the typing listener and the hub (sockets closed), then the queues are drained (feed
   fan-out, session-mirror refresh, messaging's and the tiered store's projections: what is left is repaired
-  by the outbox worker of another process or of the next start; then the view counts are flushed), the
-  background tasks cancelled, and the connections closed.
+  by the outbox worker of another process or of the next start; the events published are cleared from the
+  event outbox, what was not is published by another process's relay; then the view counts are flushed),
+  the background tasks cancelled, and the connections closed.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from nubo.realtime.frames import PresenceFrame
 from nubo.realtime.hub import Hub
 from nubo.settings import Settings
 from nubo.stores import Stores, open_stores
+from nubo.stores.breaker import PostgresProbe
 from nubo.stores.cache.governor import run_governor
 from nubo.stores.observed import sample_pool
 from nubo.stores.outbox import run_outbox_worker
@@ -69,9 +70,18 @@ class Root:
     async def running(self) -> AsyncIterator[Root]:
         """Start the background services, yield, then stop them and close the stores (see the module)."""
         stores = self.stores
+        pg_probe = PostgresProbe(self.settings.postgres_url)
         workers = [
             asyncio.create_task(stores.near.run(), name="near-cache"),
             asyncio.create_task(run_outbox_worker(stores.tiered), name="outbox"),
+            asyncio.create_task(stores.relay.run(), name="event-relay"),
+            asyncio.create_task(
+                stores.failures.breakers.run(
+                    {"postgres": pg_probe, "redis": stores.redis.ping, "mongo": lambda: stores.mongo.command("ping")},
+                    on_recovery={"postgres": stores.pg.check},
+                ),
+                name="store-breakers",
+            ),
             asyncio.create_task(
                 run_governor(
                     stores.redis,
@@ -99,12 +109,15 @@ class Root:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            await pg_probe.close()
             await stores.close()
             process_exited(os.getpid())  # this worker's live gauges (sockets, pool) leave the sums
             log.info("stores_closed")
 
     async def _drain_queues(self) -> None:
         stores = self.stores
+        with contextlib.suppress(Exception):  # what is left is published by the relay of another process
+            await stores.relay.drain(DRAIN_SECONDS)
         for queue in (stores.feed_fan_out, stores.mirror_refresh, stores.messaging_projector, stores.projector):
             with contextlib.suppress(Exception):  # what is left is repaired by the outbox worker
                 await queue.drain(DRAIN_SECONDS)

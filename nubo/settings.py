@@ -88,6 +88,10 @@ class Settings:
     # Metrics (docs/metrics.md): `/metrics` on or off, and the bearer token it requires (empty: open, except prod).
     metrics: bool = True
     metrics_token: str = ""
+    # Reliability (docs/reliability.md)
+    redis_stall_ms: int = 250  # how long a send waits for Redis before its events are left to the relay
+    drain_seconds: int = 10  # SIGTERM: how long in-flight sends get before sockets are closed
+    test_fault: str = ""  # NUBO_TEST_FAULT: a fault point for tests only (never set it in production)
     extra: Mapping[str, str] = field(default_factory=dict)
     # Whether NUBO_ENV was given (not defaulted): the dev JWT key may then serve off loopback. Not a value:
     # left out of comparisons.
@@ -255,6 +259,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         "NUBO_MODERATOR_GRADE": ("moderator_grade", 0),
         "NUBO_NEAR_CACHE_ENTRIES": ("near_cache_entries", 0),
         "NUBO_FEED_FANOUT_MAX_FOLLOWERS": ("feed_fanout_max_followers", 0),
+        "NUBO_REDIS_STALL_MS": ("redis_stall_ms", 1),
+        "NUBO_DRAIN_SECONDS": ("drain_seconds", 1),
     }
     for name, (attr, minimum) in int_settings.items():
         if (raw := get(name)) is not None:
@@ -306,6 +312,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
     for name, attr in (("NUBO_JWT_ISSUER", "jwt_issuer"), ("NUBO_JWT_AUDIENCE", "jwt_audience")):
         if (raw := get(name)) is not None:
             kwargs[attr] = raw
+    if (raw := get("NUBO_TEST_FAULT")) is not None:
+        kwargs["test_fault"] = raw
     if (raw := get("NUBO_LOG_LEVEL")) is not None:
         if raw.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError("NUBO_LOG_LEVEL", f"expected debug, info, warning or error, got {raw!r}")

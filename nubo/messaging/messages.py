@@ -15,15 +15,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nubo import posts
-from nubo.errors import Conflict, Forbidden, NotFound
+from nubo.errors import Conflict, Forbidden, NotFound, StoreUnavailable
 from nubo.ids import new_id
 from nubo.logs import get_logger
-from nubo.media import check_attachable, release_media
+from nubo.media import MediaView, check_attachable, media_views, release_media
 from nubo.messaging.shared import (
     PREVIEW_CHARS,
     clean_client_id,
@@ -38,9 +41,10 @@ from nubo.model import ConversationKind, ConversationState, LikeTarget, MessageS
 from nubo.pagination import Page, make_page
 from nubo.realtime.frames import MessageDeletedFrame, MessageEditedFrame, MessageNewFrame
 from nubo.stores import Stores
+from nubo.stores.breaker import store_of
 from nubo.stores.entities import Row, normalize_row
-from nubo.stores.events import event_type
-from nubo.stores.postgres import pg_read, single_statement
+from nubo.stores.events import to_json
+from nubo.stores.postgres import pg_read
 from nubo.stores.redis import REDIS_FAILURES
 from nubo.stores.transaction import Transaction
 from nubo.stores.unread import SCRIPT_CHUNK, Delta
@@ -66,55 +70,60 @@ async def send_message(
     attached = posts.media_id_list(media_ids or [])
     text = "" if attached and content in (None, "") else clean_content(content)  # a photo needs no caption
     cid = clean_client_id(client_id)
+    stores.require("postgres")  # refused at once, and not counted, while PostgreSQL is down
     # Retries count against the limit too: a client stuck retrying is exactly what the limit is for.
-    await stores.rate_limits.limit("messages", str(sender_id), stores.settings.rate_messages)
-    if attached:  # the sender's own ready media only
-        async with pg_read(stores) as conn:
-            await check_attachable(conn, sender_id, attached, field="media_ids")
-    row = await _store_send(stores, sender_id, conversation_id, text, cid, attached)
-    if row is None:  # this client_id was used before: an idempotent retry
+    counted = await _count_send(stores, sender_id)
+    try:
+        attachments = await _checked_attachments(stores, sender_id, attached)
+        result = await _store_send(stores, sender_id, conversation_id, text, cid, attachments, committed)
+    except Exception as exc:
+        if counted and store_of(exc) is not None:  # failed for an outage: the client did nothing wrong
+            await stores.rate_limits.refund("messages", str(sender_id), stores.settings.rate_messages)
+        if store_of(exc) is not None and not isinstance(exc, StoreUnavailable):
+            raise StoreUnavailable(store_of(exc) or "postgres") from exc
+        raise
+    if result is None:  # this client_id was used before: an idempotent retry
         existing = await _existing_send(stores, sender_id, cid or "")
         assert existing is not None
         replayed = _replayed(existing, conversation_id)
         if committed is not None:
             committed(replayed)
+        # The first attempt committed; its process may have died before publishing: make sure it went out.
+        await stores.relay.ensure_published(replayed.message.id)
         return replayed
-    recipients = [sender_id, *row.pop("recipients")]
-    view = (await message_views(stores, [row]))[0]
-    result = SendResult(message=view, created=True)
-    if committed is not None:
-        committed(result)
-    await _publish_with_unread(
-        stores,
-        recipients,
-        MessageNewFrame(conversation_id=conversation_id, message=view),
-        [(uid, conversation_id, 1) for uid in recipients[1:]],
-    )
     return result
 
 
-async def _publish_with_unread(
-    stores: Stores,
-    recipients: list[uuid.UUID],
-    event: MessageNewFrame[MessageView],
-    deltas: list[Delta],
-) -> None:
-    """Unread deltas then the event, in one Redis round trip (see `before` in :meth:`EventBus.publish
-    <nubo.stores.events.EventBus.publish>`); failures as in :meth:`UnreadCounters.apply
-    <nubo.stores.unread.UnreadCounters.apply>` and :func:`publish_safely`: logged and counted, never a failed
-    send (PostgreSQL already committed)."""
-    counters = stores.unread
-    if len(deltas) > SCRIPT_CHUNK:  # big groups: the chunked paths
-        await counters.apply(deltas)
-        await stores.events.publish_safely(recipients, event)
-        return
+async def _checked_attachments(stores: Stores, sender_id: uuid.UUID, attached: list[uuid.UUID]) -> list[MediaView]:
+    """The views of the attachments, in order, once checked to be the sender's own ready media (422 if not)."""
+    if not attached:
+        return []
+    async with pg_read(stores) as conn:
+        await check_attachable(conn, sender_id, attached, field="media_ids")
+    found = await media_views(stores, attached)
+    return [found[media_id] for media_id in attached if media_id in found]
+
+
+async def _count_send(stores: Stores, sender_id: uuid.UUID) -> bool:
+    """Count the send against the sender's limit (429 when over it); True when counted. While Redis is down
+    or stalled the send is not limited (fail open) and waits at most ``NUBO_REDIS_STALL_MS`` for it."""
+    if stores.store_down("redis"):
+        return False
+    counting = asyncio.ensure_future(
+        stores.rate_limits.limit("messages", str(sender_id), stores.settings.rate_messages)
+    )
     try:
-        await stores.events.publish(recipients, event, before=counters.applier(deltas))
-    except REDIS_FAILURES as exc:
-        stores.count_failure("realtime")
-        log.warning("event_publish_failed", extra={"type": event_type(event), "error": str(exc)[:200]})
-        # Which part failed is unknown: drop the hashes so reads rebuild them from PostgreSQL.
-        await counters.forget(uid for uid, _, _ in deltas)
+        await asyncio.wait_for(asyncio.shield(counting), stores.settings.redis_stall_ms / 1000)
+    except TimeoutError:
+        counting.add_done_callback(_ignore_outcome)  # counted late, or not at all: never refused for it
+        stores.failures.breakers.stalled("redis")  # the next sends do not wait, their events go by the relay
+        return False
+    return True
+
+
+def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _store_send(
@@ -123,11 +132,13 @@ async def _store_send(
     conversation_id: uuid.UUID,
     text: str,
     cid: str | None,
-    attached: list[uuid.UUID],
-) -> Row | None:
-    """The send in one statement (:data:`_SEND_SQL`: lock, checks, insert, counters, outbox), so one round
-    trip, committed when it returns: our caller acks only after the commit. None: a replayed client_id. The
-    rows go to Mongo/Redis through messaging's projector without being waited for."""
+    attachments: list[MediaView],
+    committed: Callable[[SendResult], None] | None,
+) -> SendResult | None:
+    """The send: one statement (:data:`_SEND_SQL`: lock, checks, insert, counters, outbox rows and the
+    ``message.new`` event row), committed by itself: one round trip. After the commit, in order: the ack
+    (`committed`), then the unread deltas and the publish in one Redis round trip. None: a replayed client_id.
+    The rows go to Mongo/Redis through messaging's projector without being waited for."""
     params = {
         "id": new_id(),
         "conv": conversation_id,
@@ -135,23 +146,86 @@ async def _store_send(
         "content": text,
         "client_id": cid,
         "preview": PREVIEW_CHARS,
-        "attachments": json.dumps({"media_ids": [str(mid) for mid in attached]} if attached else {}),
+        "attachments": json.dumps({"media_ids": [str(media.id) for media in attachments]} if attachments else {}),
+        **_event_template(conversation_id, sender_id, text, cid, attachments),
     }
-    async with stores.pg.connection() as conn:
-        found = await single_statement(conn, _SEND_SQL, params)
-    if found is None:
-        raise NotFound("No such conversation", code="conversation_not_found")
-    if found["closed"]:
-        raise Forbidden("You cannot send messages in this conversation", code="conversation_closed")
-    if found["id"] is None:
-        return None
-    row = normalize_row({name: value for name, value in found.items() if name != "closed"})
+    async with stores.transaction(one_statement=True, wait=False) as tx:
+        found = await (await tx.conn.execute(_SEND_SQL, params)).fetchone()
+        if found is None:
+            raise NotFound("No such conversation", code="conversation_not_found")
+        if found["closed"]:
+            raise Forbidden("You cannot send messages in this conversation", code="conversation_closed")
+        if found["id"] is None:
+            return None
+        row = normalize_row({name: value for name, value in found.items() if name != "closed"})
+        recipients = [sender_id, *row.pop("recipients")]
+        message_outbox_ids, summary_outbox_ids = row.pop("message_outbox_ids"), row.pop("summary_outbox_ids")
+        member_row_ids = row.pop("member_row_ids")
+        view = message_view(row, attachments)
+        result = SendResult(message=view, created=True)
+        if committed is not None:
+            tx.on_commit(lambda: committed(result))
+        deltas = [(uid, conversation_id, 1) for uid in recipients[1:]]
+        event = MessageNewFrame(conversation_id=conversation_id, message=view)
+        if len(deltas) > SCRIPT_CHUNK:  # big groups: the chunked path, then the event on its own
+            tx.on_commit(lambda: stores.unread.apply(deltas))
+            tx.emit(recipients, event, key=view.id, written=True)
+        else:
+            tx.emit(recipients, event, key=view.id, before=_unread_writer(stores, deltas), written=True)
     projector = stores.messaging_projector
     # Projected later from PostgreSQL's current state; only the message is read through the tiers.
-    projector.defer_rows({"messages": [row["id"]]}, row.pop("message_outbox_ids"))
-    summaries = {"conversations": [conversation_id], "conversation_members": row.pop("member_row_ids")}
-    projector.defer_rows(summaries, row.pop("summary_outbox_ids"), lazy=True)
-    return row
+    projector.defer_rows({"messages": [view.id]}, message_outbox_ids)
+    summaries = {"conversations": [conversation_id], "conversation_members": member_row_ids}
+    projector.defer_rows(summaries, summary_outbox_ids, lazy=True)
+    return result
+
+
+_MARK = secrets.token_hex(8)  # placeholders in the event template: no content can hold them unescaped
+_ID_MARK, _AT_MARK = f"@@id-{_MARK}@@", f"@@at-{_MARK}@@"
+
+
+def _event_template(
+    conversation_id: uuid.UUID, sender_id: uuid.UUID, text: str, cid: str | None, attachments: list[MediaView]
+) -> dict[str, str]:
+    """The ``message.new`` body as the event row keeps it, with the two values only the statement knows (the
+    message id and its creation time) as quoted placeholders the statement replaces. JSON escapes every quote
+    of the content, so a quoted placeholder can only be one of ours. The writer publishes the body it builds
+    from the committed row; the relay publishes this one (same fields; the time in UTC, cut to milliseconds as
+    every copy of a row is, see :func:`nubo.stores.entities.normalize_row`)."""
+    message = dict.fromkeys(MessageView.__struct_fields__)
+    message.update(
+        id=_ID_MARK,
+        conversation_id=str(conversation_id),
+        sender_id=str(sender_id),
+        content=text,
+        state=int(MessageState.SENT),
+        message_type=0,
+        client_id=cid,
+        created_at=_AT_MARK,
+        edited_at=None,
+        attachments=attachments,
+    )
+    body = {"type": "message.new", "conversation_id": str(conversation_id), "message": message}
+    return {"event": to_json(body), "id_mark": f'"{_ID_MARK}"', "at_mark": f'"{_AT_MARK}"'}
+
+
+def _unread_writer(stores: Stores, deltas: list[Delta]) -> Callable[[], Awaitable[None]] | None:
+    """The unread deltas as a Redis write issued with the event's publish (one round trip). A failure is
+    logged and counted, and drops the hashes so that reads rebuild them from PostgreSQL."""
+    counters = stores.unread
+    apply = counters.applier(deltas)
+    if apply is None:
+        return None
+
+    async def write() -> None:
+        try:
+            await apply()
+        except REDIS_FAILURES as exc:
+            stores.count_failure("redis_unread")
+            log.warning("unread_update_failed", extra={"error": str(exc)[:200]})
+            await counters.forget(uid for uid, _, _ in deltas)
+
+    return write
 
 
 # One statement for the whole send, so that it needs one round trip:
@@ -162,6 +236,7 @@ async def _store_send(
 #   two instances may disagree by a ms): ids only grow within a conversation. The +1 bumps the random tail;
 #   version and variant bits stay;
 # - meta, bumped: the conversation's last message and +1 unread for every other member;
+# - event: the `message.new` event row (identity: the message id), from the template of `_event_template`;
 # - outbox: the outbox rows of all three (same commit).
 # The FOR UPDATE in `conv` makes concurrent sends to one conversation wait for each other, and the waiting one
 # then reads the committed last id. PostgreSQL runs every data-modifying CTE to completion, referenced or not.
@@ -192,6 +267,13 @@ WITH conv AS (
     UPDATE messaging.conversation_members m SET unread_count = m.unread_count + 1
     FROM msg WHERE m.conversation_id = msg.conversation_id AND m.user_id <> msg.sender_id
     RETURNING m.id, m.user_id
+), event AS (
+    INSERT INTO logic.event_outbox (id, recipients, body)
+    SELECT msg.id, array_prepend(msg.sender_id, coalesce((SELECT array_agg(user_id) FROM bumped), '{{}}')),
+           replace(replace(%(event)s, %(id_mark)s, '"' || msg.id::text || '"'), %(at_mark)s,
+                   '"' || to_char(date_trunc('milliseconds', msg.created_at) AT TIME ZONE 'UTC',
+                                  'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00"')
+    FROM msg
 ), outbox AS (
     INSERT INTO logic.outbox (collection, entity_id, op)
     SELECT 'messages', id, 'upsert' FROM msg

@@ -6,10 +6,13 @@ are tested end to end against two real `nubo serve` processes.
 
 How an event travels (see :mod:`nubo.stores.events`):
 
-1. The domain registers the event inside its transaction (``tx.emit(recipients, frame)``); it is published
-   after the commit by :meth:`nubo.stores.events.EventBus.publish`.
+1. The domain registers the event inside its transaction (``tx.emit(recipients, frame)``): it is written to
+   the event outbox in that transaction and published after the commit by
+   :meth:`nubo.stores.events.EventBus.publish` (by the relay of any instance if its writer could not, see
+   :mod:`nubo.stores.event_outbox`); each event has an identity and is published once.
 2. One Lua script, atomically for all recipients: ``INCR {p}rt:user:{id}:seq`` gives the event its id for that
-   user, ``XADD {p}rt:user:{id}:events MAXLEN ~ N`` keeps it in a bounded per-user history, and one
+   user (with the Redis epoch ``{p}rt:epoch`` in its high bits), ``XADD {p}rt:user:{id}:events MAXLEN ~ N``
+   keeps it in a bounded per-user history, and one
    ``PUBLISH`` on the shared channel ``{p}rt:events`` carries the recipients with their ids and the body.
    Because it is one script, each user's events are published in id order and every id has a history entry.
 3. Every instance holds one pub/sub connection (:class:`nubo.realtime.hub.Hub`) and routes the message to its

@@ -15,7 +15,12 @@ Delivery guarantees and how they hold:
   after a resubscribe and every :data:`~nubo.stores.presence.HEARTBEAT_SECONDS`, each socket also compares
   its position with the user's current id, so a lost *last* event is caught up without waiting for the next
   one.
-- *History too short* (or Redis lost the counters): the client receives ``resync`` and refetches over REST.
+- *History too short*: the client receives ``resync`` and refetches over REST.
+- *Redis lost its data* (flush, empty restart): positions carry Redis's epoch
+  (:func:`~nubo.stores.events.position`); an event, a catch-up target or a resume position of another epoch
+  gets ``resync`` (``epoch_changed``), never a silent skip.
+- *The same event twice* (the relay re-published it): each socket remembers the last :data:`SEEN_KEYS`
+  event identities and skips a repeat.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from nubo.stores.events import (
     LobbyMessage,
     ReceivedMessage,
     RevokedMessage,
+    epoch_of,
     frame,
     to_json,
 )
@@ -48,11 +54,21 @@ from nubo.stores.redis import REDIS_FAILURES
 
 log = get_logger(__name__)
 
+CLOSE_SERVICE_RESTART = 1012  # RFC 6455 §7.4.1 (IANA registry): the server is restarting, reconnect elsewhere
 CLOSE_QUEUE_OVERFLOW = 4008
 CLOSE_SESSION_REVOKED = 4401  # 4xxx: application codes (RFC 6455 §7.4.2); 401 as in HTTP
-CLOSE_REASONS = {CLOSE_QUEUE_OVERFLOW: "send queue full", CLOSE_SESSION_REVOKED: "session revoked"}
-CLOSE_LABELS = {CLOSE_QUEUE_OVERFLOW: "queue_full", CLOSE_SESSION_REVOKED: "session_revoked"}  # metric labels
+CLOSE_REASONS = {
+    CLOSE_SERVICE_RESTART: "service restart",
+    CLOSE_QUEUE_OVERFLOW: "send queue full",
+    CLOSE_SESSION_REVOKED: "session revoked",
+}
+CLOSE_LABELS = {  # metric labels
+    CLOSE_SERVICE_RESTART: "service_restart",
+    CLOSE_QUEUE_OVERFLOW: "queue_full",
+    CLOSE_SESSION_REVOKED: "session_revoked",
+}
 CLOSE_TIMEOUT_SECONDS = 5.0
+SEEN_KEYS = 1024  # event identities each socket remembers, to never deliver one event twice
 
 
 class Socket(Protocol):
@@ -65,11 +81,12 @@ class Socket(Protocol):
 
 @dataclass(frozen=True)
 class Durable:
-    """A durable event for this socket's user: delivered once, in id order. `received`: when the hub got it
-    (``time.perf_counter()``; 0 when unknown), for the fan-out latency."""
+    """A durable event for this socket's user: delivered once, in id order, and once per identity.
+    `received`: when the hub got it (``time.perf_counter()``; 0 when unknown), for the fan-out latency."""
 
     event_id: int
     body: str
+    event_key: str = ""
     received: float = 0.0
 
 
@@ -122,6 +139,7 @@ class Connection:
         self.queue: asyncio.Queue[QueueItem] = asyncio.Queue(maxsize=hub.queue_size)
         self.resume_from = resume_from
         self.last = 0
+        self.seen_keys: dict[str, None] = {}  # identities of the last SEEN_KEYS events delivered, oldest first
         self.delivered_durable = False
         self.close_code: int | None = None
         self.writer_task: asyncio.Task[None] | None = None
@@ -189,22 +207,40 @@ class Connection:
         await self._send(to_json(hello))
 
     async def _deliver(self, item: Durable) -> None:
+        if epoch_of(item.event_id) != epoch_of(self.last):
+            # Redis lost its state (flush, empty restart): what was published before cannot be proven
+            # delivered, so the client refetches; delivery goes on in the new epoch.
+            await self._resync(item.event_id - 1, "epoch_changed")
         if item.event_id <= self.last:
             return  # already delivered (live copy of a replayed event, or a duplicate)
         if item.event_id > self.last + 1:
             await self._catch_up(item.event_id - 1)
         if item.event_id <= self.last:
             return
-        await self._send(frame(item.body, item.event_id))
-        self.last = item.event_id
-        self.delivered_durable = True
+        await self._send_durable(item.event_id, item.body, item.event_key)
         if item.received:
             self.hub.metrics.ws_fanout.observe(time.perf_counter() - item.received)
+
+    async def _send_durable(self, event_id: int, body: str, event_key: str) -> None:
+        """Send one durable event, unless an event of the same identity was sent on this socket already
+        (the relay re-published it, or Redis lost what it knew of it): its position is taken all the same."""
+        self.last = event_id
+        if event_key:
+            if event_key in self.seen_keys:
+                return
+            self.seen_keys[event_key] = None
+            if len(self.seen_keys) > SEEN_KEYS:
+                del self.seen_keys[next(iter(self.seen_keys))]
+        await self._send(frame(body, event_id))
+        self.delivered_durable = True
 
     async def _catch_up(self, upto: int | None) -> None:
         """Send history entries after `self.last` up to `upto` (default: the user's current id), or resync."""
         bus = self.hub.bus
         target = upto if upto is not None else await bus.current_seq(self.user_id)
+        if epoch_of(target) != epoch_of(self.last):
+            await self._resync(target, "epoch_changed")
+            return
         if target < self.last:
             await self._resync(target, "position_ahead_of_server")
             return
@@ -215,10 +251,8 @@ class Connection:
         if not complete:
             await self._resync(target, "history_gap")
             return
-        for event_id, body in entries:
-            await self._send(frame(body, event_id))
-            self.last = event_id
-            self.delivered_durable = True
+        for event_id, body, event_key in entries:
+            await self._send_durable(event_id, body, event_key)
 
     async def _resync(self, event_id: int, reason: str) -> None:
         log.info("ws_resync", extra={"user_id": self.user_key, "from": self.last, "to": event_id, "reason": reason})
@@ -271,6 +305,39 @@ class Hub:
         self._background: set[asyncio.Task[Any]] = set()
         self.subscribed = asyncio.Event()
         self.stats = {"routed": 0, "overflow_closes": 0, "resubscribes": 0}
+        self.draining = False  # SIGTERM: no new socket, no new send (see drain)
+        self.in_flight = 0  # sends being handled by this instance's sockets
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ---- graceful drain ----------------------------------------------------------------------------------
+
+    def send_started(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def send_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight <= 0:
+            self._idle.set()
+
+    async def drain(self, seconds: float) -> None:
+        """Stop taking sockets and sends, wait (at most `seconds`) for the sends in flight to be acknowledged,
+        then close every socket with :data:`CLOSE_SERVICE_RESTART`: clients resume elsewhere with their last
+        event id."""
+        self.draining = True
+        log.info("drain_started", extra={"sockets": len(self.everyone), "sends_in_flight": self.in_flight})
+        try:
+            await asyncio.wait_for(self._idle.wait(), seconds)
+        except TimeoutError:
+            log.warning("drain_timeout", extra={"sends_in_flight": self.in_flight})
+        flushed_by = time.monotonic() + 1.0  # the acks just queued reach their sockets first
+        while any(not c.queue.empty() for c in self.everyone) and time.monotonic() < flushed_by:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        for conn in list(self.everyone):
+            conn.abort(CLOSE_SERVICE_RESTART)
+        log.info("drain_done")
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
@@ -381,7 +448,7 @@ class Hub:
         received = time.perf_counter()
         for key, event_id in targets:
             for conn in list(self.local.get(key, ())):
-                conn.offer(Durable(event_id, body, received))
+                conn.offer(Durable(event_id, body, message.event_key, received))
                 self.stats["routed"] += 1
 
     def route_ephemeral(self, message: EphemeralMessage) -> None:

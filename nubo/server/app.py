@@ -27,6 +27,7 @@ from nubo.server import realtime as realtime_routes
 from nubo.server import users as users_routes
 from nubo.server.context import RequestContext
 from nubo.server.deps import dependencies
+from nubo.server.drain import drain_on_sigterm
 from nubo.server.errors import EXCEPTION_HANDLERS
 from nubo.settings import Settings, load_settings
 
@@ -60,7 +61,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         log.info("stores_opened", extra={"mongo_db": settings.mongo_db, "redis_prefix": settings.redis_prefix})
         async with root.running():
             app.state.root = root
-            yield
+            with drain_on_sigterm(root.hub, settings.drain_seconds):
+                yield
 
     def running_metrics() -> Metrics | None:
         root = state.root

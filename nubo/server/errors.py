@@ -5,19 +5,16 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
-import psycopg
-import psycopg_pool
-import pymongo.errors
-import redis.exceptions
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.utils.scope.state import ScopeState
 
 from nubo.errors import NuboError, StoreName, StoreUnavailable
 from nubo.logs import get_logger
+from nubo.stores.breaker import store_of
 
 log = get_logger(__name__)
 
@@ -187,32 +184,13 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    if (store := store_down(exc)) is not None:
-        log.warning("store_unavailable", extra={"store": store, "error": f"{type(exc).__name__}: {exc}"[:200]})
-        body = ErrorBody(f"{store} is unavailable right now", "store_unavailable", store=store)
-        return Response(body, status_code=503, headers={"Retry-After": "1"}, media_type="application/json")
+    if (
+        store := store_of(exc)
+    ) is not None:  # an outage: the breaker logs it once (nubo.stores.breaker), no traceback per request
+        log.info("store_unavailable", extra={"store": store, "path": request.url.path})
+        return handle_nubo_error(request, StoreUnavailable(store))
     log.exception("unhandled_error", extra={"path": request.url.path, "method": request.method})
     return error_response(500, "Internal server error", "internal_error")
-
-
-_STORE_ERRORS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
-    ((psycopg.OperationalError, psycopg_pool.PoolTimeout), "postgres"),
-    ((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError), "redis"),
-    ((pymongo.errors.ConnectionFailure, pymongo.errors.ServerSelectionTimeoutError), "mongo"),
-)
-
-
-def store_down(exc: BaseException) -> Literal["postgres", "redis", "mongo"] | None:
-    """The store whose connection failed, when `exc` (or its cause) is such a failure: 503, never a 500."""
-    seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            break
-        for kinds, store in _STORE_ERRORS:
-            if isinstance(seen, kinds):
-                return store  # type: ignore[return-value]
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

@@ -42,7 +42,7 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
 from nubo import messaging
-from nubo.errors import Forbidden, NuboError, Unauthorized, ValidationFailed
+from nubo.errors import Forbidden, NuboError, StoreUnavailable, Unauthorized, Unavailable, ValidationFailed
 from nubo.ids import parse_id
 from nubo.logs import current_request_id, get_logger
 from nubo.realtime import typing_events
@@ -53,6 +53,7 @@ from nubo.root import Root
 from nubo.server.auth import deny_websocket
 from nubo.settings import Settings
 from nubo.stores import Stores
+from nubo.stores.breaker import store_of
 
 log = get_logger(__name__)
 
@@ -107,6 +108,9 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any]) -> None:
         return
     if not origin_allowed(settings, socket.headers.get("origin"), socket.headers.get("host")):
         await deny(socket, Forbidden("This Origin is not allowed", code="origin_not_allowed"))
+        return
+    if hub.draining:
+        await deny(socket, Unavailable("This instance is restarting; connect again", code="server_restarting"))
         return
     try:
         resume_from = _last_event_id(socket)
@@ -224,7 +228,11 @@ class Session:
             await work
         except NuboError as exc:
             self.error(exc.code, exc.message, fields=exc.fields or None, client_id=client_id)
-        except Exception:
+        except Exception as exc:
+            if (store := store_of(exc)) is not None:  # an outage: logged once by the breaker, no traceback
+                unavailable = StoreUnavailable(store)
+                self.error(unavailable.code, unavailable.message, client_id=client_id)
+                return
             log.exception("ws_handler_failed", extra={"type": (envelope or {}).get("type")})
             self.error("internal_error", "The server could not handle this frame", client_id=client_id)
 
@@ -238,6 +246,15 @@ class Session:
     # ---- handlers ----------------------------------------------------------------------------------------
 
     async def on_send(self, envelope: dict[str, Any]) -> None:
+        if self.hub.draining:  # the socket closes with 1012 once the sends in flight are acknowledged
+            raise Unavailable("This instance is restarting; send again after reconnecting", code="server_restarting")
+        self.hub.send_started()
+        try:
+            await self._send(envelope)
+        finally:
+            self.hub.send_finished()
+
+    async def _send(self, envelope: dict[str, Any]) -> None:
         conversation_id = parse_id(envelope.get("conversation_id"), "conversation_id")
         started = time.perf_counter()
 

@@ -15,14 +15,17 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from nubo.errors import StoreName
 from nubo.logs import get_logger
 from nubo.metrics import Metrics
 from nubo.settings import Settings
 from nubo.stores import mongo, postgres, redis
 from nubo.stores.batching import BatchQueue
+from nubo.stores.breaker import Breakers
 from nubo.stores.cache.collection import RedisCache
 from nubo.stores.derived import DerivedCache
 from nubo.stores.entities import ENTITIES
+from nubo.stores.event_outbox import EventRelay
 from nubo.stores.events import EventBus
 from nubo.stores.mongo import MongoDoc
 from nubo.stores.near import NearCache
@@ -81,21 +84,37 @@ class Stores:
     image_slots: asyncio.Semaphore
     view_counts: ViewCounts  # who saw which post each day, and the counts not yet in PostgreSQL
     metrics: Metrics  # this process's instruments (nubo.metrics), counted by the tiered store, limiter, events
+    relay: EventRelay  # publishes committed events (nubo.stores.event_outbox)
 
     @property
     def mongo(self) -> AsyncDatabase[MongoDoc]:
         return self.mongo_client[self.settings.mongo_db]
 
     def transaction(
-        self, *, projector: Projector | None = None, wait: bool = True, reread: bool = False
+        self,
+        *,
+        projector: Projector | None = None,
+        wait: bool = True,
+        reread: bool = False,
+        pipelined: bool = False,
+        one_statement: bool = False,
     ) -> AbstractAsyncContextManager[Transaction]:
         """A PostgreSQL transaction whose rows are projected, and whose registered side effects run, after its
         commit (:func:`nubo.stores.transaction.transaction`)."""
-        return transaction(self, projector=projector, wait=wait, reread=reread)
+        return transaction(
+            self, projector=projector, wait=wait, reread=reread, pipelined=pipelined, one_statement=one_statement
+        )
 
     def script(self, source: str) -> AsyncScript:
         """The Lua script `source` registered on this Redis client (hashed once per process, not per call)."""
         return self.scripts(source)
+
+    def require(self, *stores: StoreName) -> None:
+        """Raise :class:`~nubo.stores.breaker.StoreUnavailable` (503) at once if one of these stores is down."""
+        self.failures.breakers.require(*stores)
+
+    def store_down(self, store: str) -> bool:
+        return self.failures.breakers.is_open(store)
 
     def count_failure(self, store: str) -> None:
         """Count a store write that failed after the PostgreSQL commit (repaired later)."""
@@ -153,6 +172,15 @@ async def open_stores(
     near = NearCache(settings.redis_url, redis_client, keys, _near_families(), max_entries=_near_entries(settings))
     cache = RedisCache(redis_client, keys)
     tiered = TieredStore(pg, mongo_client[settings.mongo_db], cache, near, failures.count, metrics)
+    events = EventBus(redis_client, keys, failures.count, metrics)
+    relay = EventRelay(
+        pg,
+        events,
+        stall_seconds=settings.redis_stall_ms / 1000,
+        redis_down=lambda: failures.breakers.is_open("redis"),
+        on_stall=lambda: failures.breakers.stalled("redis"),
+        test_fault=settings.test_fault,
+    )
     return Stores(
         settings=settings,
         pg=pg,
@@ -165,7 +193,7 @@ async def open_stores(
         tiered=tiered,
         projector=Projector("tiered", tiered),
         messaging_projector=Projector("messaging", tiered),
-        events=EventBus(redis_client, keys, failures.count, metrics),
+        events=events,
         rate_limits=RateLimits(
             redis_client, keys, failures=failures.by_store, leased=settings.rate_leases, metrics=metrics
         ),
@@ -179,6 +207,7 @@ async def open_stores(
         image_slots=asyncio.Semaphore(IMAGE_SLOTS),
         view_counts=ViewCounts(redis_client, keys),
         metrics=metrics,
+        relay=relay,
     )
 
 
@@ -210,9 +239,11 @@ class LuaScripts:
 
 @dataclass
 class StoreFailures:
-    """Writes to Mongo or Redis that failed after their PostgreSQL commit (each repaired later), by store."""
+    """Writes to Mongo or Redis that failed after their PostgreSQL commit (each repaired later), by store;
+    and each store's circuit breaker (:mod:`nubo.stores.breaker`): whether it is down right now."""
 
     by_store: dict[str, int] = field(default_factory=dict)
+    breakers: Breakers = field(default_factory=Breakers)
 
     def count(self, store: str) -> None:
         self.by_store[store] = self.by_store.get(store, 0) + 1

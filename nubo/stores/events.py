@@ -2,19 +2,25 @@
 
 Keys (all under the configured prefix):
 
-- ``rt:user:{id}:seq`` — the user's last event id (INCR; never expires, so ids only grow).
+- ``rt:epoch`` — the epoch of this Redis life, created by the first publish or position read (SET NX): a
+  position (event id) is ``epoch << 32 | seq``, so ids from before a flush or an empty restart are told apart.
+- ``rt:published:{event key}:{chunk}`` — the ids an event identity got when it was published (ten minutes): a
+  retried publish of the same identity publishes nothing again.
+- ``rt:user:{id}:seq`` — the user's last sequence number in the epoch (INCR; never expires).
 - ``rt:user:{id}:events`` — a stream holding the user's last :data:`HISTORY_MAX` events (approximately, MAXLEN
   ~) under the explicit stream id ``{event_id}-0``, expiring :data:`HISTORY_TTL_SECONDS` after the last event.
-- ``rt:events`` — channel of durable events. Message: ``{"<user id>": event_id, ...}`` then a newline, then
-  the event body JSON (no ``event_id``: each instance splices in the recipient's id, see :func:`frame`).
+- ``rt:events`` — channel of durable events. Message: ``<epoch> <event key>``, a newline,
+  ``{"<user id>": seq, ...}``, a newline, then the event body JSON (no ``event_id``: each instance splices in
+  the recipient's id, see :func:`frame`).
 - ``rt:ephemeral`` — channel of live-only events: ``{"to": [user ids], "body": {...}, "expires": ms}``.
 - ``rt:lobby`` — channel of the public plain-text lobby: the text itself.
 - ``rt:revoked`` — channel of revoked session ids (a JSON list): every instance closes their open sockets.
 
 Publish only after the PostgreSQL commit of what the event describes: domain code registers its events
-inside the transaction (:meth:`nubo.stores.transaction.Transaction.emit`), which publishes them after the
-commit. The receiving side is one :class:`EventSubscriber` per instance (a pub/sub connection yielding the
-messages decoded); :class:`nubo.realtime.hub.Hub` routes them to its sockets.
+inside the transaction (:meth:`nubo.stores.transaction.Transaction.emit`), which writes them to the event
+outbox and publishes them after the commit (:mod:`nubo.stores.event_outbox`). The receiving side is one
+:class:`EventSubscriber` per instance (a pub/sub connection yielding the messages decoded);
+:class:`nubo.realtime.hub.Hub` routes them to its sockets.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -43,15 +50,33 @@ log = get_logger(__name__)
 HISTORY_MAX = 1000
 HISTORY_TTL_SECONDS = 3 * 86400
 PUBLISH_CHUNK = 500  # recipients per script call: bounds the time one script blocks Redis
+PUBLISHED_TTL_SECONDS = 600  # how long Redis remembers a published identity (covers any relay retry)
+EPOCH_BITS = 20  # an epoch is drawn in [1, 2**EPOCH_BITS): positions stay below 2**53 (exact in JSON numbers)
+EPOCH_SHIFT = 32  # position = epoch << EPOCH_SHIFT | per-user sequence number
 
-# KEYS: seq1, hist1, seq2, hist2, ...   ARGV: channel, body, maxlen, ttl, uid1, uid2, ...
+# KEYS: epoch, published, seq1, hist1, seq2, hist2, ...
+# ARGV: channel, body, maxlen, ttl, epoch candidate, event identity, published ttl, uid1, uid2, ...
+# The epoch is created on first use (a random number drawn by the caller): after a flush or an empty restart
+# the next publish or position read creates a new one, so every position names the Redis life it belongs to.
+# An event identity already published (the key `published` exists) is not published again: the relay may
+# retry an event its writer published just before it died.
 # If the seq key was lost (flush) while a history survived, continue after the history's top id: XADD needs
 # increasing ids, and clients must never see an id go backwards without a resync.
 _PUBLISH_LUA = """
 local channel, body, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local parts, ids = {}, {}
-for i = 5, #ARGV do
-  local k = (i - 5) * 2
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('SET', KEYS[1], epoch)
+end
+local eid = ARGV[6]
+if eid ~= '' then
+  local seen = redis.call('GET', KEYS[2])
+  if seen then return {epoch, seen, 1} end
+end
+local parts = {}
+for i = 8, #ARGV do
+  local k = (i - 8) * 2 + 2
   local seqkey, histkey = KEYS[k + 1], KEYS[k + 2]
   local seq = redis.call('INCR', seqkey)
   local top = redis.call('XREVRANGE', histkey, '+', '-', 'COUNT', 1)
@@ -62,14 +87,46 @@ for i = 5, #ARGV do
       redis.call('SET', seqkey, seq)
     end
   end
-  redis.call('XADD', histkey, 'MAXLEN', '~', maxlen, seq .. '-0', 'b', body)
+  redis.call('XADD', histkey, 'MAXLEN', '~', maxlen, seq .. '-0', 'b', body, 'e', epoch, 'i', eid)
   redis.call('EXPIRE', histkey, ttl)
   parts[#parts + 1] = '"' .. ARGV[i] .. '":' .. seq
-  ids[#ids + 1] = seq
 end
-redis.call('PUBLISH', channel, '{' .. table.concat(parts, ',') .. '}\\n' .. body)
-return ids
+local ids = '{' .. table.concat(parts, ',') .. '}'
+if eid ~= '' then redis.call('SET', KEYS[2], ids, 'EX', tonumber(ARGV[7])) end
+redis.call('PUBLISH', channel, epoch .. ' ' .. eid .. '\\n' .. ids .. '\\n' .. body)
+return {epoch, ids, 0}
 """
+
+# KEYS: epoch, seq1, seq2, ...   ARGV: epoch candidate. Returns the epoch then each user's sequence number.
+_POSITIONS_LUA = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch, 'NX')
+  epoch = redis.call('GET', KEYS[1])
+end
+local out = {epoch}
+for i = 2, #KEYS do out[#out + 1] = redis.call('GET', KEYS[i]) or '0' end
+return out
+"""
+
+
+def position(epoch: int, seq: int) -> int:
+    """The event id a client sees: the epoch of Redis's life in the high bits, the user's sequence below."""
+    return (epoch << EPOCH_SHIFT) | seq
+
+
+def epoch_of(event_id: int) -> int:
+    return event_id >> EPOCH_SHIFT
+
+
+def seq_of(event_id: int) -> int:
+    """The per-user sequence number within its epoch."""
+    return event_id & ((1 << EPOCH_SHIFT) - 1)
+
+
+def new_epoch() -> int:
+    return secrets.randbelow((1 << EPOCH_BITS) - 1) + 1
 
 
 Event = Mapping[str, Any] | msgspec.Struct
@@ -121,6 +178,13 @@ class Channels:
         self.lobby = keys("rt", "lobby")
         self.revoked = keys("rt", "revoked")
 
+    @property
+    def epoch(self) -> str:
+        return self.keys("rt", "epoch")
+
+    def published(self, event_key: str) -> str:
+        return self.keys("rt", "published", event_key or "-")
+
     def seq(self, user_id: uuid.UUID | str) -> str:
         return self.keys("rt", "user", user_id, "seq")
 
@@ -129,7 +193,7 @@ class Channels:
 
 
 class EventBus:
-    """Publishes events for one process (holds the registered Lua script); one per process, built with the
+    """Publishes events for one process (holds the registered Lua scripts); one per process, built with the
     stores."""
 
     def __init__(self, redis: Redis, keys: Keys, count_failure: Callable[[str], None], metrics: Metrics) -> None:
@@ -138,15 +202,21 @@ class EventBus:
         self.count_failure = count_failure
         self.channels = Channels(keys)
         self._publish = redis.register_script(_PUBLISH_LUA)
+        self._positions = redis.register_script(_POSITIONS_LUA)
 
     async def publish(
         self,
         user_ids: Iterable[uuid.UUID],
-        event: Event,
+        event: Event | str,
         *,
         before: Callable[[], Awaitable[Any]] | None = None,
+        event_key: uuid.UUID | None = None,
     ) -> dict[uuid.UUID, int]:
         """Give `event` a new id per recipient, keep it in their history and fan it out; returns the ids.
+
+        `event` is a body or its JSON already encoded. `event_key`: the event's identity; an identity
+        published before (within :data:`PUBLISHED_TTL_SECONDS`) is not published again, and the ids it got
+        then are returned.
 
         `before`: a caller's post-commit Redis write (a call returning its awaitable). It is issued just ahead
         of the first chunk's script, so the client's automatic pipelining (:class:`BatchingRedis
@@ -154,19 +224,27 @@ class EventBus:
         pipeline would cost a second one: it checks with SCRIPT EXISTS that its scripts are loaded before it
         runs them. Both are awaited; the first error is raised."""
         taken = time.perf_counter()  # the relay takes the event now (the post-commit publish)
-        body = to_json(event)
+        body = event if isinstance(event, str) else to_json(event)
         if not body.startswith("{") or body == "{}":
             raise ValueError("an event must be a non-empty JSON object")
         recipients = list(dict.fromkeys(user_ids))
         assigned: dict[uuid.UUID, int] = {}
-        for start in range(0, len(recipients), PUBLISH_CHUNK):
+        for index, start in enumerate(range(0, len(recipients), PUBLISH_CHUNK)):
             chunk = recipients[start : start + PUBLISH_CHUNK]
-            keys = [key for uid in chunk for key in (self.channels.seq(uid), self.channels.history(uid))]
+            ident = f"{event_key}:{index}" if event_key is not None else ""
+            keys = [
+                self.channels.epoch,
+                self.channels.published(ident),
+                *(key for uid in chunk for key in (self.channels.seq(uid), self.channels.history(uid))),
+            ]
             args: list[str | int] = [
                 self.channels.events,
                 body,
                 HISTORY_MAX,
                 HISTORY_TTL_SECONDS,
+                new_epoch(),
+                ident,
+                PUBLISHED_TTL_SECONDS,
                 *map(str, chunk),
             ]
             if before is not None:
@@ -175,10 +253,11 @@ class EventBus:
                 for outcome in done:
                     if isinstance(outcome, BaseException):
                         raise outcome
-                ids = cast(list[int], done[1])
+                result = cast(list[Any], done[1])
             else:
-                ids = await self._publish(keys=keys, args=args)
-            assigned.update(zip(chunk, (int(i) for i in ids), strict=True))
+                result = await self._publish(keys=keys, args=args)
+            epoch, seqs = int(result[0]), json.loads(result[1])
+            assigned.update((uid, position(epoch, int(seqs[str(uid)]))) for uid in chunk if str(uid) in seqs)
         self.relay_lag.observe(time.perf_counter() - taken)
         return assigned
 
@@ -193,22 +272,33 @@ class EventBus:
         await self.redis.publish(self.channels.lobby, text)
 
     async def current_seq(self, user_id: uuid.UUID) -> int:
-        raw = await self.redis.get(self.channels.seq(user_id))
-        return int(raw) if raw else 0
+        """The user's current position (epoch and sequence; the epoch is created if Redis has none)."""
+        return (await self.current_seqs([user_id]))[user_id]
 
     async def current_seqs(self, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
         if not user_ids:
             return {}
-        raw = await self.redis.mget([self.channels.seq(uid) for uid in user_ids])
-        return {uid: int(value) if value else 0 for uid, value in zip(user_ids, raw, strict=True)}
+        keys = [self.channels.epoch, *(self.channels.seq(uid) for uid in user_ids)]
+        raw = await self._positions(keys=keys, args=[new_epoch()])
+        epoch = int(raw[0])
+        return {uid: position(epoch, int(value)) for uid, value in zip(user_ids, raw[1:], strict=True)}
 
-    async def history(self, user_id: uuid.UUID, after: int, upto: int | None = None) -> list[tuple[int, str]]:
-        """Events with `after` < id <= `upto` (or the newest), oldest first, as (event_id, body)."""
-        end = f"{upto}-0" if upto is not None else "+"
+    async def history(self, user_id: uuid.UUID, after: int, upto: int | None = None) -> list[tuple[int, str, str]]:
+        """Events of the epoch of `after` with `after` < id <= `upto` (or the newest), oldest first, as
+        (event_id, body, event identity); entries of another epoch are left out. `after=0`: from the start of
+        the current epoch."""
+        epoch, mask = epoch_of(after) or epoch_of(upto or 0), (1 << EPOCH_SHIFT) - 1
+        if not epoch:
+            epoch = epoch_of(await self.current_seq(user_id))
+        end = f"{upto & mask}-0" if upto is not None else "+"
         entries: list[tuple[str, dict[str, str]]] = await self.redis.xrange(  # type: ignore[assignment]
-            self.channels.history(user_id), f"{after + 1}-0", end
+            self.channels.history(user_id), f"{(after & mask) + 1}-0", end
         )
-        return [(int(entry_id.split("-", 1)[0]), fields["b"]) for entry_id, fields in entries]
+        return [
+            (position(epoch, int(entry_id.split("-", 1)[0])), fields["b"], fields.get("i", ""))
+            for entry_id, fields in entries
+            if int(fields.get("e") or 0) == epoch
+        ]
 
     async def publish_safely(self, user_ids: Iterable[uuid.UUID], event: Event) -> None:
         """Publish after a commit; a Redis failure is logged and counted, never turned into a failed request.
@@ -228,10 +318,12 @@ class EventBus:
 
 @dataclass(frozen=True)
 class DurableMessage:
-    """A message of ``rt:events``: each recipient's event id (by user id string) and the shared body JSON."""
+    """A message of ``rt:events``: each recipient's event id (by user id string), the shared body JSON and
+    the event's identity ("" when it has none)."""
 
     event_ids: dict[str, int]
     body: str
+    event_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -327,11 +419,14 @@ class EventSubscriber:
 
 
 def _decode_durable(data: str) -> DurableMessage:
-    head, _, body = data.partition("\n")
-    event_ids = json.loads(head)
-    if not isinstance(event_ids, dict):
-        raise TypeError(f"recipients must be an object, got {type(event_ids).__name__}")
-    return DurableMessage(event_ids, body)
+    head, _, rest = data.partition("\n")
+    ids, _, body = rest.partition("\n")
+    raw_epoch, _, event_key = head.partition(" ")
+    epoch = int(raw_epoch)
+    seqs = json.loads(ids)
+    if not isinstance(seqs, dict):
+        raise TypeError(f"recipients must be an object, got {type(seqs).__name__}")
+    return DurableMessage({uid: position(epoch, int(seq)) for uid, seq in seqs.items()}, body, event_key)
 
 
 def _decode_ephemeral(data: str) -> EphemeralMessage:

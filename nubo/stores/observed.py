@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 # Outbox name -> its table (schema, name; with a `created_at` column). The event outbox adds its line here.
-OUTBOXES: dict[str, tuple[str, str]] = {"projection": ("logic", "outbox")}
+OUTBOXES: dict[str, tuple[str, str]] = {"projection": ("logic", "outbox"), "events": ("logic", "event_outbox")}
 PROBE_TIMEOUT_SECONDS = 1.0
 POOL_SAMPLE_SECONDS = 2.0
 

@@ -49,6 +49,11 @@ async def open_pool(url: str, *, min_size: int = 2, max_size: int = 20, wait: bo
         # No `check=` on checkout: it costs a round trip per query. Broken connections are discarded when
         # returned in a failed state, and `max_idle`/`reconnect_timeout` bound how long a stale one lives.
         max_idle=300.0,
+        # A failed reconnection is retried with a growing backoff (1 s, 2 s, 4 s...): after a 5 s outage the
+        # pool's next attempt could come seconds after PostgreSQL is back. Give up after 1 s instead; the next
+        # request that needs a connection grows the pool again at once (requests are refused meanwhile by
+        # the breaker, nubo.stores.breaker).
+        reconnect_timeout=1.0,
         name="nubo-pg",
     )
     await pool.open(wait=wait, timeout=10.0)

@@ -17,6 +17,7 @@ refusing every login during a cache outage would be worse than a few unthrottled
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from dataclasses import dataclass, replace
@@ -93,6 +94,10 @@ LEASE_MAX = 32  # ...doubling up to this while each lease is used up in time...
 LEASE_SECONDS = 5.0  # ...and uses within this time, else they are dropped
 LEASE_MIN_LIMIT = 64  # smaller limits are never leased: each hit is one Redis call
 LEASE_WAITS = 8  # lease calls of other requests a request may wait for before making its own
+_REFUND_HIT = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
+return 0
+"""
 _LOG_EVERY = 10.0  # seconds between two "limiter down" log lines, so an outage does not flood the log
 
 
@@ -165,6 +170,7 @@ class RateLimits:
         self._prefix = keys("ratelimit")
         self._acquire = redis.register_script(_ACQUIRE_AND_MEASURE)
         self._guarded = redis.register_script(_GUARDED_HIT)
+        self._refund = redis.register_script(_REFUND_HIT)
         self._failures = failures
         self._last_log = 0.0
         self.leases = HitLeases(enabled=leased)
@@ -231,6 +237,12 @@ class RateLimits:
         if status is not None and not status.allowed:
             self._refusals.labels(name).inc()
             raise_if_limited(status)
+
+    async def refund(self, name: str, key: str, rate: RateLimit) -> None:
+        """Give back one hit of the current window (a request that failed because a store was down must not
+        count against its client); errors are ignored."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._refund(keys=[self.window_keys(name, key, rate)[1]])
 
     async def clear(self, name: str, key: str, rate: RateLimit) -> None:
         """Forget the hits of `key` (used after an operator unlocks an account, and by tests)."""

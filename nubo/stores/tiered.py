@@ -103,7 +103,7 @@ class TieredStore:
         row = await self._from_postgres(entity, entity_id)
         self._count(entity_name, "postgres", row is not None)
         if row is not None:
-            await self._to_mongo(entity, [row])
+            await self._to_mongo(entity, [row], fill=True)
             await self._to_redis(entity, [row])
         return row
 
@@ -126,7 +126,7 @@ class TieredStore:
         if missing:
             from_pg = await self._many_from_postgres(entity, missing)
             self._count(entity_name, "postgres", len(from_pg), len(missing) - len(from_pg))
-            await self._to_mongo(entity, from_pg)
+            await self._to_mongo(entity, from_pg, fill=True)
             await self._to_redis(entity, from_pg)
             found.update((row["id"], row) for row in from_pg)
         return [found[i] for i in wanted if i in found]
@@ -241,7 +241,12 @@ class TieredStore:
 
     # ---- projections (idempotent) -----------------------------------------------------------------------
 
-    async def _to_mongo(self, entity: Entity, rows: Sequence[Row]) -> bool:
+    async def _to_mongo(self, entity: Entity, rows: Sequence[Row], *, fill: bool = False) -> bool:
+        """Write the Mongo copies of `rows`. A `fill` (a read that missed Mongo) only inserts: a document that
+        exists was written by a projection, which is authoritative. Replacing it meant deleting it first (see
+        :meth:`_replace_documents`); a fill racing a projection then deleted the projection's copy, and when
+        its own insert failed (FerretDB's reply to racing writes) the copy was gone while the projection had
+        reported success and cleared its outbox entry: committed messages without a `messages_recent` copy."""
         if not rows:
             return True
         if not self.health.available("mongo"):
@@ -259,7 +264,8 @@ class TieredStore:
                 errors = exc.details.get("writeErrors", [])
                 if any(error.get("code") != DUPLICATE_KEY for error in errors):
                     raise
-                await self._replace_documents(collection, [docs[error["index"]] for error in errors])
+                if not fill:
+                    await self._replace_documents(collection, [docs[error["index"]] for error in errors])
         except (PyMongoError, KeyError) as exc:  # KeyError: FerretDB's reply to racing upserts lacks nModified
             self._tier_failed("mongo", "write", entity, exc)
             return False

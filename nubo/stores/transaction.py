@@ -17,12 +17,16 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection, sql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from nubo.ids import new_id
 from nubo.logs import get_logger
 from nubo.stores.derived import entity_has_tags, tags_of
 from nubo.stores.entities import ENTITIES, REREAD, Entity, Row
+from nubo.stores.event_outbox import EventRelay, PendingEvent, write_events
+from nubo.stores.events import to_json
 
 if TYPE_CHECKING:
     from nubo.stores import Stores
@@ -34,12 +38,19 @@ log = get_logger(__name__)
 AfterCommit = Callable[[], Awaitable[object] | object]
 """A side effect registered inside a transaction, run after its commit."""
 
+CHECKOUT_SECONDS = 1.0  # a write waits at most this long for a pooled connection (then: 503)
 WAIT_PROJECTION_SECONDS = 2.0  # a writer that waits for its copies waits at most this long (then: the outbox)
 
 
 @asynccontextmanager
 async def transaction(
-    stores: Stores, *, projector: Projector | None = None, wait: bool = True, reread: bool = False
+    stores: Stores,
+    *,
+    projector: Projector | None = None,
+    wait: bool = True,
+    reread: bool = False,
+    pipelined: bool = False,
+    one_statement: bool = False,
 ) -> AsyncIterator[Transaction]:
     """A PostgreSQL transaction; after its commit, its rows are projected and its callbacks run.
 
@@ -47,16 +58,47 @@ async def transaction(
     `wait`: return only once the copies are written (bounded by :data:`WAIT_PROJECTION_SECONDS` for
     non-default projectors; the outbox worker finishes the job if a store is slow or down). `reread`: project
     the rows' state at flush time rather than their committed state (concurrent writes to the same rows finish
-    in any order; the newest state wins).
+    in any order; the newest state wins). `pipelined`: psycopg's pipeline mode, so BEGIN travels with the first
+    statement and the outbox writes with COMMIT (two round trips for a one-statement write). `one_statement`:
+    the block runs exactly one statement, which commits by itself (autocommit, one round trip); that statement
+    writes its own outbox rows and event rows (see ``written`` in :meth:`Transaction.emit`).
     """
-    async with stores.pg.connection() as conn, conn.transaction():
-        tx = Transaction(conn, stores.events)
-        yield tx
-        await tx.record_outbox()
+    stores.require("postgres")
+    if one_statement:
+        async with stores.pg.connection(timeout=CHECKOUT_SECONDS) as conn, _autocommit(conn):
+            tx = Transaction(conn, stores.events, stores.relay)
+            yield tx
+            if tx.touched or any(not event.written for event in tx.pending_events):
+                raise RuntimeError("a one-statement transaction writes its outbox and event rows itself")
+    else:
+        async with (
+            stores.pg.connection(timeout=CHECKOUT_SECONDS) as conn,
+            conn.pipeline() if pipelined else contextlib.nullcontext(),
+            conn.transaction(),
+        ):
+            tx = Transaction(conn, stores.events, stores.relay)
+            yield tx
+            await tx.record_outbox()
+            if tx.pending_events:
+                await write_events(conn, tx.pending_events)
+    if tx.pending_events:
+        stores.relay.check_fault(tx.pending_events)
     await stores.derived.invalidate(tx.tags)
     if tx.touched:
         await _project(tx, projector or stores.projector, wait=wait, reread=reread, bounded=projector is not None)
     await tx.run_after_commit(stores.count_failure)
+
+
+@asynccontextmanager
+async def _autocommit(conn: AsyncConnection[DictRow]) -> AsyncIterator[None]:
+    """Autocommit for the block (a client-side flag, no round trip), put back before the connection returns to
+    the pool; a connection left mid-query (cancelled) is discarded by the pool anyway."""
+    await conn.set_autocommit(True)
+    try:
+        yield
+    finally:
+        if conn.info.transaction_status == TransactionStatus.IDLE:
+            await conn.set_autocommit(False)
 
 
 async def _project(tx: Transaction, projector: Projector, *, wait: bool, reread: bool, bounded: bool) -> None:
@@ -85,9 +127,13 @@ class Transaction:
     :meth:`emit` so that a durable event outbox can replace the direct publish without touching callers.
     """
 
-    def __init__(self, conn: AsyncConnection[DictRow], events: EventBus | None = None) -> None:
+    def __init__(
+        self, conn: AsyncConnection[DictRow], events: EventBus | None = None, relay: EventRelay | None = None
+    ) -> None:
         self.conn = conn
         self.events = events
+        self.relay = relay
+        self.pending_events: list[PendingEvent] = []  # written to the event outbox just before the commit
         self.after_commit: list[AfterCommit] = []
         self.touched: dict[str, dict[uuid.UUID, Row | None]] = {}
         self.outbox_ids: list[int] = []
@@ -137,13 +183,34 @@ class Transaction:
         order; never if the transaction rolls back."""
         self.after_commit.append(callback)
 
-    def emit(self, recipients: Iterable[uuid.UUID], event: Event) -> None:
-        """Publish a realtime event to `recipients` once this transaction has committed."""
-        events = self.events
-        if events is None:
-            raise RuntimeError("this transaction has no event bus (open it with nubo.stores.transaction)")
-        users = list(recipients)
-        self.on_commit(lambda: events.publish_safely(users, event))
+    def emit(
+        self,
+        recipients: Iterable[uuid.UUID],
+        event: Event,
+        *,
+        key: uuid.UUID | None = None,
+        before: Callable[[], Awaitable[Any]] | None = None,
+        written: bool = False,
+    ) -> None:
+        """Publish a realtime event to `recipients` once this transaction has committed.
+
+        The event is written to the event outbox in this transaction (:mod:`nubo.stores.event_outbox`), so it
+        is published at least once even if this process dies right after the commit. `key`: the event's
+        identity (default: a new id), e.g. the id of the row it announces, so that a retried request can make
+        sure it went out. `before`: a Redis write issued in the same round trip as the publish. `written`: the
+        caller's own statement wrote the event row (id `key`) in this transaction (a one-statement send);
+        only its publication is registered here."""
+        relay = self.relay
+        if relay is None:
+            raise RuntimeError("this transaction has no event relay (open it with nubo.stores.transaction)")
+        body = to_json(event)
+        if not body.startswith("{") or body == "{}":
+            raise ValueError("an event must be a non-empty JSON object")
+        if written and key is None:
+            raise ValueError("an event written by the caller's statement needs its key")
+        pending = PendingEvent(key or new_id(), list(dict.fromkeys(recipients)), body, before, written)
+        self.pending_events.append(pending)
+        self.on_commit(lambda: relay.publish_committed(pending))
 
     async def run_after_commit(self, count_failure: Callable[[str], None]) -> None:
         """Run the registered callbacks (the caller has committed). One that fails is logged and counted as

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -226,6 +227,95 @@ class DedicatedFerret(DedicatedServer):
             "--telemetry=disable",
             "--log-level=ERROR",
         ]
+
+
+def postgres_bin_dir() -> Path:
+    """The newest Debian PostgreSQL binaries (what scripts/services uses), else those on PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3].split(".")[0]))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    assert initdb, "PostgreSQL binaries (initdb, postgres) are needed for the PostgreSQL outage tests"
+    return Path(initdb).parent
+
+
+INITDB_OPTIONS = ("--auth=trust", "--no-sync", "--encoding=UTF8", "--no-locale")
+
+
+class DedicatedPostgres(DedicatedServer):
+    """A throw-away PostgreSQL cluster (initdb into a new temp dir, trust auth on loopback, no fsync) whose
+    data survives a stop/start; :meth:`remove` deletes it. As root it runs as the `postgres` user, as
+    PostgreSQL requires (its directory is then made under /tmp, which that user can reach)."""
+
+    stop_timeout = 20.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bin = postgres_bin_dir()
+        self.user = "postgres" if os.geteuid() == 0 else None
+        base_dir = self.base_dir = Path(tempfile.mkdtemp(prefix="nubo-pg-"))
+        self.data_dir = base_dir / "pgdata"
+        self.socket_dir = base_dir / "pgsock"
+        for path in (base_dir, self.socket_dir):
+            path.mkdir(parents=True, exist_ok=True)
+            if self.user:
+                shutil.chown(path, self.user)
+        subprocess.run(
+            [str(self.bin / "initdb"), "-D", str(self.data_dir), "-U", "postgres", *INITDB_OPTIONS],
+            check=True,
+            capture_output=True,
+            user=self.user,
+            cwd="/",
+            timeout=120,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/nubo"
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def command(self) -> list[str]:
+        settings = ["listen_addresses=127.0.0.1", f"unix_socket_directories={self.socket_dir}", "fsync=off"]
+        settings += ["synchronous_commit=off", "full_page_writes=off", "max_connections=200"]
+        return [str(self.bin / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)] + [
+            arg for item in settings for arg in ("-c", item)
+        ]
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, user=self.user, cwd="/"
+        )
+        wait_port(self.port)
+
+    def create_database(self) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=3) as conn:
+                    conn.execute("CREATE DATABASE nubo")
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def remove(self) -> None:
+        """Kill the server if it runs and delete its files."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): open connections are cut, as when a server goes away."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(self.stop_timeout)
 
 
 async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> float:

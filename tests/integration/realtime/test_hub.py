@@ -20,6 +20,7 @@ from nubo.ids import new_id
 from nubo.realtime.hub import CLOSE_QUEUE_OVERFLOW, CLOSE_SESSION_REVOKED, Connection, Durable, Hub
 from nubo.stores import BACKGROUND_PG_SLOTS, Stores
 from nubo.stores import events as bus_module
+from nubo.stores.events import epoch_of, position, seq_of
 from nubo.stores.presence import online_among
 from tests.helpers.frames import known_frame_problem
 from tests.helpers.harness import user_with_session
@@ -49,8 +50,11 @@ class RecordingSocket:
         self.closed = code
 
     def durable_ids(self) -> list[int]:
+        """Sequence numbers (within the epoch) of the durable events received."""
         return [
-            f["event_id"] for f in self.sent if isinstance(f, dict) and "event_id" in f and f.get("type") != "resync"
+            seq_of(f["event_id"])
+            for f in self.sent
+            if isinstance(f, dict) and "event_id" in f and f.get("type") != "resync"
         ]
 
 
@@ -129,7 +133,7 @@ async def test_duplicates_dropped_and_gaps_filled_from_history(db: Stores, hub: 
     await bus.publish([user], {"type": "t", "i": 3})
     await _until(lambda: len(sock.durable_ids()) == 4)
     history = await bus.history(user, 0)
-    conn.offer(Durable(2, history[1][1]))  # a duplicate arriving late
+    conn.offer(Durable(history[1][0], history[1][1]))  # a duplicate arriving late
     await bus.publish([user], {"type": "t", "i": 4})
     await _until(lambda: len(sock.durable_ids()) == 5)
     await asyncio.sleep(0.05)
@@ -144,17 +148,18 @@ async def test_resume_replays_in_order_then_resync_when_trimmed(
     bus = db.events
     for i in range(10):
         await bus.publish([user], {"type": "t", "i": i})
-    conn, sock = await _open(hub, user, resume_from=6)
+    epoch = epoch_of(await bus.current_seq(user))
+    conn, sock = await _open(hub, user, resume_from=position(epoch, 6))
     await _until(lambda: len(sock.durable_ids()) == 4)
-    assert sock.sent[0]["type"] == "hello" and sock.sent[0]["last_event_id"] == 6
+    assert sock.sent[0]["type"] == "hello" and seq_of(sock.sent[0]["last_event_id"]) == 6
     assert sock.durable_ids() == [7, 8, 9, 10]
     await _close(hub, conn)
     # History trimmed below the client's position: resync instead of a silent gap.
     await db.redis.xtrim(bus.channels.history(user), minid="9-0", approximate=False)
-    conn, sock = await _open(hub, user, resume_from=3)
+    conn, sock = await _open(hub, user, resume_from=position(epoch, 3))
     await _until(lambda: any(f.get("type") == "resync" for f in sock.sent if isinstance(f, dict)))
     resync = next(f for f in sock.sent if isinstance(f, dict) and f.get("type") == "resync")
-    assert resync["event_id"] == 10
+    assert resync["event_id"] == position(epoch, 10)
     await bus.publish([user], {"type": "t", "i": 10})
     await _until(lambda: sock.durable_ids() == [11])
     await _close(hub, conn)
@@ -229,7 +234,7 @@ async def test_malformed_messages_are_skipped_and_the_subscription_goes_on(db: S
 async def test_big_fan_out_is_chunked_with_one_id_each(db: Stores, hub: Hub) -> None:
     users = [new_id() for _ in range(bus_module.PUBLISH_CHUNK + 20)]
     ids = await db.events.publish(users, {"type": "t"})
-    assert set(ids) == set(users) and set(ids.values()) == {1}
+    assert set(ids) == set(users) and {seq_of(i) for i in ids.values()} == {1}
     with pytest.raises(ValueError):
         await db.events.publish(users[:1], {})
 
