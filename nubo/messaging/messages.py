@@ -190,8 +190,7 @@ def _event_template(
     """The ``message.new`` body as the event row keeps it, with the two values only the statement knows (the
     message id and its creation time) as quoted placeholders the statement replaces. JSON escapes every quote
     of the content, so a quoted placeholder can only be one of ours. The writer publishes the body it builds
-    from the committed row; the relay publishes this one (same fields; the time in UTC, cut to milliseconds as
-    every copy of a row is, see :func:`nubo.stores.entities.normalize_row`)."""
+    from the committed row; the relay publishes this one (same fields, the same RFC 3339 time text)."""
     message = dict.fromkeys(MessageView.__struct_fields__)
     message.update(
         id=_ID_MARK,
@@ -240,7 +239,7 @@ def _unread_writer(stores: Stores, deltas: list[Delta]) -> Callable[[], Awaitabl
 # - outbox: the outbox rows of all three (same commit).
 # The FOR UPDATE in `conv` makes concurrent sends to one conversation wait for each other, and the waiting one
 # then reads the committed last id. PostgreSQL runs every data-modifying CTE to completion, referenced or not.
-_SEND_SQL = f"""
+_SEND_SQL = rf"""
 WITH conv AS (
     SELECT c.id, c.last_message_id, (c.type = {ConversationKind.DIRECT:d} AND EXISTS (
         SELECT 1 FROM messaging.conversation_members o JOIN auth.users u ON u.id = o.user_id
@@ -271,8 +270,8 @@ WITH conv AS (
     INSERT INTO logic.event_outbox (id, recipients, body)
     SELECT msg.id, array_prepend(msg.sender_id, coalesce((SELECT array_agg(user_id) FROM bumped), '{{}}')),
            replace(replace(%(event)s, %(id_mark)s, '"' || msg.id::text || '"'), %(at_mark)s,
-                   '"' || to_char(date_trunc('milliseconds', msg.created_at) AT TIME ZONE 'UTC',
-                                  'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00"')
+                   '"' || regexp_replace(to_char(msg.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'),
+                                         '\.000000$', '') || 'Z"')
     FROM msg
 ), outbox AS (
     INSERT INTO logic.outbox (collection, entity_id, op)

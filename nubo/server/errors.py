@@ -187,7 +187,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
     if (
         store := store_of(exc)
     ) is not None:  # an outage: the breaker logs it once (nubo.stores.breaker), no traceback per request
-        log.info("store_unavailable", extra={"store": store, "path": request.url.path})
+        log.info("store_unavailable", extra={"store": store})  # the request id names the request
         return handle_nubo_error(request, StoreUnavailable(store))
     log.exception("unhandled_error", extra={"path": request.url.path, "method": request.method})
     return error_response(500, "Internal server error", "internal_error")

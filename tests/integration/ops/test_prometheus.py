@@ -42,7 +42,7 @@ CHECKS: list[tuple[str, float]] = [
     ('sum(nubo_ws_frames_total{direction="out"})', 4),
     ("sum(nubo_ws_send_ack_seconds_count)", 1),
     ("sum(nubo_ws_fanout_seconds_count)", 1),
-    ('sum(nubo_ws_resyncs_total{reason="position_ahead_of_server"})', 1),
+    ("sum(nubo_ws_resyncs_total)", 1),
     ('sum(nubo_ws_closes_total{reason="queue_full"})', 0),
     ("sum(nubo_events_relay_lag_seconds_count)", 1),
     ('sum(nubo_tier_reads_total{entity="posts",result="hit"})', 1),

@@ -86,7 +86,7 @@ def test_a_store_that_is_down_is_a_503_naming_it() -> None:
     response = handle_unexpected(NO_REQUEST, psycopg.OperationalError("connection refused"))
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert wire(response.content) == {
-        "error": "postgres is unavailable right now",
+        "error": "The postgres store is unavailable; retry shortly",
         "code": "store_unavailable",
         "store": "postgres",
     }
