@@ -140,9 +140,9 @@ class Metrics:
         sees the first event instead of a series appearing out of nothing."""
         for direction in ("in", "out"):
             self.ws_frames.labels(direction)
-        for reason in ("history_gap", "position_ahead_of_server"):
+        for reason in ("history_gap", "position_ahead_of_server", "epoch_changed"):
             self.ws_resyncs.labels(reason)
-        for reason in ("queue_full", "session_revoked"):
+        for reason in ("queue_full", "session_revoked", "service_restart"):
             self.ws_closes.labels(reason)
         for state in ("in_use", "idle"):
             self.pg_pool_connections.labels(state)

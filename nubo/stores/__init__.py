@@ -96,14 +96,11 @@ class Stores:
         projector: Projector | None = None,
         wait: bool = True,
         reread: bool = False,
-        pipelined: bool = False,
         one_statement: bool = False,
     ) -> AbstractAsyncContextManager[Transaction]:
         """A PostgreSQL transaction whose rows are projected, and whose registered side effects run, after its
         commit (:func:`nubo.stores.transaction.transaction`)."""
-        return transaction(
-            self, projector=projector, wait=wait, reread=reread, pipelined=pipelined, one_statement=one_statement
-        )
+        return transaction(self, projector=projector, wait=wait, reread=reread, one_statement=one_statement)
 
     def script(self, source: str) -> AsyncScript:
         """The Lua script `source` registered on this Redis client (hashed once per process, not per call)."""

@@ -49,7 +49,6 @@ async def transaction(
     projector: Projector | None = None,
     wait: bool = True,
     reread: bool = False,
-    pipelined: bool = False,
     one_statement: bool = False,
 ) -> AsyncIterator[Transaction]:
     """A PostgreSQL transaction; after its commit, its rows are projected and its callbacks run.
@@ -58,8 +57,7 @@ async def transaction(
     `wait`: return only once the copies are written (bounded by :data:`WAIT_PROJECTION_SECONDS` for
     non-default projectors; the outbox worker finishes the job if a store is slow or down). `reread`: project
     the rows' state at flush time rather than their committed state (concurrent writes to the same rows finish
-    in any order; the newest state wins). `pipelined`: psycopg's pipeline mode, so BEGIN travels with the first
-    statement and the outbox writes with COMMIT (two round trips for a one-statement write). `one_statement`:
+    in any order; the newest state wins). `one_statement`:
     the block runs exactly one statement, which commits by itself (autocommit, one round trip); that statement
     writes its own outbox rows and event rows (see ``written`` in :meth:`Transaction.emit`).
     """
@@ -71,11 +69,7 @@ async def transaction(
             if tx.touched or any(not event.written for event in tx.pending_events):
                 raise RuntimeError("a one-statement transaction writes its outbox and event rows itself")
     else:
-        async with (
-            stores.pg.connection(timeout=CHECKOUT_SECONDS) as conn,
-            conn.pipeline() if pipelined else contextlib.nullcontext(),
-            conn.transaction(),
-        ):
+        async with stores.pg.connection(timeout=CHECKOUT_SECONDS) as conn, conn.transaction():
             tx = Transaction(conn, stores.events, stores.relay)
             yield tx
             await tx.record_outbox()
