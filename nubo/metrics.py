@@ -76,19 +76,21 @@ class Metrics:
             registry=registry,
         )
         self.ws_resyncs = Counter(
-            "nubo_ws_resyncs_total", "resync frames sent (the history no longer reached back), by reason.",
-            ["reason"], registry=registry,
-        )  # fmt: skip
-        self.ws_closes = Counter(
-            "nubo_ws_closes_total",
-            "Sockets the server closed, by reason (queue_full, session_revoked).",
+            "nubo_ws_resyncs_total",
+            "resync frames sent, by reason (history_gap, position_ahead_of_server, epoch_changed).",
             ["reason"],
             registry=registry,
         )
-        # Events (nubo.stores.events): the relay is today's post-commit publish; the outbox relay keeps the name.
+        self.ws_closes = Counter(
+            "nubo_ws_closes_total",
+            "Sockets the server closed, by reason (queue_full, session_revoked, service_restart).",
+            ["reason"],
+            registry=registry,
+        )
+        # Events (nubo.stores.events): every publish of a committed event, by its writer or the outbox relay.
         self.events_relay_lag = Histogram(
             "nubo_events_relay_lag_seconds",
-            "From the relay taking a committed event to Redis confirming its publish.",
+            "From a committed event's publish starting (writer or relay) to Redis confirming it.",
             buckets=REALTIME_BUCKETS,
             registry=registry,
         )
